@@ -1,0 +1,124 @@
+//! Model benchmarks: recording samples and merging states per kind, and the storage codec
+//! on histograms.
+//!
+//! Inputs are generated deterministically (xorshift) so runs are comparable: histogram
+//! latencies are log-normal-ish (median ~40 ms, long tail to seconds), like request
+//! latencies. Throughput is in elements: samples for `record`, states for `merge`,
+//! `encode` and `decode`.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strata_model::{Kind, SampleValue, State, StateParams};
+
+/// Samples per simulated minute of one series.
+const SAMPLES: usize = 10_000;
+
+/// xorshift64: tiny, deterministic, good enough for benchmark inputs.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Approximately standard normal (Irwin–Hall: sum of 12 uniforms minus 6).
+    fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+
+    /// Log-normal latency in milliseconds: median 40 ms, sigma 1 (p99 ~ 400 ms).
+    fn latency_ms(&mut self) -> f64 {
+        (40f64.ln() + self.normal()).exp()
+    }
+}
+
+/// `SAMPLES` sample values suitable for `kind`.
+fn samples(kind: Kind, seed: u64) -> Vec<SampleValue> {
+    let mut rng = XorShift(seed | 1);
+    (0..SAMPLES)
+        .map(|_| match kind {
+            Kind::Counter => SampleValue::Number((rng.next_u64() % 10) as f64),
+            Kind::Percent => SampleValue::Flag(rng.unit() < 0.97),
+            Kind::Sum | Kind::Avg | Kind::Max | Kind::Min | Kind::Latest => {
+                SampleValue::Number(rng.normal() * 100.0)
+            }
+            Kind::Apdex | Kind::Histogram => SampleValue::Number(rng.latency_ms()),
+        })
+        .collect()
+}
+
+fn record_all(kind: Kind, values: &[SampleValue]) -> State {
+    let mut state = State::empty(kind, &StateParams::default());
+    for (i, v) in values.iter().enumerate() {
+        // `i` as timestamp keeps `latest` replacing, its worst case.
+        state
+            .record(*v, i as i64, "bench")
+            .expect("generated samples are valid");
+    }
+    state
+}
+
+fn bench_record(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(SAMPLES as u64));
+    for kind in Kind::ALL {
+        let values = samples(kind, 1);
+        group.bench_with_input(BenchmarkId::from_parameter(kind), &values, |b, values| {
+            b.iter(|| black_box(record_all(kind, values)));
+        });
+    }
+    group.finish();
+}
+
+fn bench_merge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("merge");
+    group.throughput(Throughput::Elements(1));
+    for kind in Kind::ALL {
+        // Two one-minute states of `SAMPLES` samples each, as from two regions.
+        let a = record_all(kind, &samples(kind, 1));
+        let b = record_all(kind, &samples(kind, 2));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(kind),
+            &(a, b),
+            |bench, (a, b)| {
+                bench.iter_batched_ref(
+                    || a.clone(),
+                    |target| target.merge(black_box(b)).expect("same kind and params"),
+                    BatchSize::SmallInput,
+                );
+            },
+        );
+    }
+    group.finish();
+}
+
+fn bench_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    let hist = record_all(Kind::Histogram, &samples(Kind::Histogram, 1));
+    let bytes = hist.to_bytes();
+    group.bench_function("encode/histogram", |b| {
+        let mut out = Vec::with_capacity(bytes.len());
+        b.iter(|| {
+            out.clear();
+            black_box(&hist).encode(&mut out);
+            black_box(out.len())
+        });
+    });
+    group.bench_function("decode/histogram", |b| {
+        b.iter(|| State::decode(black_box(&bytes)).expect("valid encoding"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_record, bench_merge, bench_codec);
+criterion_main!(benches);

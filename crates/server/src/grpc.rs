@@ -1,0 +1,396 @@
+//! gRPC inputs: native batched ingest and the federation receiver.
+//!
+//! The receiver authenticates each source, refuses a second live stream for a
+//! connected id, tells the source where to resume (its highest committed seq),
+//! drops batches it has already committed (acking them again) and acks every
+//! other batch only after the flush holding it is committed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use strata_model::{Kind, MINUTE_MS, SampleValue, State};
+use strata_proto::v1::{
+    self, federation_server::Federation, ingest_server::Ingest, source_message, upstream_message,
+};
+use strata_store::SourceProgress;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ingest::{IngestError, Ingestor, RawSample};
+use crate::pipeline::{Ticket, now_ms};
+use crate::sources::SourceLive;
+use crate::stats::Stats;
+
+/// Maps input errors to gRPC statuses, in one place.
+pub fn status_of(e: &IngestError) -> Status {
+    match e {
+        IngestError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        IngestError::Busy => retry_later(Status::resource_exhausted(e.to_string())),
+        IngestError::Stopping => retry_later(Status::unavailable(e.to_string())),
+        IngestError::CommitFailed(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Adds the retry hint the forwarder and clients honour.
+fn retry_later(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        "retry-after-ms",
+        tonic::metadata::MetadataValue::from_static("1000"),
+    );
+    status
+}
+
+/// Native ingest service.
+pub struct IngestService {
+    pub ingestor: Arc<Ingestor>,
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn push(
+        &self,
+        request: Request<v1::PushRequest>,
+    ) -> Result<Response<v1::PushResponse>, Status> {
+        let req = request.into_inner();
+        let mut samples = Vec::new();
+        let mut point = 0usize;
+        for s in req.series {
+            let kind = strata_proto::kind_from_wire(s.kind).map_err(|e| {
+                self.ingestor.count_rejected();
+                Status::invalid_argument(format!("series {:?}: {e}", s.metric))
+            })?;
+            let labels: Vec<(String, String)> =
+                s.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            let threshold = (s.apdex_threshold != 0.0).then_some(s.apdex_threshold);
+            for p in s.points {
+                point += 1;
+                let value = match kind {
+                    Kind::Percent => SampleValue::Flag(p.value != 0.0),
+                    Kind::Counter if p.value == 0.0 => SampleValue::Number(1.0),
+                    _ => SampleValue::Number(p.value),
+                };
+                samples.push((
+                    point,
+                    RawSample {
+                        metric: s.metric.clone(),
+                        kind,
+                        labels: labels.clone(),
+                        ts_ms: (p.ts_ms != 0).then_some(p.ts_ms),
+                        value,
+                        threshold,
+                    },
+                ));
+            }
+        }
+        if samples.is_empty() {
+            self.ingestor.count_rejected();
+            return Err(Status::invalid_argument("no samples in request"));
+        }
+        let items = self.ingestor.prepare(samples).map_err(|e| {
+            self.ingestor.count_rejected();
+            // Points are numbered across the request, 1-based.
+            match e {
+                IngestError::Invalid {
+                    message,
+                    line: Some(n),
+                } => Status::invalid_argument(format!("point {n}: {message}")),
+                other => status_of(&other),
+            }
+        })?;
+        let accepted = self
+            .ingestor
+            .submit(items, req.wait_commit)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::PushResponse {
+            accepted: accepted as u64,
+        }))
+    }
+}
+
+/// Federation receiver.
+pub struct FederationService {
+    pub ingestor: Arc<Ingestor>,
+    pub node_id: String,
+    pub histogram_sigfig: u8,
+    /// Ends open streams at shutdown so the server can stop.
+    pub shutdown: CancellationToken,
+}
+
+type UpstreamStream = Pin<Box<dyn Stream<Item = Result<v1::UpstreamMessage, Status>> + Send>>;
+
+fn message(msg: upstream_message::Msg) -> v1::UpstreamMessage {
+    v1::UpstreamMessage { msg: Some(msg) }
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    type StreamStream = UpstreamStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::SourceMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let stats = self.ingestor.pipeline.stats.clone();
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(v1::SourceMessage {
+                msg: Some(source_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
+        };
+        let sources = &self.ingestor.pipeline.sources;
+        let refuse = |status: Status| {
+            Stats::add(&stats.federation_refused_streams_total, 1);
+            tracing::warn!(source = %hello.source_id, error = %status.message(), "federation stream refused");
+            status
+        };
+        let Some(token) = sources.token_of(&hello.source_id) else {
+            return Err(refuse(Status::permission_denied(format!(
+                "source {:?} is not a declared downstream of {}",
+                hello.source_id, self.node_id
+            ))));
+        };
+        if !constant_time_eq(token.as_bytes(), hello.token.as_bytes()) {
+            return Err(refuse(Status::unauthenticated(format!(
+                "bad token for source {:?}",
+                hello.source_id
+            ))));
+        }
+        if hello.epoch == 0 {
+            return Err(refuse(Status::invalid_argument("epoch must not be 0")));
+        }
+        let live = sources
+            .get(&hello.source_id)
+            .ok_or_else(|| Status::internal("declared source has no live state"))?;
+        let claim = live.claim().ok_or_else(|| {
+            refuse(Status::already_exists(format!(
+                "source {:?} is already connected: node ids must be unique",
+                hello.source_id
+            )))
+        })?;
+        // Batches of a previous stream may still be on their way to the store:
+        // wait for them so the resume point is exact.
+        if tokio::time::timeout(Duration::from_secs(30), live.drained())
+            .await
+            .is_err()
+        {
+            return Err(retry_later(Status::unavailable(
+                "previous stream still committing, retry",
+            )));
+        }
+        if live.epoch() != hello.epoch {
+            if live.epoch() != 0 {
+                tracing::warn!(source = %live.id, old = live.epoch(), new = hello.epoch, "source starts a new epoch: it lost its durable state");
+            }
+            live.reset_epoch(hello.epoch);
+        }
+        let committed = live.committed();
+        live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        tracing::info!(source = %live.id, epoch = hello.epoch, committed_seq = committed, "source connected");
+        let (out_tx, out_rx) = mpsc::channel::<Result<v1::UpstreamMessage, Status>>(64);
+        let _ = out_tx
+            .send(Ok(message(upstream_message::Msg::Welcome(v1::Welcome {
+                committed_seq: committed,
+                upstream_id: self.node_id.clone(),
+            }))))
+            .await;
+        let session = Session {
+            ingestor: self.ingestor.clone(),
+            live,
+            epoch: hello.epoch,
+            histogram_sigfig: self.histogram_sigfig,
+            out: out_tx,
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _claim = claim;
+            session.run(inbound, shutdown).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+}
+
+/// One source's stream.
+struct Session {
+    ingestor: Arc<Ingestor>,
+    live: Arc<SourceLive>,
+    epoch: u64,
+    histogram_sigfig: u8,
+    out: mpsc::Sender<Result<v1::UpstreamMessage, Status>>,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<v1::SourceMessage>, shutdown: CancellationToken) {
+        // Sized well above any source's in-flight window: acks are never dropped.
+        let (ack_tx, mut ack_rx) =
+            mpsc::channel::<Result<u64, String>>(crate::config::MAX_INFLIGHT_BATCHES + 16);
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Some(retry_later(Status::unavailable("upstream is shutting down"))),
+                ack = ack_rx.recv() => match ack {
+                    Some(Ok(seq)) => {
+                        if self.out.send(Ok(message(upstream_message::Msg::Ack(v1::Ack { seq })))).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Err(e)) => break Some(retry_later(Status::unavailable(e))),
+                    None => break None,
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(v1::SourceMessage { msg: Some(source_message::Msg::Batch(batch)) })) => {
+                        if let Err(status) = self.on_batch(batch, &ack_tx).await {
+                            break Some(status);
+                        }
+                    }
+                    Ok(Some(_)) => break Some(Status::invalid_argument("unexpected message after hello")),
+                    Ok(None) => break None,
+                    Err(status) => {
+                        tracing::debug!(source = %self.live.id, error = %status, "source stream broke");
+                        break None;
+                    }
+                },
+            }
+        };
+        if let Some(status) = end {
+            tracing::info!(source = %self.live.id, reason = %status.message(), "ending source stream");
+            let _ = self.out.send(Err(status)).await;
+        } else {
+            tracing::info!(source = %self.live.id, "source disconnected");
+        }
+    }
+
+    async fn on_batch(
+        &self,
+        batch: v1::Batch,
+        ack_tx: &mpsc::Sender<Result<u64, String>>,
+    ) -> Result<(), Status> {
+        let stats = &self.ingestor.pipeline.stats;
+        let live = &self.live;
+        let seq = batch.seq;
+        live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        if seq <= live.committed() {
+            live.duplicates.fetch_add(1, Ordering::Relaxed);
+            Stats::add(&stats.federation_duplicates_total, 1);
+            tracing::debug!(source = %live.id, epoch = self.epoch, seq, "duplicate batch acked again, not merged");
+            return self
+                .out
+                .send(Ok(message(upstream_message::Msg::Ack(v1::Ack { seq }))))
+                .await
+                .map_err(|_| Status::cancelled("stream closed"));
+        }
+        let expected = live.received() + 1;
+        if seq > expected && batch.follows_dropped {
+            tracing::warn!(
+                source = %live.id, epoch = self.epoch, first_missing = expected, seq,
+                "source dropped batches at its spool cap: they are lost"
+            );
+        } else if seq != expected {
+            return Err(Status::failed_precondition(format!(
+                "source {:?}: expected seq {expected}, got {seq}; reconnect to resume",
+                live.id
+            )));
+        }
+        let progress = SourceProgress {
+            source_id: live.id.clone(),
+            epoch: self.epoch,
+            seq,
+            watermark_ms: batch.watermark_ms,
+            last_seen_ms: now_ms(),
+        };
+        let ticket = Ticket::Source {
+            progress,
+            ack: ack_tx.clone(),
+        };
+        let increments = match self.validate(&batch) {
+            Ok(incs) => incs,
+            Err(reason) => {
+                // Rejected whole: its seq still advances (with nothing merged) so
+                // the stream goes on with the next batch.
+                Stats::add(&stats.federation_rejected_batches_total, 1);
+                tracing::warn!(source = %live.id, epoch = self.epoch, seq, error = %reason, "batch rejected");
+                self.out
+                    .send(Ok(message(upstream_message::Msg::Reject(v1::Reject {
+                        seq,
+                        error: reason,
+                    }))))
+                    .await
+                    .map_err(|_| Status::cancelled("stream closed"))?;
+                Vec::new()
+            }
+        };
+        let n = increments.len() as u64;
+        live.set_received(seq);
+        let pipeline = self.ingestor.pipeline.clone();
+        tokio::task::spawn_blocking(move || pipeline.submit(Vec::new(), increments, Some(ticket)))
+            .await
+            .map_err(|_| Status::unavailable("upstream is shutting down"))?
+            .map_err(|_| retry_later(Status::unavailable("upstream is shutting down")))?;
+        live.batches.fetch_add(1, Ordering::Relaxed);
+        live.increments.fetch_add(n, Ordering::Relaxed);
+        Stats::add(&stats.federation_batches_total, 1);
+        Stats::add(&stats.federation_increments_total, n);
+        tracing::debug!(source = %live.id, epoch = self.epoch, seq, increments = n, "batch merged, ack after commit");
+        Ok(())
+    }
+
+    /// Decodes and checks a batch; any problem rejects it whole.
+    fn validate(&self, batch: &v1::Batch) -> Result<Vec<strata_model::Increment>, String> {
+        let increments = strata_proto::decode_batch(batch).map_err(|e| e.to_string())?;
+        for inc in &increments {
+            if let State::Histogram(h) = &inc.state
+                && h.sigfig() != self.histogram_sigfig
+            {
+                return Err(format!(
+                    "series {}: histogram has {} significant digits, this node merges {}",
+                    inc.series,
+                    h.sigfig(),
+                    self.histogram_sigfig
+                ));
+            }
+        }
+        self.ingestor
+            .registry
+            .admit(increments.iter().map(|inc| {
+                let threshold = match &inc.state {
+                    State::Apdex(a) => Some(a.threshold),
+                    _ => None,
+                };
+                (inc.series.metric(), inc.state.kind(), threshold)
+            }))
+            .map_err(|c| c.to_string())?;
+        // Late relative to the source's own watermark: such a bucket was closed
+        // at the source long ago. A backlog after an outage is not late.
+        let oldest_end = batch.watermark_ms - self.ingestor.settings.allowed_lateness_ms;
+        let before = increments.len();
+        let increments: Vec<_> = increments
+            .into_iter()
+            .filter(|inc| inc.bucket_ms + MINUTE_MS > oldest_end)
+            .collect();
+        let late = before - increments.len();
+        if late > 0 {
+            Stats::add(
+                &self.ingestor.pipeline.stats.late_samples_total,
+                late as u64,
+            );
+            tracing::warn!(source = %self.live.id, late, "late increments dropped");
+        }
+        Ok(increments)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

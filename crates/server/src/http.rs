@@ -1,0 +1,433 @@
+//! HTTP API (DESIGN §8): NDJSON ingest, queries, sources, health, /metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use strata_model::Step;
+
+use crate::Node;
+use crate::ingest::{IngestError, parse_ndjson};
+use crate::pipeline::now_ms;
+use crate::query::{self, QueryError};
+use crate::stats::{Gauge, render_prometheus};
+
+pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/metrics", get(metrics_list))
+        .route("/api/v1/sources", get(sources))
+        .route("/health", get(health))
+        .route("/health/{component}", get(health_component))
+        .route("/metrics", get(prometheus))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(node)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"status": "error", "error": message.into()})),
+    )
+        .into_response()
+}
+
+fn retry_after(status: StatusCode, message: &str) -> Response {
+    let mut r = (
+        status,
+        axum::Json(json!({"status": "error", "error": message})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn ingest(
+    State(node): State<Arc<Node>>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let wait_commit = match params.get("wait").map(String::as_str) {
+        None => false,
+        Some("commit") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("wait={other:?}: only wait=commit is known"),
+            );
+        }
+    };
+    let ingestor = &node.ingestor;
+    let prepared = parse_ndjson(&body).and_then(|samples| ingestor.prepare(samples));
+    let items = match prepared {
+        Ok(items) => items,
+        Err(e) => {
+            ingestor.count_rejected();
+            return ingest_error(e);
+        }
+    };
+    match ingestor.submit(items, wait_commit).await {
+        Ok(n) => (StatusCode::OK, axum::Json(json!({"accepted": n}))).into_response(),
+        Err(e) => ingest_error(e),
+    }
+}
+
+fn ingest_error(e: IngestError) -> Response {
+    match &e {
+        IngestError::Invalid { message, line } => {
+            let mut body = json!({"status": "error", "error": e.to_string()});
+            if let Some(line) = line {
+                body["line"] = json!(line);
+                body["reason"] = json!(message);
+            }
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        }
+        IngestError::Busy => retry_after(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+        IngestError::Stopping => retry_after(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        IngestError::CommitFailed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn query(
+    State(node): State<Arc<Node>>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let parsed = (|| -> Result<query::Query, QueryError> {
+        let now = now_ms();
+        let selector = params
+            .get("q")
+            .ok_or_else(|| QueryError("missing parameter q".into()))?
+            .clone();
+        let from_ms = query::parse_time(params.get("from").map_or("-15m", String::as_str), now)?;
+        let to_ms = query::parse_time(params.get("to").map_or("now", String::as_str), now)?;
+        let step: Step = params
+            .get("step")
+            .map_or(Ok(Step::Minute), |s| s.parse())
+            .map_err(|e: strata_model::ModelError| QueryError(e.to_string()))?;
+        let group_by = params.get("group_by").map(|g| {
+            g.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        });
+        Ok(query::Query {
+            selector,
+            from_ms,
+            to_ms,
+            step,
+            group_by,
+        })
+    })();
+    let q = match parsed {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
+    let store = node.pipeline.store.clone();
+    let watermarks = node.pipeline.watermarks();
+    let result =
+        tokio::task::spawn_blocking(move || query::execute(&*store, &watermarks, &q)).await;
+    match result {
+        Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.0),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
+}
+
+async fn metrics_list(State(node): State<Arc<Node>>) -> Response {
+    let store = node.pipeline.store.clone();
+    let metrics = tokio::task::spawn_blocking(move || store.metrics())
+        .await
+        .unwrap_or_default();
+    let data: Vec<Value> = metrics
+        .into_iter()
+        .map(|m| json!({"name": m.name, "kind": m.kind.as_str(), "series": m.series}))
+        .collect();
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+async fn sources(State(node): State<Arc<Node>>) -> Response {
+    let now = now_ms();
+    let data: Vec<Value> = node
+        .pipeline
+        .sources
+        .all()
+        .into_iter()
+        .map(|s| {
+            let watermark = s.watermark_ms.load(Ordering::Relaxed);
+            json!({
+                "id": s.id,
+                "connected": s.is_connected(),
+                "epoch": s.epoch(),
+                "committed_seq": s.committed(),
+                "last_seen_ms": s.last_seen_ms.load(Ordering::Relaxed),
+                "watermark_ms": watermark,
+                "lag_ms": if watermark > 0 { Some(now - watermark) } else { None },
+                "batches": s.batches.load(Ordering::Relaxed),
+                "increments": s.increments.load(Ordering::Relaxed),
+                "duplicates": s.duplicates.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// Status of one component, worst of its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Health {
+    Ok,
+    Deactivated,
+    Degraded,
+    Ko,
+}
+
+impl Health {
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "OK",
+            Health::Deactivated => "Deactivated",
+            Health::Degraded => "Degraded",
+            Health::Ko => "KO",
+        }
+    }
+}
+
+struct Check {
+    name: &'static str,
+    status: Health,
+    detail: String,
+    duration_us: u128,
+}
+
+fn components(node: &Node) -> Vec<(&'static str, Vec<Check>)> {
+    let mut out = Vec::new();
+    let timed = |name: &'static str, f: &dyn Fn() -> (Health, String)| {
+        let start = Instant::now();
+        let (status, detail) = f();
+        Check {
+            name,
+            status,
+            detail,
+            duration_us: start.elapsed().as_micros(),
+        }
+    };
+    let p = &node.pipeline;
+    out.push((
+        "aggregator",
+        vec![timed("queue_depth", &|| {
+            let c = p.carrier_stats();
+            let status = if c.depth * 10 > c.capacity * 8 {
+                Health::Degraded
+            } else {
+                Health::Ok
+            };
+            (
+                status,
+                format!(
+                    "{} of {} queued, {} producer waits, {} dropped",
+                    c.depth, c.capacity, c.waits, c.dropped
+                ),
+            )
+        })],
+    ));
+    let flush_ms = p.settings().flush_interval.as_millis() as i64;
+    out.push((
+        "store",
+        vec![
+            timed("last_commit", &|| {
+                let own = p.watermarks().own_ms;
+                let age = now_ms() - own;
+                if own == 0 {
+                    (Health::Degraded, "no commit yet".into())
+                } else if age > 10 * flush_ms.max(1000) {
+                    (Health::Ko, format!("last commit {age} ms ago"))
+                } else {
+                    (Health::Ok, format!("last commit {age} ms ago"))
+                }
+            }),
+            timed("errors", &|| {
+                let n = p.stats.store_errors_total.load(Ordering::Relaxed);
+                if p.has_failed() {
+                    (Health::Ko, format!("{n} failed commits; a flush was lost and committing stopped: restart the node"))
+                } else if n > 0 {
+                    (Health::Degraded, format!("{n} failed commit attempts"))
+                } else {
+                    (Health::Ok, "no failed commits".into())
+                }
+            }),
+        ],
+    ));
+    out.push((
+        "forwarder",
+        vec![timed("upstream", &|| match &node.forwarder {
+            None => (Health::Deactivated, "no [upstream] configured".into()),
+            Some(f) => {
+                let st = f.lock();
+                let spool = p.store.spool_stats();
+                if st.connected {
+                    (
+                        Health::Ok,
+                        format!(
+                            "connected to {}, {} batches spooled",
+                            st.upstream_id, spool.batches
+                        ),
+                    )
+                } else {
+                    let err = st.last_error.clone().unwrap_or_else(|| "connecting".into());
+                    (
+                        Health::Degraded,
+                        format!("disconnected ({err}), {} batches spooled", spool.batches),
+                    )
+                }
+            }
+        })],
+    ));
+    out.push((
+        "federation_receiver",
+        vec![timed("sources", &|| {
+            let expected = p.sources.expected();
+            if expected.is_empty() {
+                return (Health::Deactivated, "no [[downstream]] declared".into());
+            }
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|s| !s.is_connected())
+                .map(|s| s.id.clone())
+                .collect();
+            if missing.is_empty() {
+                (Health::Ok, format!("{} sources connected", expected.len()))
+            } else {
+                (
+                    Health::Degraded,
+                    format!("not connected: {}", missing.join(", ")),
+                )
+            }
+        })],
+    ));
+    out
+}
+
+fn worst(checks: &[Check]) -> Health {
+    checks.iter().map(|c| c.status).max().unwrap_or(Health::Ok)
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    let comps = components(&node);
+    let overall = comps
+        .iter()
+        .map(|(_, c)| worst(c))
+        .filter(|h| *h != Health::Deactivated)
+        .max()
+        .unwrap_or(Health::Ok);
+    let map: serde_json::Map<String, Value> = comps
+        .iter()
+        .map(|(name, c)| (name.to_string(), json!(worst(c).as_str())))
+        .collect();
+    let code = if overall == Health::Ko {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        axum::Json(json!({"status": overall.as_str(), "node": node.id, "components": map})),
+    )
+        .into_response()
+}
+
+async fn health_component(
+    State(node): State<Arc<Node>>,
+    Path(component): Path<String>,
+) -> Response {
+    let comps = components(&node);
+    let Some((name, checks)) = comps.iter().find(|(n, _)| *n == component) else {
+        let known: Vec<_> = comps.iter().map(|(n, _)| *n).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown component {component:?}; known: {}",
+                known.join(", ")
+            ),
+        );
+    };
+    let status = worst(checks).as_str();
+    let checks: Vec<Value> = checks
+        .iter()
+        .map(|c| json!({"name": c.name, "status": c.status.as_str(), "detail": c.detail, "duration_us": c.duration_us as u64}))
+        .collect();
+    axum::Json(json!({"component": name, "status": status, "checks": checks})).into_response()
+}
+
+async fn prometheus(State(node): State<Arc<Node>>) -> Response {
+    let c = node.pipeline.carrier_stats();
+    let spool = node.pipeline.store.spool_stats();
+    let mut gauges = vec![
+        Gauge {
+            name: "queue_depth",
+            help: "items queued in a carrier",
+            labels: vec![("carrier", "shard".into())],
+            value: c.depth as f64,
+        },
+        Gauge {
+            name: "queue_capacity",
+            help: "capacity of a carrier",
+            labels: vec![("carrier", "shard".into())],
+            value: c.capacity as f64,
+        },
+        Gauge {
+            name: "queue_waits",
+            help: "producer waits on a full carrier",
+            labels: vec![("carrier", "shard".into())],
+            value: c.waits as f64,
+        },
+        Gauge {
+            name: "queue_dropped",
+            help: "items dropped by a drop_if_full carrier",
+            labels: vec![("carrier", "shard".into())],
+            value: c.dropped as f64,
+        },
+        Gauge {
+            name: "spool_batches",
+            help: "batches waiting for an upstream ack",
+            labels: vec![],
+            value: spool.batches as f64,
+        },
+        Gauge {
+            name: "spool_bytes",
+            help: "bytes of spooled batches",
+            labels: vec![],
+            value: spool.bytes as f64,
+        },
+        Gauge {
+            name: "series",
+            help: "series in the store",
+            labels: vec![],
+            value: node.pipeline.store.series_count() as f64,
+        },
+    ];
+    let now = now_ms();
+    for s in node.pipeline.sources.all() {
+        let wm = s.watermark_ms.load(Ordering::Relaxed);
+        gauges.push(Gauge {
+            name: "source_lag_ms",
+            help: "how far a source's watermark is behind now",
+            labels: vec![("source", s.id.clone())],
+            value: if wm > 0 { (now - wm) as f64 } else { f64::NAN },
+        });
+    }
+    let text = render_prometheus(&node.id, &node.pipeline.stats, &gauges);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

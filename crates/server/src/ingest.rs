@@ -1,0 +1,368 @@
+//! Sample ingest shared by the HTTP NDJSON and native gRPC inputs.
+//!
+//! A request is all or nothing: every sample is parsed and checked (names,
+//! value, lateness, the metric's kind) before any of it is handed to the
+//! aggregator. Admission is bounded: a node that cannot take more answers
+//! "busy, retry" instead of queueing without bound.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::pipeline::{Pipeline, SELF_PREFIX, SampleItem, Ticket, now_ms};
+use crate::registry::{Conflict, Registry};
+use crate::stats::Stats;
+
+/// One sample as an input read it, before validation.
+#[derive(Clone, Debug)]
+pub struct RawSample {
+    pub metric: String,
+    pub kind: Kind,
+    pub labels: Vec<(String, String)>,
+    /// Event time; `None` means now.
+    pub ts_ms: Option<i64>,
+    pub value: SampleValue,
+    /// Apdex threshold named by the sample, if any.
+    pub threshold: Option<f64>,
+}
+
+/// Why a request was not taken.
+#[derive(Debug, PartialEq)]
+pub enum IngestError {
+    /// Bad input: nothing of the request was merged. `line` is 1-based.
+    Invalid {
+        message: String,
+        line: Option<usize>,
+    },
+    /// The node is at its admission limit: retry later.
+    Busy,
+    /// The node is shutting down.
+    Stopping,
+    /// `wait=commit` and the commit failed.
+    CommitFailed(String),
+}
+
+impl std::fmt::Display for IngestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngestError::Invalid {
+                message,
+                line: Some(line),
+            } => write!(f, "line {line}: {message}"),
+            IngestError::Invalid {
+                message,
+                line: None,
+            } => f.write_str(message),
+            IngestError::Busy => f.write_str("node is busy, retry later"),
+            IngestError::Stopping => f.write_str("node is shutting down"),
+            IngestError::CommitFailed(e) => write!(f, "not committed: {e}"),
+        }
+    }
+}
+
+fn invalid(line: usize, message: impl Into<String>) -> IngestError {
+    IngestError::Invalid {
+        message: message.into(),
+        line: Some(line),
+    }
+}
+
+/// One NDJSON line (DESIGN §8).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    metric: String,
+    kind: String,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+    ts_ms: Option<i64>,
+    value: Option<serde_json::Value>,
+    threshold: Option<f64>,
+}
+
+/// Parses an NDJSON body; blank lines are skipped. Any bad line fails the whole body.
+pub fn parse_ndjson(body: &[u8]) -> Result<Vec<(usize, RawSample)>, IngestError> {
+    let text = std::str::from_utf8(body).map_err(|e| IngestError::Invalid {
+        message: format!("body is not utf-8: {e}"),
+        line: None,
+    })?;
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let line: Line = serde_json::from_str(raw).map_err(|e| invalid(line_no, e.to_string()))?;
+        let kind: Kind = line
+            .kind
+            .parse()
+            .map_err(|e: strata_model::ModelError| invalid(line_no, e.to_string()))?;
+        let value = match (&line.value, kind) {
+            (None, Kind::Counter) => SampleValue::Number(1.0),
+            (None, _) => {
+                return Err(invalid(
+                    line_no,
+                    format!("missing field `value` for a {kind}"),
+                ));
+            }
+            (Some(serde_json::Value::Bool(b)), _) => SampleValue::Flag(*b),
+            (Some(serde_json::Value::Number(n)), _) => match n.as_f64() {
+                Some(v) => SampleValue::Number(v),
+                None => return Err(invalid(line_no, format!("value {n} is not a number"))),
+            },
+            (Some(other), _) => {
+                return Err(invalid(
+                    line_no,
+                    format!("value must be a number or a boolean, got {other}"),
+                ));
+            }
+        };
+        out.push((
+            line_no,
+            RawSample {
+                metric: line.metric,
+                kind,
+                labels: line.labels.into_iter().collect(),
+                ts_ms: line.ts_ms,
+                value,
+                threshold: line.threshold,
+            },
+        ));
+    }
+    if out.is_empty() {
+        return Err(IngestError::Invalid {
+            message: "no samples in request".into(),
+            line: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Limits applied to every sample.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    pub allowed_lateness_ms: i64,
+    pub max_future_ms: i64,
+    pub default_apdex_threshold: f64,
+}
+
+/// Validates and admits requests into the pipeline.
+pub struct Ingestor {
+    pub pipeline: Arc<Pipeline>,
+    pub registry: Arc<Registry>,
+    pub settings: IngestSettings,
+    /// Bounds requests being enqueued at once; its exhaustion is the "busy" answer.
+    admission: Semaphore,
+    stats: Arc<Stats>,
+}
+
+impl Ingestor {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        registry: Arc<Registry>,
+        settings: IngestSettings,
+        max_inflight: usize,
+    ) -> Self {
+        let stats = pipeline.stats.clone();
+        Ingestor {
+            pipeline,
+            registry,
+            settings,
+            admission: Semaphore::new(max_inflight),
+            stats,
+        }
+    }
+
+    /// Checks every sample; registers new metrics only if all are valid.
+    /// The `usize` of each sample is what errors name (line or point number).
+    pub fn prepare(
+        &self,
+        samples: Vec<(usize, RawSample)>,
+    ) -> Result<Vec<SampleItem>, IngestError> {
+        let now = now_ms();
+        let oldest_bucket_end = now - self.settings.allowed_lateness_ms;
+        let mut interned: HashMap<SeriesKey, Arc<SeriesKey>> = HashMap::new();
+        let mut items = Vec::with_capacity(samples.len());
+        let mut kinds: Vec<(usize, Kind, Option<f64>)> = Vec::new();
+        for (line, s) in samples {
+            if s.metric.starts_with(SELF_PREFIX) {
+                return Err(invalid(
+                    line,
+                    format!(
+                        "metric names starting with {SELF_PREFIX:?} are reserved for the node's own metrics"
+                    ),
+                ));
+            }
+            let key =
+                SeriesKey::new(s.metric, s.labels).map_err(|e| invalid(line, e.to_string()))?;
+            State::validate_sample(s.kind, s.value).map_err(|e| invalid(line, e.to_string()))?;
+            let ts_ms = s.ts_ms.unwrap_or(now);
+            let bucket_ms = minute_start(ts_ms);
+            if bucket_ms + MINUTE_MS <= oldest_bucket_end {
+                Stats::add(&self.stats.late_samples_total, 1);
+                return Err(invalid(
+                    line,
+                    format!(
+                        "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
+                        self.settings.allowed_lateness_ms / 1000
+                    ),
+                ));
+            }
+            if ts_ms > now + self.settings.max_future_ms {
+                return Err(invalid(
+                    line,
+                    format!(
+                        "ts_ms {ts_ms} is more than {} s in the future",
+                        self.settings.max_future_ms / 1000
+                    ),
+                ));
+            }
+            let threshold = match s.threshold {
+                Some(t) if !(t.is_finite() && t > 0.0) => {
+                    return Err(invalid(
+                        line,
+                        format!("threshold must be a positive number, got {t}"),
+                    ));
+                }
+                Some(_) if s.kind != Kind::Apdex => {
+                    return Err(invalid(line, "threshold is only valid for apdex samples"));
+                }
+                t => t,
+            };
+            let apdex_threshold = match (s.kind, threshold) {
+                (Kind::Apdex, Some(t)) => t,
+                (Kind::Apdex, None) => self
+                    .registry
+                    .get(key.metric())
+                    .and_then(|m| m.apdex_threshold)
+                    .unwrap_or(self.settings.default_apdex_threshold),
+                _ => 0.0,
+            };
+            let series = match interned.get(&key) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(key.clone());
+                    interned.insert(key, a.clone());
+                    a
+                }
+            };
+            kinds.push((
+                line,
+                s.kind,
+                (s.kind == Kind::Apdex).then_some(apdex_threshold),
+            ));
+            items.push(SampleItem {
+                series,
+                kind: s.kind,
+                bucket_ms,
+                ts_ms,
+                value: s.value,
+                apdex_threshold,
+            });
+        }
+        let wanted = items
+            .iter()
+            .zip(&kinds)
+            .map(|(it, (_, k, t))| (it.series.metric(), *k, *t));
+        if let Err(conflict) = self.registry.admit(wanted) {
+            let line = items
+                .iter()
+                .zip(&kinds)
+                .find(|(it, _)| {
+                    it.series.metric() == conflict.metric()
+                        && match &conflict {
+                            Conflict::Kind { got, .. } => it.kind == *got,
+                            Conflict::ApdexThreshold { got, .. } => it.apdex_threshold == *got,
+                        }
+                })
+                .map(|(_, (l, _, _))| *l);
+            return Err(IngestError::Invalid {
+                message: conflict.to_string(),
+                line,
+            });
+        }
+        Ok(items)
+    }
+
+    /// Admits prepared samples; with `wait_commit` answers only once they are
+    /// committed to the store (and spool). Returns the number accepted.
+    pub async fn submit(
+        &self,
+        items: Vec<SampleItem>,
+        wait_commit: bool,
+    ) -> Result<usize, IngestError> {
+        let Ok(_permit) = self.admission.try_acquire() else {
+            Stats::add(&self.stats.ingest_busy_total, 1);
+            return Err(IngestError::Busy);
+        };
+        let n = items.len();
+        let (ticket, done) = if wait_commit {
+            let (tx, rx) = oneshot::channel();
+            (Some(Ticket::Commit(tx)), Some(rx))
+        } else {
+            (None, None)
+        };
+        let pipeline = self.pipeline.clone();
+        tokio::task::spawn_blocking(move || pipeline.submit(items, Vec::new(), ticket))
+            .await
+            .map_err(|_| IngestError::Stopping)?
+            .map_err(|_| IngestError::Stopping)?;
+        Stats::add(&self.stats.ingest_samples_total, n as u64);
+        Stats::add(&self.stats.ingest_requests_total, 1);
+        if let Some(rx) = done {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(IngestError::CommitFailed(e)),
+                Err(_) => return Err(IngestError::Stopping),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Counts a request rejected before submission.
+    pub fn count_rejected(&self) {
+        Stats::add(&self.stats.ingest_rejected_requests_total, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_of_line() {
+        let body = br#"{"metric":"lat","kind":"histogram","labels":{"service":"checkout"},"ts_ms":1763800000123,"value":12.5}
+
+{"metric":"req","kind":"counter","labels":{}}
+{"metric":"ok","kind":"percent","value":true}
+"#;
+        let parsed = parse_ndjson(body).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].0, 1);
+        assert_eq!(parsed[0].1.value, SampleValue::Number(12.5));
+        assert_eq!(parsed[1].0, 3);
+        assert_eq!(parsed[1].1.value, SampleValue::Number(1.0));
+        assert_eq!(parsed[2].1.value, SampleValue::Flag(true));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let body = b"{\"metric\":\"a\",\"kind\":\"counter\"}\n{\"metric\":\"a\",\"kind\":\"bogus\",\"value\":1}\n";
+        let err = parse_ndjson(body).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Invalid { line: Some(2), .. }),
+            "{err:?}"
+        );
+        let err = parse_ndjson(b"{\"metric\":\"a\",\"kind\":\"sum\"}").unwrap_err();
+        assert!(err.to_string().contains("value"), "{err}");
+        let err = parse_ndjson(b"{\"metric\":\"a\",\"kind\":\"sum\",\"value\":1,\"extra\":2}")
+            .unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+        let err = parse_ndjson(b"not json").unwrap_err();
+        assert!(matches!(err, IngestError::Invalid { line: Some(1), .. }));
+        assert!(parse_ndjson(b"\n\n").is_err());
+    }
+}

@@ -1,0 +1,661 @@
+//! The aggregation pipeline of one tier: sharded aggregator, flush, commit.
+//!
+//! ```text
+//! inputs ──submit──> ingest carrier (one partition per shard, by series hash)
+//!                      └─> Shard: delta map (series, minute) -> State
+//! flush thread ── every flush_interval_ms: Flush marker into every shard ──┐
+//!   <── each shard swaps out its delta (the increment) ───────────────────┘
+//!   ──> output carrier ──> CommitWriter: one store transaction per flush
+//!         (merged buckets + source progress + outgoing spool batch),
+//!         then acks to sources, wakes `?wait=commit` requests and the forwarder
+//! ```
+//!
+//! **Flush gate.** An input holds the gate's read side while it enqueues all
+//! the parts of one request or batch (one per shard); the flush holds the
+//! write side while it enqueues its markers. Every shard queue is FIFO, so a
+//! request lands entirely before or entirely after a flush marker in every
+//! shard: the tickets (source progress, commit waiters) taken at that flush
+//! cover exactly the data that flush carries. That is what lets a source's
+//! `seq` be committed in the same transaction as its increments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as cb;
+use parking_lot::{Mutex, RwLock};
+use strata_carrier::{Carrier, CarrierConfig, CarrierThreads, Consumer, Produced, Strategy};
+use strata_model::{Increment, Kind, SampleValue, SeriesKey, State, StateParams};
+use strata_store::{Commit, SourceProgress, Store};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::sources::{Sources, Watermarks};
+use crate::stats::Stats;
+
+/// One validated sample, ready for its shard.
+#[derive(Clone, Debug)]
+pub struct SampleItem {
+    pub series: Arc<SeriesKey>,
+    pub kind: Kind,
+    pub bucket_ms: i64,
+    pub ts_ms: i64,
+    pub value: SampleValue,
+    /// Apdex threshold for apdex samples.
+    pub apdex_threshold: f64,
+}
+
+/// What travels through the ingest carrier to a shard.
+pub enum ShardMsg {
+    Samples(Vec<SampleItem>),
+    Increments(Vec<Increment>),
+    /// Swap out the delta and send it back.
+    Flush(cb::Sender<Vec<Increment>>),
+}
+
+/// Something to settle once the flush holding a request's data is committed.
+pub enum Ticket {
+    /// A federation batch: record the source's progress, then ack the seq.
+    Source {
+        progress: SourceProgress,
+        /// The stream to answer on (ack, or an error that ends the stream so
+        /// the source resends); gone if the stream ended meanwhile.
+        ack: mpsc::Sender<Result<u64, String>>,
+    },
+    /// An ingest request with `wait=commit`.
+    Commit(oneshot::Sender<Result<(), String>>),
+}
+
+/// The whole request could not be enqueued: the node is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("node is shutting down")]
+pub struct Stopping;
+
+/// Static settings of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub node_id: String,
+    pub shards: usize,
+    pub params: StateParams,
+    pub carrier_capacity: usize,
+    pub carrier_strategy: Strategy,
+    pub carrier_bulk_max: usize,
+    pub flush_interval: Duration,
+    /// Whether commits also append an outgoing spool batch.
+    pub forwarding: bool,
+    pub retention_ms: i64,
+}
+
+/// Shared handle to the running pipeline.
+pub struct Pipeline {
+    settings: PipelineSettings,
+    ingest: Carrier<ShardMsg>,
+    /// Read side: an input enqueuing one request; write side: a flush enqueuing markers.
+    gate: RwLock<()>,
+    /// Tickets of requests enqueued since the last flush marker.
+    tickets: Mutex<Vec<Ticket>>,
+    pub stats: Arc<Stats>,
+    pub sources: Arc<Sources>,
+    pub store: Arc<dyn Store>,
+    /// Instant up to which this node has committed what it saw itself.
+    own_watermark_ms: AtomicI64,
+    /// Last spool seq committed; the forwarder watches it.
+    spool_seq: watch::Sender<u64>,
+    /// Set when a commit failed for good: nothing more is committed, so no
+    /// later ack can cover the lost flush.
+    failed: AtomicBool,
+}
+
+/// Threads of a running pipeline, stopped in order by [`PipelineThreads::stop`].
+pub struct PipelineThreads {
+    ingest: Carrier<ShardMsg>,
+    flush_stop: cb::Sender<()>,
+    flush_thread: Option<std::thread::JoinHandle<()>>,
+    shards: CarrierThreads,
+    output: Carrier<FlushBatch>,
+    writer: CarrierThreads,
+}
+
+/// What one flush hands to its outputs.
+pub struct FlushBatch {
+    pub increments: Vec<Increment>,
+    pub tickets: Vec<Ticket>,
+    /// The flush instant: everything submitted before it is in this batch.
+    pub flushed_at_ms: i64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Pipeline {
+    /// Starts shards, the flush thread and the commit writer.
+    pub fn start(
+        settings: PipelineSettings,
+        store: Arc<dyn Store>,
+        sources: Arc<Sources>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<(Arc<Pipeline>, PipelineThreads)> {
+        let (ingest, shard_threads) = Carrier::start(
+            CarrierConfig {
+                name: "shard".into(),
+                partitions: settings.shards,
+                capacity: settings.carrier_capacity,
+                strategy: settings.carrier_strategy,
+                bulk_max: settings.carrier_bulk_max,
+            },
+            |i| Shard {
+                index: i,
+                delta: HashMap::new(),
+                params: settings.params,
+                source: settings.node_id.clone(),
+                stats: stats.clone(),
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("starting aggregator shards: {e}"))?;
+        let last_seq = store.spool_stats().last_seq;
+        let pipeline = Arc::new(Pipeline {
+            settings: settings.clone(),
+            ingest,
+            gate: RwLock::new(()),
+            tickets: Mutex::new(Vec::new()),
+            stats: stats.clone(),
+            sources,
+            store: store.clone(),
+            own_watermark_ms: AtomicI64::new(0),
+            spool_seq: watch::channel(last_seq).0,
+            failed: AtomicBool::new(false),
+        });
+        let writer = CommitWriter {
+            pipeline: pipeline.clone(),
+            last_retention: Instant::now(),
+        };
+        let mut writer = Some(writer);
+        let (output, writer_threads) = Carrier::start(
+            CarrierConfig {
+                name: "commit".into(),
+                partitions: 1,
+                capacity: 4,
+                strategy: Strategy::Blocking,
+                bulk_max: 8,
+            },
+            move |_| writer.take().expect("one partition, one writer"),
+        )
+        .map_err(|e| anyhow::anyhow!("starting commit writer: {e}"))?;
+        let (flush_stop, stop_rx) = cb::bounded(1);
+        let flush_thread = {
+            let pipeline = pipeline.clone();
+            let output = output.clone();
+            std::thread::Builder::new()
+                .name("flush".into())
+                .spawn(move || pipeline.flush_loop(&output, &stop_rx))?
+        };
+        let ingest = pipeline.ingest.clone();
+        Ok((
+            pipeline,
+            PipelineThreads {
+                ingest,
+                flush_stop,
+                flush_thread: Some(flush_thread),
+                shards: shard_threads,
+                output,
+                writer: writer_threads,
+            },
+        ))
+    }
+
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// Enqueues one request's samples and increments, all or nothing with
+    /// respect to flushes, plus an optional ticket. Blocks while shard queues
+    /// are full (call it from a blocking thread).
+    pub fn submit(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Stopping> {
+        let n = self.ingest.partitions();
+        let mut sample_parts: Vec<Vec<SampleItem>> = (0..n).map(|_| Vec::new()).collect();
+        for s in samples {
+            sample_parts[self.ingest.partition_for(s.series.hash64())].push(s);
+        }
+        let mut inc_parts: Vec<Vec<Increment>> = (0..n).map(|_| Vec::new()).collect();
+        for i in increments {
+            inc_parts[self.ingest.partition_for(i.series.hash64())].push(i);
+        }
+        let _gate = self.gate.read();
+        for (shard, (samples, incs)) in sample_parts.into_iter().zip(inc_parts).enumerate() {
+            if !samples.is_empty() {
+                self.produce(shard, ShardMsg::Samples(samples))?;
+            }
+            if !incs.is_empty() {
+                self.produce(shard, ShardMsg::Increments(incs))?;
+            }
+        }
+        if let Some(t) = ticket {
+            self.tickets.lock().push(t);
+        }
+        Ok(())
+    }
+
+    fn produce(&self, shard: usize, msg: ShardMsg) -> Result<(), Stopping> {
+        match self.ingest.produce_to(shard, msg) {
+            Produced::Sent => Ok(()),
+            // drop_if_full: the carrier counted it; the request goes on best-effort.
+            Produced::Dropped(_) => Ok(()),
+            Produced::Closed(_) => Err(Stopping),
+        }
+    }
+
+    /// Carrier figures for `/metrics`.
+    pub fn carrier_stats(&self) -> strata_carrier::CarrierStats {
+        self.ingest.stats()
+    }
+
+    /// The watermarks that decide completeness at this node now.
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            own_ms: self.own_watermark_ms.load(Ordering::Acquire),
+            sources: self
+                .sources
+                .expected()
+                .iter()
+                .map(|s| s.watermark_ms.load(Ordering::Acquire))
+                .collect(),
+        }
+    }
+
+    /// Whether a commit failed for good (the node must be restarted).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Watches the last committed spool seq (for the forwarder).
+    pub fn spool_seq(&self) -> watch::Receiver<u64> {
+        self.spool_seq.subscribe()
+    }
+
+    fn flush_loop(&self, output: &Carrier<FlushBatch>, stop: &cb::Receiver<()>) {
+        let interval = self.settings.flush_interval;
+        let mut next = Instant::now() + interval;
+        let mut self_metrics = SelfMetrics::new(&self.settings.node_id);
+        loop {
+            let stopping = match stop.recv_deadline(next) {
+                Err(cb::RecvTimeoutError::Timeout) => false,
+                Ok(()) | Err(cb::RecvTimeoutError::Disconnected) => true,
+            };
+            next += interval;
+            if next < Instant::now() {
+                next = Instant::now() + interval;
+            }
+            let samples = self_metrics.samples(&self.stats, now_ms());
+            if !samples.is_empty() && self.submit(samples, Vec::new(), None).is_err() {
+                return;
+            }
+            match self.flush() {
+                Some(batch) => {
+                    if let Produced::Closed(_) = output.produce_to(0, batch) {
+                        tracing::error!("commit writer stopped before the flush loop");
+                        return;
+                    }
+                }
+                None => return,
+            }
+            if stopping {
+                tracing::debug!("final flush enqueued");
+                return;
+            }
+        }
+    }
+
+    /// Swaps out every shard's delta. `None` if the shards are gone.
+    fn flush(&self) -> Option<FlushBatch> {
+        let n = self.ingest.partitions();
+        let mut replies = Vec::with_capacity(n);
+        let (tickets, flushed_at_ms) = {
+            let _gate = self.gate.write();
+            let tickets = std::mem::take(&mut *self.tickets.lock());
+            let at = now_ms();
+            for shard in 0..n {
+                let (tx, rx) = cb::bounded(1);
+                // Markers must never be dropped, whatever the carrier strategy.
+                let mut msg = ShardMsg::Flush(tx);
+                loop {
+                    match self
+                        .ingest
+                        .produce_timeout(shard, msg, Duration::from_secs(1))
+                    {
+                        Produced::Sent => break,
+                        Produced::Dropped(back) => msg = back,
+                        Produced::Closed(_) => return None,
+                    }
+                }
+                replies.push(rx);
+            }
+            (tickets, at)
+        };
+        let mut increments = Vec::new();
+        for rx in replies {
+            match rx.recv() {
+                Ok(part) => increments.extend(part),
+                Err(_) => return None,
+            }
+        }
+        Some(FlushBatch {
+            increments,
+            tickets,
+            flushed_at_ms,
+        })
+    }
+}
+
+impl PipelineThreads {
+    /// Final flush and commit, then stops every thread. Inputs must already
+    /// be stopped: anything submitted after the final flush is refused.
+    pub fn stop(mut self) {
+        let _ = self.flush_stop.send(());
+        if let Some(t) = self.flush_thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("flush thread panicked");
+        }
+        self.ingest.close();
+        self.shards.join();
+        self.output.close();
+        self.writer.join();
+    }
+}
+
+/// One aggregator shard: the only writer of its delta map.
+struct Shard {
+    index: usize,
+    /// What changed since the last flush: the increment to hand on.
+    delta: HashMap<(Arc<SeriesKey>, i64), State>,
+    params: StateParams,
+    /// Source name recorded by `latest` samples ingested here.
+    source: String,
+    stats: Arc<Stats>,
+}
+
+impl Consumer<ShardMsg> for Shard {
+    fn consume(&mut self, items: &mut Vec<ShardMsg>) {
+        for msg in items.drain(..) {
+            match msg {
+                ShardMsg::Samples(samples) => {
+                    for s in samples {
+                        let params = StateParams {
+                            apdex_threshold: s.apdex_threshold,
+                            ..self.params
+                        };
+                        let state = self
+                            .delta
+                            .entry((s.series, s.bucket_ms))
+                            .or_insert_with(|| State::empty(s.kind, &params));
+                        if let Err(e) = state.record(s.value, s.ts_ms, &self.source) {
+                            // Inputs validate first; reaching this is a bug, not bad input.
+                            Stats::add(&self.stats.merge_errors_total, 1);
+                            tracing::error!(shard = self.index, error = %e, "sample not recorded");
+                        }
+                    }
+                }
+                ShardMsg::Increments(incs) => {
+                    for inc in incs {
+                        match self.delta.entry((inc.series, inc.bucket_ms)) {
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(inc.state);
+                            }
+                            std::collections::hash_map::Entry::Occupied(mut o) => {
+                                if let Err(e) = o.get_mut().merge(&inc.state) {
+                                    Stats::add(&self.stats.merge_errors_total, 1);
+                                    tracing::error!(shard = self.index, series = %o.key().0, error = %e, "increment not merged");
+                                }
+                            }
+                        }
+                    }
+                }
+                ShardMsg::Flush(reply) => {
+                    let out: Vec<Increment> = self
+                        .delta
+                        .drain()
+                        .map(|((series, bucket_ms), state)| Increment {
+                            series,
+                            bucket_ms,
+                            state,
+                        })
+                        .collect();
+                    let _ = reply.send(out);
+                }
+            }
+        }
+    }
+}
+
+/// Commits flushes to the store and settles their tickets.
+struct CommitWriter {
+    pipeline: Arc<Pipeline>,
+    last_retention: Instant,
+}
+
+impl Consumer<FlushBatch> for CommitWriter {
+    fn consume(&mut self, items: &mut Vec<FlushBatch>) {
+        // Several queued flushes become one transaction: fewer syncs under load.
+        let mut increments = Vec::new();
+        let mut tickets = Vec::new();
+        let mut flushed_at_ms = 0;
+        for batch in items.drain(..) {
+            increments.extend(batch.increments);
+            tickets.extend(batch.tickets);
+            flushed_at_ms = flushed_at_ms.max(batch.flushed_at_ms);
+        }
+        self.commit(increments, tickets, flushed_at_ms);
+        if self.last_retention.elapsed() >= Duration::from_secs(60) {
+            self.last_retention = Instant::now();
+            let before =
+                strata_model::minute_start(flushed_at_ms - self.pipeline.settings.retention_ms);
+            match self.pipeline.store.delete_buckets_before(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    before_ms = before,
+                    "retention deleted old buckets"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    }
+}
+
+impl CommitWriter {
+    fn commit(&mut self, increments: Vec<Increment>, tickets: Vec<Ticket>, flushed_at_ms: i64) {
+        let p = &self.pipeline;
+        // Highest seq per source in this commit.
+        let mut progress: HashMap<String, SourceProgress> = HashMap::new();
+        for t in &tickets {
+            if let Ticket::Source { progress: pr, .. } = t {
+                let e = progress
+                    .entry(pr.source_id.clone())
+                    .or_insert_with(|| pr.clone());
+                if pr.seq > e.seq {
+                    *e = pr.clone();
+                }
+            }
+        }
+        let mut watermarks = p.watermarks();
+        watermarks.own_ms = flushed_at_ms;
+        for (w, s) in watermarks.sources.iter_mut().zip(p.sources.expected()) {
+            if let Some(pr) = progress.get(&s.id) {
+                *w = (*w).max(pr.watermark_ms);
+            }
+        }
+        let progress: Vec<SourceProgress> = progress.into_values().collect();
+        let commit = Commit {
+            increments: &increments,
+            progress: &progress,
+            spool_watermark_ms: p.settings.forwarding.then(|| watermarks.forwarded()),
+            now_ms: flushed_at_ms,
+        };
+        let outcome = if p.failed.load(Ordering::Acquire) {
+            Err("an earlier commit failed for good; restart the node".to_string())
+        } else {
+            self.commit_with_retries(commit)
+        };
+        match outcome {
+            Ok(outcome) => {
+                Stats::add(&p.stats.flushes_total, 1);
+                Stats::add(&p.stats.committed_increments_total, increments.len() as u64);
+                if !outcome.merge_errors.is_empty() {
+                    Stats::add(
+                        &p.stats.merge_errors_total,
+                        outcome.merge_errors.len() as u64,
+                    );
+                    for (series, e) in outcome.merge_errors.iter().take(10) {
+                        tracing::warn!(%series, error = %e, "increment not merged into the store");
+                    }
+                }
+                if outcome.spool_dropped > 0 {
+                    Stats::add(&p.stats.spool_dropped_batches_total, outcome.spool_dropped);
+                }
+                p.own_watermark_ms
+                    .fetch_max(flushed_at_ms, Ordering::AcqRel);
+                for pr in &progress {
+                    if let Some(live) = p.sources.get(&pr.source_id) {
+                        live.mark_committed(pr.epoch, pr.seq, pr.watermark_ms);
+                    }
+                }
+                for t in tickets {
+                    match t {
+                        Ticket::Source { progress, ack, .. } => {
+                            tracing::debug!(source = %progress.source_id, epoch = progress.epoch, seq = progress.seq, "batch committed");
+                            let _ = ack.try_send(Ok(progress.seq));
+                        }
+                        Ticket::Commit(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
+                if let Some(seq) = outcome.spool_seq {
+                    tracing::debug!(seq, increments = increments.len(), "flush spooled");
+                    p.spool_seq.send_replace(seq);
+                }
+            }
+            Err(e) => {
+                // Nothing of this flush is durable, and no later flush may be
+                // committed over the hole: the node stops committing (health
+                // KO) until it is restarted; sources then resend from what the
+                // store has.
+                p.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, increments = increments.len(), "flush lost: store commit failed");
+                for t in tickets {
+                    match t {
+                        Ticket::Source { progress, ack, .. } => {
+                            tracing::warn!(source = %progress.source_id, seq = progress.seq, "batch not committed; the source keeps it");
+                            let _ = ack.try_send(Err(format!("upstream cannot commit: {e}")));
+                        }
+                        Ticket::Commit(tx) => {
+                            let _ = tx.send(Err(format!("store commit failed: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries a failing commit with backoff (a full disk may be freed), and
+    /// gives up after about a minute.
+    fn commit_with_retries(
+        &self,
+        commit: Commit<'_>,
+    ) -> Result<strata_store::CommitOutcome, String> {
+        let p = &self.pipeline;
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match p.store.commit(commit) {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => {
+                    Stats::add(&p.stats.store_errors_total, 1);
+                    if attempt >= COMMIT_ATTEMPTS {
+                        return Err(e.to_string());
+                    }
+                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "store commit failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Attempts at one commit before the node gives up committing.
+const COMMIT_ATTEMPTS: u32 = 16;
+
+/// Turns the growth of this node's [`Stats`] counters into ordinary
+/// `strata_*{node="<id>"}` counter samples, so they are stored and forwarded
+/// upward like any metric (DESIGN §6).
+struct SelfMetrics {
+    series: Vec<Arc<SeriesKey>>,
+    last: Vec<u64>,
+}
+
+/// Prefix of the metrics a node records about itself.
+pub const SELF_PREFIX: &str = "strata_";
+
+impl SelfMetrics {
+    fn new(node_id: &str) -> Self {
+        let names = Stats::default().snapshot();
+        let series = names
+            .iter()
+            .filter_map(|(name, _)| {
+                SeriesKey::new(
+                    format!("{SELF_PREFIX}{name}"),
+                    [("node".to_string(), node_id.to_string())],
+                )
+                .ok()
+            })
+            .map(Arc::new)
+            .collect();
+        SelfMetrics {
+            series,
+            last: vec![0; names.len()],
+        }
+    }
+
+    fn samples(&mut self, stats: &Stats, now: i64) -> Vec<SampleItem> {
+        let mut out = Vec::new();
+        for ((series, last), (_, value)) in self
+            .series
+            .iter()
+            .zip(self.last.iter_mut())
+            .zip(stats.snapshot())
+        {
+            if value > *last {
+                out.push(SampleItem {
+                    series: series.clone(),
+                    kind: Kind::Counter,
+                    bucket_ms: strata_model::minute_start(now),
+                    ts_ms: now,
+                    value: SampleValue::Number((value - *last) as f64),
+                    apdex_threshold: 0.0,
+                });
+                *last = value;
+            }
+        }
+        out
+    }
+}
+
+/// Names of the self-metrics, to register as counters before any input runs.
+pub fn self_metric_names() -> Vec<String> {
+    Stats::default()
+        .snapshot()
+        .into_iter()
+        .map(|(n, _)| format!("{SELF_PREFIX}{n}"))
+        .collect()
+}

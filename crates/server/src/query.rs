@@ -1,0 +1,399 @@
+//! Range queries over merged state (DESIGN §6, §8).
+//!
+//! A query selects the series of one metric with a PromQL vector selector,
+//! reads their minute buckets, merges them per output group (`group_by`) and
+//! per step, and only then derives values: a p99 over 15 minutes and three
+//! clouds is computed from one merged histogram, never from other p99s.
+
+use std::collections::BTreeMap;
+
+use promql_parser::label::Matcher;
+use promql_parser::parser::{self, Expr};
+use serde_json::{Map, Value, json};
+use strata_model::{MINUTE_MS, State, Step, minute_start};
+use strata_store::Store;
+
+use crate::sources::Watermarks;
+
+/// A query that cannot be answered as asked.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+/// A parsed vector selector.
+#[derive(Debug)]
+pub struct Selector {
+    pub metric: String,
+    /// Label matchers other than the metric name.
+    pub matchers: Vec<Matcher>,
+}
+
+/// Parses `metric{label="value",...}` (`=`, `!=`, `=~`, `!~`).
+pub fn parse_selector(q: &str) -> Result<Selector, QueryError> {
+    let expr = parser::parse(q).map_err(|e| QueryError(format!("bad selector {q:?}: {e}")))?;
+    let Expr::VectorSelector(vs) = expr else {
+        return Err(QueryError(format!(
+            "{q:?} is not a vector selector: only metric{{label=\"value\"}} is supported"
+        )));
+    };
+    if vs.offset.is_some() || vs.at.is_some() {
+        return Err(QueryError(
+            "offset and @ modifiers are not supported; use from and to".into(),
+        ));
+    }
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(QueryError("`or` in selectors is not supported".into()));
+    }
+    let mut metric = vs.name.clone();
+    let mut matchers = Vec::new();
+    for m in vs.matchers.matchers {
+        if m.name == "__name__" {
+            match (&m.op, &metric) {
+                (promql_parser::label::MatchOp::Equal, None) => metric = Some(m.value.clone()),
+                _ => {
+                    return Err(QueryError(
+                        "__name__ may only be matched once with =".into(),
+                    ));
+                }
+            }
+        } else {
+            matchers.push(m);
+        }
+    }
+    let metric = metric.ok_or_else(|| QueryError("the selector must name a metric".into()))?;
+    Ok(Selector { metric, matchers })
+}
+
+/// Parses a time: epoch milliseconds, `now`, or `-<n><s|m|h|d>` relative to now.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, QueryError> {
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || {
+        QueryError(format!(
+            "bad time {s:?}: use epoch milliseconds, now, or -15m / -2h / -1d / -30s"
+        ))
+    };
+    let rel = s.strip_prefix('-').ok_or_else(bad)?;
+    let (num, unit) = rel.split_at(rel.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(now_ms - n.saturating_mul(unit_ms))
+}
+
+/// A query as the API receives it.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub selector: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub step: Step,
+    /// `None`: one result per series; `Some([])`: everything merged; `Some(labels)`: per distinct values.
+    pub group_by: Option<Vec<String>>,
+}
+
+const MAX_RANGE_MS: i64 = 400 * 86_400_000;
+
+/// Answers a query with the JSON `data` object of DESIGN §8.
+pub fn execute(store: &dyn Store, watermarks: &Watermarks, q: &Query) -> Result<Value, QueryError> {
+    let sel = parse_selector(&q.selector)?;
+    if q.to_ms <= q.from_ms {
+        return Err(QueryError(format!(
+            "from ({}) must be before to ({})",
+            q.from_ms, q.to_ms
+        )));
+    }
+    if q.to_ms - q.from_ms > MAX_RANGE_MS {
+        return Err(QueryError("the range is longer than 400 days".into()));
+    }
+    // Whole minutes: from rounds down, to rounds up (the current minute is included).
+    let from = minute_start(q.from_ms);
+    let to = minute_start(q.to_ms - 1) + MINUTE_MS;
+    let kind = store.metric_kind(&sel.metric);
+    let mut groups: BTreeMap<Vec<(String, String)>, BTreeMap<i64, State>> = BTreeMap::new();
+    for series in store.series_of(&sel.metric) {
+        if !sel
+            .matchers
+            .iter()
+            .all(|m| m.is_match(series.label(&m.name).unwrap_or("")))
+        {
+            continue;
+        }
+        let key: Vec<(String, String)> = match &q.group_by {
+            None => series.labels().to_vec(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| series.label(n).map(|v| (n.clone(), v.to_string())))
+                .collect(),
+        };
+        let buckets = store
+            .read(&series, from, to)
+            .map_err(|e| QueryError(format!("store: {e}")))?;
+        if buckets.is_empty() {
+            continue;
+        }
+        let points = groups.entry(key).or_default();
+        for (bucket_ms, state) in buckets {
+            let at = match q.step {
+                Step::All => from,
+                step => step.bucket_start(bucket_ms).max(from),
+            };
+            match points.get_mut(&at) {
+                Some(acc) => acc.merge(&state).map_err(|e| {
+                    QueryError(format!("cannot merge {series} into its group: {e}"))
+                })?,
+                None => {
+                    points.insert(at, state);
+                }
+            }
+        }
+    }
+    let series: Vec<Value> = groups
+        .into_iter()
+        .map(|(labels, points)| {
+            let labels: Map<String, Value> = labels
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let points: Vec<Value> = points
+                .into_iter()
+                .map(|(at, state)| {
+                    let end = match q.step {
+                        Step::All => to,
+                        Step::Minute => at + MINUTE_MS,
+                        step => step.bucket_start(at) + step_len(step),
+                    }
+                    .min(to);
+                    let minutes = ((end - at) / MINUTE_MS).max(1) as u64;
+                    let c = watermarks.completeness(end);
+                    json!({
+                        "ts_ms": at,
+                        "complete": c.complete,
+                        "sources": c.sources,
+                        "expected_sources": c.expected_sources,
+                        "value": values_json(&state, minutes),
+                    })
+                })
+                .collect();
+            json!({ "labels": labels, "points": points })
+        })
+        .collect();
+    Ok(json!({
+        "metric": sel.metric,
+        "kind": kind.map(|k| k.as_str()),
+        "step": q.step.as_str(),
+        "from_ms": from,
+        "to_ms": to,
+        "series": series,
+    }))
+}
+
+fn step_len(step: Step) -> i64 {
+    match step {
+        Step::Minute => MINUTE_MS,
+        Step::Hour => 60 * MINUTE_MS,
+        Step::Day => 1440 * MINUTE_MS,
+        Step::All => i64::MAX,
+    }
+}
+
+/// Derived values; whole numbers print as integers, undefined ones as null.
+pub fn values_json(state: &State, minutes: u64) -> Value {
+    let mut out = Map::new();
+    for (name, v) in state.values(minutes) {
+        let value = if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+            Value::from(v as i64)
+        } else {
+            Value::from(v)
+        };
+        out.insert(name.to_string(), value);
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use strata_model::{Increment, SampleValue, SeriesKey, StateParams};
+    use strata_store::{Commit, MemoryStore, StoreOptions};
+
+    fn series(cloud: &str, service: &str) -> Arc<SeriesKey> {
+        Arc::new(
+            SeriesKey::new(
+                "lat",
+                [
+                    ("cloud".to_string(), cloud.to_string()),
+                    ("service".to_string(), service.to_string()),
+                ],
+            )
+            .unwrap(),
+        )
+    }
+
+    fn hist(values: &[f64]) -> State {
+        let mut s = State::empty(strata_model::Kind::Histogram, &StateParams::default());
+        for v in values {
+            s.record(SampleValue::Number(*v), 0, "t").unwrap();
+        }
+        s
+    }
+
+    fn store_with_data() -> MemoryStore {
+        let store = MemoryStore::new(StoreOptions::default());
+        let incs = vec![
+            Increment {
+                series: series("aws", "checkout"),
+                bucket_ms: 0,
+                state: hist(&[1.0, 2.0]),
+            },
+            Increment {
+                series: series("aws", "checkout"),
+                bucket_ms: 60_000,
+                state: hist(&[3.0]),
+            },
+            Increment {
+                series: series("gcp", "checkout"),
+                bucket_ms: 0,
+                state: hist(&[100.0]),
+            },
+            Increment {
+                series: series("gcp", "search"),
+                bucket_ms: 0,
+                state: hist(&[7.0]),
+            },
+        ];
+        store
+            .commit(Commit {
+                increments: &incs,
+                progress: &[],
+                spool_watermark_ms: None,
+                now_ms: 0,
+            })
+            .unwrap();
+        store
+    }
+
+    fn run(q: &str, step: Step, group_by: Option<Vec<&str>>) -> Value {
+        let store = store_with_data();
+        let wm = Watermarks {
+            own_ms: 60_000,
+            sources: vec![],
+        };
+        execute(
+            &store,
+            &wm,
+            &Query {
+                selector: q.into(),
+                from_ms: 0,
+                to_ms: 120_000,
+                step,
+                group_by: group_by.map(|g| g.into_iter().map(String::from).collect()),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn one_result_per_series_without_group_by() {
+        let v = run("lat", Step::Minute, None);
+        assert_eq!(v["series"].as_array().unwrap().len(), 3);
+        assert_eq!(v["kind"], "histogram");
+        let aws = &v["series"][0];
+        assert_eq!(aws["labels"]["cloud"], "aws");
+        assert_eq!(aws["points"].as_array().unwrap().len(), 2);
+        assert_eq!(aws["points"][0]["value"]["count"], 2);
+        assert_eq!(aws["points"][0]["complete"], true);
+        assert_eq!(aws["points"][1]["complete"], false);
+    }
+
+    #[test]
+    fn group_by_merges_histograms_before_percentiles() {
+        let v = run("lat{service=\"checkout\"}", Step::All, Some(vec![]));
+        let s = v["series"].as_array().unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0]["labels"], json!({}));
+        let value = &s[0]["points"][0]["value"];
+        assert_eq!(value["count"], 4);
+        let max = value["max"].as_f64().unwrap();
+        assert!((max - 100.0).abs() <= 1.0, "{max}");
+        let v = run("lat", Step::Minute, Some(vec!["service"]));
+        let s = v["series"].as_array().unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0]["labels"]["service"], "checkout");
+        assert_eq!(s[0]["points"][0]["value"]["count"], 3);
+        assert_eq!(s[1]["points"][0]["value"]["count"], 1);
+    }
+
+    #[test]
+    fn matchers_filter_series() {
+        assert_eq!(
+            run("lat{cloud!=\"aws\"}", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            run("lat{service=~\"check.*\"}", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            run("lat{service!~\"check.*\"}", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            run("lat{region=\"\"}", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            run("{__name__=\"lat\"}", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            run("nothing", Step::All, None)["series"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn bad_selectors_and_times_are_named() {
+        assert!(
+            parse_selector("rate(x[5m])")
+                .unwrap_err()
+                .0
+                .contains("vector selector")
+        );
+        assert!(parse_selector("{a=\"b\"}").is_err());
+        assert!(parse_selector("x offset 5m").is_err());
+        assert_eq!(parse_time("-15m", 1_000_000).unwrap(), 100_000);
+        assert_eq!(parse_time("now", 5).unwrap(), 5);
+        assert_eq!(parse_time("1234", 5).unwrap(), 1234);
+        assert!(parse_time("-15x", 5).is_err());
+        assert!(parse_time("yesterday", 5).is_err());
+    }
+}

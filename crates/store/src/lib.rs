@@ -1,0 +1,229 @@
+//! Durable storage for a strata node: per-minute metric state, the progress of
+//! every downstream source, and the spool of increments waiting to go upstream.
+//!
+//! Everything a flush produces lands in the store in **one** transaction
+//! ([`Store::commit`] with a [`Commit`]): the merged bucket states, the
+//! sources' committed `seq` and watermark, and the outgoing spool batch. That
+//! single transaction is what makes federation exactly-once in effect: a crash
+//! either loses the whole flush (and the source resends it) or keeps all of it
+//! (and the source's resend is recognised as a duplicate by its `seq`).
+//!
+//! Main types:
+//! - [`Store`]: the trait the server codes against, so a distributed backend can
+//!   come later without reshaping the pipeline.
+//! - [`RedbStore`]: the default, an embedded transactional database (redb) in the
+//!   node's data directory; survives crashes and restarts.
+//! - [`MemoryStore`]: the same behaviour in memory, for tests and best-effort
+//!   nodes that accept losing everything on restart.
+//! - [`Commit`] / [`CommitOutcome`]: one flush in, what happened out.
+//! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
+//!   readers get back.
+//!
+//! Series get store-assigned ids ([`SeriesId`]); both stores keep every series
+//! key in memory, so listing metrics and matching selectors never touch disk.
+//! A metric's kind is fixed by its first committed bucket; a later increment of
+//! another kind is skipped and reported in [`CommitOutcome::merge_errors`]
+//! while the rest of the commit goes through.
+//!
+//! # Layout
+//! - `error.rs`: [`StoreError`].
+//! - `index.rs`: the in-memory series index and the commit planner (kind
+//!   checks, read-merge-write) both stores share.
+//! - `codec.rs`: byte encodings of series keys and spool batches.
+//! - `spool.rs`: the spool cap, shared by both stores.
+//! - `memory.rs`: [`MemoryStore`].
+//! - `redb_store.rs`: [`RedbStore`], its tables and how they are restored on open.
+//! - `suite.rs` (tests only): the behavioural suite every store must pass.
+//!
+//! # Example
+//! ```
+//! use strata_store::{Commit, MemoryStore, Store, StoreOptions};
+//!
+//! let store = MemoryStore::new(StoreOptions::default());
+//! let outcome = store
+//!     .commit(Commit {
+//!         increments: &[],
+//!         progress: &[],
+//!         spool_watermark_ms: Some(60_000),
+//!         now_ms: 61_000,
+//!     })
+//!     .expect("memory commits do not fail");
+//! assert_eq!(outcome.spool_seq, Some(1));
+//! assert_eq!(store.spool_read(0, 10).expect("read spool").len(), 1);
+//! store.spool_ack(1).expect("ack");
+//! assert_eq!(store.spool_stats().batches, 0);
+//! ```
+
+use std::sync::Arc;
+
+use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
+
+mod codec;
+mod error;
+mod index;
+mod memory;
+mod redb_store;
+mod spool;
+#[cfg(test)]
+mod suite;
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+/// Store-assigned identity of a series: sequential, never reused.
+pub type SeriesId = u64;
+
+/// How far one downstream source has been committed here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceProgress {
+    /// The source's node id, unique among this node's downstreams.
+    pub source_id: String,
+    /// The source's durable-state identity; a new epoch restarts its seqs.
+    pub epoch: u64,
+    /// Highest batch `seq` committed from this source: the resend point.
+    pub seq: u64,
+    /// The source's watermark as of that batch, for completeness.
+    pub watermark_ms: i64,
+    /// When this node last heard from the source, for `source_ttl_s` expiry.
+    pub last_seen_ms: i64,
+}
+
+/// One outgoing batch of increments, waiting in the spool for an upstream ack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpoolBatch {
+    /// Contiguous within this store's epoch; the upstream acks by it.
+    pub seq: u64,
+    /// This node's watermark when the batch was committed.
+    pub watermark_ms: i64,
+    /// Commit time, to report how stale the spool is.
+    pub created_ms: i64,
+    /// The increments the commit merged (those it refused are not spooled).
+    pub increments: Vec<Increment>,
+}
+
+/// Size and position of the outgoing spool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Batches waiting for an ack.
+    pub batches: u64,
+    /// Their total encoded size, compared against `spool_max_bytes`.
+    pub bytes: u64,
+    /// Oldest waiting seq; 0 when the spool is empty.
+    pub first_seq: u64,
+    /// Last seq ever assigned, even if already acked (0 before the first).
+    pub last_seq: u64,
+    /// Batches dropped at the cap since the store was created.
+    pub dropped_batches: u64,
+}
+
+/// One metric as listed by [`Store::metrics`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricInfo {
+    pub name: String,
+    pub kind: Kind,
+    /// How many series the metric has.
+    pub series: usize,
+}
+
+/// One flush, applied atomically (one transaction).
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    /// Each is merged into its (series, minute bucket) state: read-merge-write.
+    /// `bucket_ms` is rounded down to its minute.
+    pub increments: &'a [Increment],
+    /// Upserted by `source_id`, replacing the stored record.
+    pub progress: &'a [SourceProgress],
+    /// `Some`: also append the merged `increments` as one outgoing
+    /// [`SpoolBatch`] with the next seq and this watermark. Appended even when
+    /// there are no increments (a watermark-only batch): the caller decides.
+    pub spool_watermark_ms: Option<i64>,
+    /// Commit time, recorded as the spool batch's `created_ms`.
+    pub now_ms: i64,
+}
+
+/// What a successful commit did.
+#[derive(Debug, Default)]
+pub struct CommitOutcome {
+    /// Seq of the spool batch this commit appended, if it appended one.
+    pub spool_seq: Option<u64>,
+    /// Batches dropped oldest-first in this commit because the spool exceeded
+    /// its cap.
+    pub spool_dropped: u64,
+    /// Increments that could not be merged (kind or precision mismatch), by
+    /// series display: skipped, the rest committed.
+    pub merge_errors: Vec<(String, ModelError)>,
+}
+
+/// Storage of a node: metric state, source progress and the outgoing spool.
+///
+/// Readers work concurrently with a writer and see only committed data.
+pub trait Store: Send + Sync + 'static {
+    /// Identity of this node's durable state: random non-zero u64 chosen when
+    /// the store is first created and persisted; [`MemoryStore`] picks a new
+    /// one per instance.
+    fn epoch(&self) -> u64;
+    /// Applies one flush in one transaction; on error nothing of it is applied.
+    fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError>;
+    /// Every metric with a committed bucket, sorted by name.
+    fn metrics(&self) -> Vec<MetricInfo>;
+    fn metric_kind(&self, name: &str) -> Option<Kind>;
+    /// All known series of a metric, in order of first commit.
+    fn series_of(&self, metric: &str) -> Vec<Arc<SeriesKey>>;
+    fn series_count(&self) -> usize;
+    /// Minute buckets of one series with `from_ms <= bucket < to_ms`, ascending.
+    fn read(
+        &self,
+        series: &SeriesKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, State)>, StoreError>;
+    /// Progress of every source, sorted by id.
+    fn sources(&self) -> Vec<SourceProgress>;
+    fn source(&self, id: &str) -> Option<SourceProgress>;
+    /// Outgoing batches with `seq > after_seq`, ascending, at most `max_batches`.
+    fn spool_read(&self, after_seq: u64, max_batches: usize)
+    -> Result<Vec<SpoolBatch>, StoreError>;
+    /// Deletes spooled batches with `seq <= upto_seq` (acknowledged upstream).
+    fn spool_ack(&self, upto_seq: u64) -> Result<(), StoreError>;
+    fn spool_stats(&self) -> SpoolStats;
+    /// Retention: deletes minute buckets older than `before_ms`; returns how
+    /// many were deleted.
+    fn delete_buckets_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Limits shared by every store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Cap on the spool's total encoded size; past it the oldest batches are
+    /// dropped (counted and logged). Default 256 MiB.
+    pub spool_max_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            spool_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// A random non-zero epoch.
+///
+/// std's `RandomState` is seeded from the OS once per process and varies per
+/// instance; mixing in the clock and pid keeps two processes started from one
+/// image apart.
+pub(crate) fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    match hasher.finish() {
+        0 => 1,
+        epoch => epoch,
+    }
+}

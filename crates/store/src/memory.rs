@@ -1,0 +1,208 @@
+//! [`MemoryStore`]: the store's behaviour without durability.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use strata_model::{Kind, SeriesKey, State};
+
+use crate::codec::{decode_spool_batch, encode_spool_batch};
+use crate::index::{SeriesIndex, plan_commit};
+use crate::spool::enforce_spool_cap;
+use crate::{
+    Commit, CommitOutcome, MetricInfo, SeriesId, SourceProgress, SpoolBatch, SpoolStats, Store,
+    StoreError, StoreOptions, new_epoch,
+};
+
+/// A [`Store`] kept entirely in memory: for tests and for nodes that accept
+/// losing their state (and starting a new epoch) on every restart.
+///
+/// Behaves exactly like [`crate::RedbStore`], including spool byte accounting:
+/// batches are kept encoded, so the cap drops the same batches.
+pub struct MemoryStore {
+    /// New per instance: a restarted node has lost everything, and its
+    /// upstream must learn that its seqs start over.
+    epoch: u64,
+    opts: StoreOptions,
+    /// One lock for everything: a commit is a few map operations, so readers
+    /// wait microseconds, and they never see half a commit.
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    index: SeriesIndex,
+    buckets: BTreeMap<(SeriesId, i64), State>,
+    sources: BTreeMap<String, SourceProgress>,
+    /// seq → encoded batch, as the durable store keeps them.
+    spool: BTreeMap<u64, Vec<u8>>,
+    spool_stats: SpoolStats,
+}
+
+impl MemoryStore {
+    pub fn new(opts: StoreOptions) -> Self {
+        MemoryStore {
+            epoch: new_epoch(),
+            opts,
+            inner: RwLock::new(Inner {
+                index: SeriesIndex::new(1),
+                ..Inner::default()
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("epoch", &self.epoch)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for MemoryStore {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError> {
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
+        let buckets = &inner.buckets;
+        let plan = plan_commit(&inner.index, commit.increments, |id, bucket| {
+            Ok(buckets.get(&(id, bucket)).cloned())
+        })?;
+
+        let mut outcome = CommitOutcome::default();
+        let mut dropped = None;
+        if let Some(watermark_ms) = commit.spool_watermark_ms {
+            let mut stats = inner.spool_stats.clone();
+            let seq = stats.last_seq + 1;
+            let merged: Vec<_> = plan.merged.iter().map(|&i| &commit.increments[i]).collect();
+            let mut bytes = Vec::new();
+            encode_spool_batch(seq, watermark_ms, commit.now_ms, &merged, &mut bytes);
+            stats.last_seq = seq;
+            stats.batches += 1;
+            stats.bytes += bytes.len() as u64;
+            inner.spool.insert(seq, bytes);
+            let spool = &mut inner.spool;
+            dropped = enforce_spool_cap(&mut stats, self.opts.spool_max_bytes, || {
+                Ok(match spool.first_key_value() {
+                    Some((&oldest, _)) if oldest != seq => spool
+                        .remove(&oldest)
+                        .map(|bytes| (oldest, bytes.len() as u64)),
+                    _ => None,
+                })
+            })?;
+            stats.first_seq = spool.first_key_value().map_or(0, |(&s, _)| s);
+            inner.spool_stats = stats;
+            outcome.spool_seq = Some(seq);
+            outcome.spool_dropped = dropped.map_or(0, |d| d.dropped);
+        }
+
+        inner.index.apply(&plan);
+        inner.buckets.extend(plan.buckets);
+        for progress in commit.progress {
+            inner
+                .sources
+                .insert(progress.source_id.clone(), progress.clone());
+        }
+        drop(guard);
+
+        if let Some(dropped) = dropped {
+            dropped.log(self.opts.spool_max_bytes);
+        }
+        outcome.merge_errors = plan.errors;
+        Ok(outcome)
+    }
+
+    fn metrics(&self) -> Vec<MetricInfo> {
+        self.inner.read().index.metrics()
+    }
+
+    fn metric_kind(&self, name: &str) -> Option<Kind> {
+        self.inner.read().index.kind_of(name)
+    }
+
+    fn series_of(&self, metric: &str) -> Vec<Arc<SeriesKey>> {
+        self.inner.read().index.series_of(metric)
+    }
+
+    fn series_count(&self) -> usize {
+        self.inner.read().index.series_count()
+    }
+
+    fn read(
+        &self,
+        series: &SeriesKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, State)>, StoreError> {
+        let inner = self.inner.read();
+        let Some(id) = inner.index.id_of(series) else {
+            return Ok(Vec::new());
+        };
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        Ok(inner
+            .buckets
+            .range((id, from_ms)..(id, to_ms))
+            .map(|(&(_, bucket), state)| (bucket, state.clone()))
+            .collect())
+    }
+
+    fn sources(&self) -> Vec<SourceProgress> {
+        self.inner.read().sources.values().cloned().collect()
+    }
+
+    fn source(&self, id: &str) -> Option<SourceProgress> {
+        self.inner.read().sources.get(id).cloned()
+    }
+
+    fn spool_read(
+        &self,
+        after_seq: u64,
+        max_batches: usize,
+    ) -> Result<Vec<SpoolBatch>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let inner = self.inner.read();
+        inner
+            .spool
+            .range((Excluded(after_seq), Unbounded))
+            .take(max_batches)
+            .map(|(seq, bytes)| {
+                decode_spool_batch(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("spool batch {seq}: {e}")))
+            })
+            .collect()
+    }
+
+    fn spool_ack(&self, upto_seq: u64) -> Result<(), StoreError> {
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
+        let keep = match upto_seq.checked_add(1) {
+            Some(from) => inner.spool.split_off(&from),
+            None => BTreeMap::new(),
+        };
+        let acked = std::mem::replace(&mut inner.spool, keep);
+        let stats = &mut inner.spool_stats;
+        stats.batches = stats.batches.saturating_sub(acked.len() as u64);
+        let freed: u64 = acked.values().map(|b| b.len() as u64).sum();
+        stats.bytes = stats.bytes.saturating_sub(freed);
+        stats.first_seq = inner.spool.first_key_value().map_or(0, |(&s, _)| s);
+        Ok(())
+    }
+
+    fn spool_stats(&self) -> SpoolStats {
+        self.inner.read().spool_stats.clone()
+    }
+
+    fn delete_buckets_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.inner.write();
+        let before = inner.buckets.len();
+        inner.buckets.retain(|&(_, bucket), _| bucket >= before_ms);
+        Ok((before - inner.buckets.len()) as u64)
+    }
+}

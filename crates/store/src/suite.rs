@@ -1,0 +1,799 @@
+//! The behavioural suite every [`Store`] must pass, written once and run
+//! against [`MemoryStore`] and [`RedbStore`] by the `suite!` macro at the end,
+//! followed by the tests only a durable store can pass (reopen, crash).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
+use tempfile::TempDir;
+
+use crate::{
+    Commit, CommitOutcome, MemoryStore, RedbStore, SourceProgress, SpoolStats, Store, StoreOptions,
+};
+
+const M: i64 = strata_model::MINUTE_MS;
+
+/// A store under test, with the directory it lives in (if any).
+struct Fixture {
+    store: Box<dyn Store>,
+    _dir: Option<TempDir>,
+}
+
+type Open = dyn Fn(StoreOptions) -> Fixture;
+
+fn memory(opts: StoreOptions) -> Fixture {
+    Fixture {
+        store: Box::new(MemoryStore::new(opts)),
+        _dir: None,
+    }
+}
+
+fn redb(opts: StoreOptions) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    Fixture {
+        store: Box::new(RedbStore::open(dir.path(), opts).unwrap()),
+        _dir: Some(dir),
+    }
+}
+
+fn key(metric: &str, labels: &[(&str, &str)]) -> Arc<SeriesKey> {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    Arc::new(SeriesKey::new(metric, labels).unwrap())
+}
+
+fn inc(series: &Arc<SeriesKey>, bucket_ms: i64, state: State) -> Increment {
+    Increment {
+        series: Arc::clone(series),
+        bucket_ms,
+        state,
+    }
+}
+
+fn hist(sigfig: u8, values: &[f64]) -> State {
+    let mut h = Hist::new(sigfig).unwrap();
+    for &v in values {
+        h.record(v).unwrap();
+    }
+    State::Histogram(h)
+}
+
+fn progress(id: &str, seq: u64, watermark_ms: i64) -> SourceProgress {
+    SourceProgress {
+        source_id: id.to_owned(),
+        epoch: 7,
+        seq,
+        watermark_ms,
+        last_seen_ms: watermark_ms + 5,
+    }
+}
+
+/// Commits increments only (no progress, no spool).
+fn merge(store: &dyn Store, increments: &[Increment]) -> CommitOutcome {
+    store
+        .commit(Commit {
+            increments,
+            progress: &[],
+            spool_watermark_ms: None,
+            now_ms: 0,
+        })
+        .unwrap()
+}
+
+/// Commits increments and spools them with `watermark_ms`.
+fn spool(store: &dyn Store, increments: &[Increment], watermark_ms: i64) -> CommitOutcome {
+    store
+        .commit(Commit {
+            increments,
+            progress: &[],
+            spool_watermark_ms: Some(watermark_ms),
+            now_ms: watermark_ms + 1,
+        })
+        .unwrap()
+}
+
+fn epoch_is_non_zero_and_stable(open: &Open) {
+    let f = open(StoreOptions::default());
+    assert_ne!(f.store.epoch(), 0);
+    assert_eq!(f.store.epoch(), f.store.epoch());
+    assert_ne!(f.store.epoch(), open(StoreOptions::default()).store.epoch());
+}
+
+fn empty_store_reads_nothing(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    assert!(s.metrics().is_empty());
+    assert_eq!(s.metric_kind("requests_total"), None);
+    assert!(s.series_of("requests_total").is_empty());
+    assert_eq!(s.series_count(), 0);
+    assert!(
+        s.read(&key("requests_total", &[]), i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.sources().is_empty());
+    assert_eq!(s.source("eu"), None);
+    assert!(s.spool_read(0, 10).unwrap().is_empty());
+    assert_eq!(s.spool_stats(), SpoolStats::default());
+    assert_eq!(s.delete_buckets_before(i64::MAX).unwrap(), 0);
+    s.spool_ack(u64::MAX).unwrap();
+}
+
+fn merges_across_commits(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[("service", "checkout")]);
+    merge(s, &[inc(&k, 0, State::Counter(2))]);
+    merge(
+        s,
+        &[inc(&k, 0, State::Counter(3)), inc(&k, M, State::Counter(1))],
+    );
+    merge(s, &[inc(&k, 0, State::Counter(5))]);
+    assert_eq!(
+        s.read(&k, 0, 2 * M).unwrap(),
+        vec![(0, State::Counter(10)), (M, State::Counter(1))]
+    );
+}
+
+fn merges_within_one_commit(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("latency_ms", &[]);
+    merge(s, &[inc(&k, 0, hist(2, &[1.0]))]);
+    let outcome = merge(
+        s,
+        &[
+            inc(&k, 0, hist(2, &[2.0])),
+            inc(&k, 0, hist(2, &[3.0, 4.0])),
+            // A new series merged twice in the commit that creates it.
+            inc(&key("latency_ms", &[("az", "b")]), 0, hist(2, &[5.0])),
+            inc(&key("latency_ms", &[("az", "b")]), 0, hist(2, &[6.0])),
+        ],
+    );
+    assert!(outcome.merge_errors.is_empty());
+    assert_eq!(
+        s.read(&k, 0, M).unwrap(),
+        vec![(0, hist(2, &[1.0, 2.0, 3.0, 4.0]))]
+    );
+    assert_eq!(
+        s.read(&key("latency_ms", &[("az", "b")]), 0, M).unwrap(),
+        vec![(0, hist(2, &[5.0, 6.0]))]
+    );
+    assert_eq!(s.series_count(), 2);
+}
+
+fn buckets_are_minutes(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[]);
+    merge(
+        s,
+        &[
+            inc(&k, M + 1, State::Counter(1)),
+            inc(&k, 2 * M - 1, State::Counter(1)),
+        ],
+    );
+    assert_eq!(s.read(&k, 0, 10 * M).unwrap(), vec![(M, State::Counter(2))]);
+}
+
+fn read_range_is_half_open_and_ascending(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[]);
+    let other = key("requests_total", &[("service", "other")]);
+    // Committed out of order, and with a neighbouring series on both sides of
+    // the key space.
+    merge(
+        s,
+        &[
+            inc(&k, 3 * M, State::Counter(3)),
+            inc(&other, 2 * M, State::Counter(99)),
+            inc(&k, -M, State::Counter(9)),
+            inc(&k, M, State::Counter(1)),
+            inc(&k, 2 * M, State::Counter(2)),
+        ],
+    );
+    let buckets = |from, to| -> Vec<i64> {
+        s.read(&k, from, to)
+            .unwrap()
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect()
+    };
+    assert_eq!(buckets(i64::MIN, i64::MAX), vec![-M, M, 2 * M, 3 * M]);
+    assert_eq!(buckets(M, 3 * M), vec![M, 2 * M]);
+    assert_eq!(buckets(M + 1, 3 * M + 1), vec![2 * M, 3 * M]);
+    assert_eq!(buckets(0, M), Vec::<i64>::new());
+    assert_eq!(buckets(3 * M, M), Vec::<i64>::new());
+    assert_eq!(buckets(M, M), Vec::<i64>::new());
+    assert_eq!(
+        s.read(&other, 0, 10 * M).unwrap(),
+        vec![(2 * M, State::Counter(99))]
+    );
+    assert!(
+        s.read(&key("unknown_total", &[]), i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn lists_series_and_metrics(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let a = key("requests_total", &[("service", "a")]);
+    let b = key("requests_total", &[("service", "b")]);
+    let l = key("latency_ms", &[("service", "a")]);
+    merge(
+        s,
+        &[inc(&a, 0, State::Counter(1)), inc(&l, 0, State::Max(3.0))],
+    );
+    merge(
+        s,
+        &[inc(&b, 0, State::Counter(1)), inc(&a, M, State::Counter(1))],
+    );
+
+    let metrics: Vec<_> = s
+        .metrics()
+        .into_iter()
+        .map(|m| (m.name, m.kind, m.series))
+        .collect();
+    assert_eq!(
+        metrics,
+        vec![
+            ("latency_ms".to_owned(), Kind::Max, 1),
+            ("requests_total".to_owned(), Kind::Counter, 2),
+        ]
+    );
+    assert_eq!(s.metric_kind("requests_total"), Some(Kind::Counter));
+    assert_eq!(s.metric_kind("latency_ms"), Some(Kind::Max));
+    assert_eq!(s.metric_kind("nope"), None);
+    let mut series = s.series_of("requests_total");
+    series.sort();
+    assert_eq!(series, vec![a, b]);
+    assert_eq!(s.series_of("latency_ms"), vec![l]);
+    assert!(s.series_of("nope").is_empty());
+    assert_eq!(s.series_count(), 3);
+}
+
+fn upserts_progress(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let commit = |p: &[SourceProgress]| {
+        s.commit(Commit {
+            increments: &[],
+            progress: p,
+            spool_watermark_ms: None,
+            now_ms: 0,
+        })
+        .unwrap()
+    };
+    commit(&[progress("us", 1, 100), progress("eu", 4, 400)]);
+    commit(&[progress("eu", 5, 500)]);
+    commit(&[progress("ap", 1, 50)]);
+    assert_eq!(
+        s.sources(),
+        vec![
+            progress("ap", 1, 50),
+            progress("eu", 5, 500),
+            progress("us", 1, 100)
+        ]
+    );
+    assert_eq!(s.source("eu"), Some(progress("eu", 5, 500)));
+    assert_eq!(s.source("mars"), None);
+    // A new epoch replaces the record whole, even with a lower seq.
+    let restarted = SourceProgress {
+        epoch: 8,
+        ..progress("eu", 1, 600)
+    };
+    commit(std::slice::from_ref(&restarted));
+    assert_eq!(s.source("eu"), Some(restarted));
+}
+
+fn spool_appends_reads_and_acks(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("latency_ms", &[("service", "checkout")]);
+    let first = [
+        inc(&k, 0, hist(3, &[1.5, 700.0])),
+        inc(&k, M, hist(3, &[2.0])),
+    ];
+    let out = spool(s, &first, 60_000);
+    assert_eq!(out.spool_seq, Some(1));
+    assert_eq!(out.spool_dropped, 0);
+    // Not every commit forwards.
+    assert_eq!(merge(s, &[inc(&k, M, hist(3, &[9.0]))]).spool_seq, None);
+    assert_eq!(spool(s, &[], 120_000).spool_seq, Some(2));
+    let third = [inc(&key("requests_total", &[]), 2 * M, State::Counter(4))];
+    assert_eq!(spool(s, &third, 180_000).spool_seq, Some(3));
+
+    let batches = s.spool_read(0, 10).unwrap();
+    assert_eq!(
+        batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(batches[0].watermark_ms, 60_000);
+    assert_eq!(batches[0].created_ms, 60_001);
+    assert_eq!(batches[0].increments, first.to_vec());
+    assert!(batches[1].increments.is_empty());
+    assert_eq!(batches[1].watermark_ms, 120_000);
+    assert_eq!(batches[2].increments, third.to_vec());
+
+    let stats = s.spool_stats();
+    assert_eq!((stats.batches, stats.first_seq, stats.last_seq), (3, 1, 3));
+    assert!(stats.bytes > 0);
+    assert_eq!(stats.dropped_batches, 0);
+
+    let seqs = |after, max| -> Vec<u64> {
+        s.spool_read(after, max)
+            .unwrap()
+            .iter()
+            .map(|b| b.seq)
+            .collect()
+    };
+    assert_eq!(seqs(1, 10), vec![2, 3]);
+    assert_eq!(seqs(0, 2), vec![1, 2]);
+    assert_eq!(seqs(3, 10), Vec::<u64>::new());
+    assert_eq!(seqs(0, 0), Vec::<u64>::new());
+    assert_eq!(seqs(u64::MAX, 10), Vec::<u64>::new());
+
+    s.spool_ack(2).unwrap();
+    assert_eq!(seqs(0, 10), vec![3]);
+    let after_ack = s.spool_stats();
+    assert_eq!(
+        (after_ack.batches, after_ack.first_seq, after_ack.last_seq),
+        (1, 3, 3)
+    );
+    assert!(after_ack.bytes < stats.bytes && after_ack.bytes > 0);
+    // Acking again, or below what is left, changes nothing.
+    s.spool_ack(2).unwrap();
+    s.spool_ack(0).unwrap();
+    assert_eq!(s.spool_stats(), after_ack);
+
+    s.spool_ack(3).unwrap();
+    assert_eq!(
+        s.spool_stats(),
+        SpoolStats {
+            batches: 0,
+            bytes: 0,
+            first_seq: 0,
+            last_seq: 3,
+            dropped_batches: 0
+        }
+    );
+    assert!(s.spool_read(0, 10).unwrap().is_empty());
+}
+
+fn spool_seqs_stay_contiguous(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let mut seqs = Vec::new();
+    for round in 0..4i64 {
+        seqs.push(spool(s, &[], round * M).spool_seq.unwrap());
+        seqs.push(spool(s, &[], round * M + 1).spool_seq.unwrap());
+        // Acking everything, even past the end, never resets the sequence.
+        s.spool_ack(u64::MAX).unwrap();
+    }
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(s.spool_stats().last_seq, 8);
+    assert_eq!(spool(s, &[], 0).spool_seq, Some(9));
+}
+
+fn spool_cap_drops_oldest(open: &Open) {
+    // Measure one batch, then cap the spool at three of them.
+    let k = key("requests_total", &[("service", "checkout")]);
+    let batch = [inc(&k, 0, State::Counter(1))];
+    let one = {
+        let f = open(StoreOptions::default());
+        spool(&*f.store, &batch, 0);
+        f.store.spool_stats().bytes
+    };
+    let f = open(StoreOptions {
+        spool_max_bytes: 3 * one,
+    });
+    let s = &*f.store;
+    for i in 0..3 {
+        assert_eq!(spool(s, &batch, i).spool_dropped, 0);
+    }
+    assert_eq!(s.spool_stats().bytes, 3 * one);
+    let out = spool(s, &batch, 3);
+    assert_eq!((out.spool_seq, out.spool_dropped), (Some(4), 1));
+    let out = spool(s, &batch, 4);
+    assert_eq!((out.spool_seq, out.spool_dropped), (Some(5), 1));
+    let stats = s.spool_stats();
+    assert_eq!(
+        stats,
+        SpoolStats {
+            batches: 3,
+            bytes: 3 * one,
+            first_seq: 3,
+            last_seq: 5,
+            dropped_batches: 2
+        }
+    );
+    let seqs: Vec<u64> = s.spool_read(0, 10).unwrap().iter().map(|b| b.seq).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    // Merged state is not affected by what the spool drops.
+    assert_eq!(s.read(&k, 0, M).unwrap(), vec![(0, State::Counter(5))]);
+
+    // A batch larger than the whole cap pushes out everything else but is kept.
+    let big: Vec<Increment> = (0..20)
+        .map(|i| {
+            inc(
+                &key("big_total", &[("i", &i.to_string())]),
+                0,
+                State::Counter(1),
+            )
+        })
+        .collect();
+    let out = spool(s, &big, 5);
+    assert_eq!((out.spool_seq, out.spool_dropped), (Some(6), 3));
+    let stats = s.spool_stats();
+    assert_eq!((stats.batches, stats.first_seq, stats.last_seq), (1, 6, 6));
+    assert_eq!(stats.dropped_batches, 5);
+    assert!(stats.bytes > 3 * one);
+    assert_eq!(s.spool_read(0, 10).unwrap()[0].increments, big);
+}
+
+fn merge_errors_skip_only_the_bad_increments(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let c = key("requests_total", &[]);
+    let h = key("latency_ms", &[]);
+    merge(
+        s,
+        &[inc(&c, 0, State::Counter(1)), inc(&h, 0, hist(2, &[1.0]))],
+    );
+
+    let wrong_kind_new_series = key("requests_total", &[("service", "x")]);
+    let fresh = key("fresh_total", &[]);
+    let increments = [
+        // Kind differs from the metric's recorded kind, on a known and a new series.
+        inc(&c, 0, State::Max(1.0)),
+        inc(&wrong_kind_new_series, 0, State::Max(1.0)),
+        // Histogram precision differs from the stored bucket.
+        inc(&h, 0, hist(3, &[2.0])),
+        // Good ones around them.
+        inc(&c, 0, State::Counter(2)),
+        inc(&h, 0, hist(2, &[3.0])),
+        inc(&fresh, M, State::Counter(7)),
+        // Kind differs from the kind this very commit fixed for a new metric.
+        inc(&key("fresh_total", &[("a", "b")]), M, State::Max(2.0)),
+    ];
+    let out = s
+        .commit(Commit {
+            increments: &increments,
+            progress: &[progress("eu", 1, 0)],
+            spool_watermark_ms: Some(0),
+            now_ms: 0,
+        })
+        .unwrap();
+
+    let errors: Vec<(String, ModelError)> = out.merge_errors;
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert_eq!(errors[0].0, c.to_string());
+    assert_eq!(
+        errors[0].1,
+        ModelError::KindMismatch {
+            expected: Kind::Counter,
+            found: Kind::Max
+        }
+    );
+    assert_eq!(errors[1].0, wrong_kind_new_series.to_string());
+    assert_eq!(errors[2].0, h.to_string());
+    assert!(matches!(errors[2].1, ModelError::PrecisionMismatch { .. }));
+    assert!(matches!(errors[3].1, ModelError::KindMismatch { .. }));
+
+    assert_eq!(s.read(&c, 0, M).unwrap(), vec![(0, State::Counter(3))]);
+    assert_eq!(s.read(&h, 0, M).unwrap(), vec![(0, hist(2, &[1.0, 3.0]))]);
+    assert_eq!(
+        s.read(&fresh, 0, 2 * M).unwrap(),
+        vec![(M, State::Counter(7))]
+    );
+    // Refused increments create no series and fix no kind.
+    assert_eq!(s.series_count(), 3);
+    assert_eq!(s.metric_kind("fresh_total"), Some(Kind::Counter));
+    assert!(s.read(&wrong_kind_new_series, 0, M).unwrap().is_empty());
+    // The rest of the commit went through: progress, and a spool batch of
+    // exactly what merged.
+    assert_eq!(s.source("eu"), Some(progress("eu", 1, 0)));
+    let batch = &s.spool_read(0, 1).unwrap()[0];
+    assert_eq!(
+        batch.increments,
+        vec![
+            increments[3].clone(),
+            increments[4].clone(),
+            increments[5].clone()
+        ]
+    );
+}
+
+fn retention_deletes_old_buckets(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let a = key("requests_total", &[("service", "a")]);
+    let b = key("latency_ms", &[]);
+    merge(
+        s,
+        &[
+            inc(&a, 0, State::Counter(1)),
+            inc(&a, M, State::Counter(1)),
+            inc(&a, 2 * M, State::Counter(1)),
+            inc(&b, -M, State::Max(1.0)),
+            inc(&b, 2 * M, State::Max(1.0)),
+        ],
+    );
+    assert_eq!(s.delete_buckets_before(i64::MIN).unwrap(), 0);
+    assert_eq!(s.delete_buckets_before(M).unwrap(), 2);
+    assert_eq!(s.delete_buckets_before(M).unwrap(), 0);
+    let buckets = |k| -> Vec<i64> {
+        s.read(k, i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
+    };
+    assert_eq!(buckets(&a), vec![M, 2 * M]);
+    assert_eq!(buckets(&b), vec![2 * M]);
+    // Series and kinds outlive their buckets; a new bucket merges from empty.
+    assert_eq!(s.series_count(), 2);
+    merge(s, &[inc(&a, 0, State::Counter(5))]);
+    assert_eq!(s.read(&a, 0, M).unwrap(), vec![(0, State::Counter(5))]);
+    assert_eq!(s.delete_buckets_before(i64::MAX).unwrap(), 4);
+    assert!(buckets(&a).is_empty());
+}
+
+fn readers_run_alongside_a_writer(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[]);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for i in 0..50 {
+                let out = s
+                    .commit(Commit {
+                        increments: &[inc(&k, 0, State::Counter(1))],
+                        progress: &[progress("eu", i + 1, 0)],
+                        spool_watermark_ms: Some(0),
+                        now_ms: 0,
+                    })
+                    .unwrap();
+                assert_eq!(out.spool_seq, Some(i + 1));
+            }
+        });
+        // Every snapshot a reader sees is a whole commit: the count never
+        // goes backwards.
+        let mut last = 0;
+        while !writer.is_finished() {
+            if let Some((_, State::Counter(n))) = s.read(&k, 0, M).unwrap().first() {
+                assert!(*n >= last);
+                last = *n;
+            }
+            let _ = s.spool_read(0, 100).unwrap();
+            let _ = s.sources();
+            let _ = s.metrics();
+        }
+        writer.join().unwrap();
+    });
+    assert_eq!(s.read(&k, 0, M).unwrap(), vec![(0, State::Counter(50))]);
+    assert_eq!(s.source("eu").map(|p| p.seq), Some(50));
+    assert_eq!(s.spool_stats().batches, 50);
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod memory_store {
+            $( #[test] fn $case() { super::$case(&super::memory) } )*
+        }
+        mod redb_store {
+            $( #[test] fn $case() { super::$case(&super::redb) } )*
+        }
+    };
+}
+
+suite!(
+    epoch_is_non_zero_and_stable,
+    empty_store_reads_nothing,
+    merges_across_commits,
+    merges_within_one_commit,
+    buckets_are_minutes,
+    read_range_is_half_open_and_ascending,
+    lists_series_and_metrics,
+    upserts_progress,
+    spool_appends_reads_and_acks,
+    spool_seqs_stay_contiguous,
+    spool_cap_drops_oldest,
+    merge_errors_skip_only_the_bad_increments,
+    retention_deletes_old_buckets,
+    readers_run_alongside_a_writer,
+);
+
+/// Durability: what only [`RedbStore`] promises.
+mod durable {
+    use super::*;
+    use crate::redb_store::BUCKETS;
+
+    /// Fills a store with one of everything.
+    fn populate(s: &dyn Store) {
+        let a = key("requests_total", &[("service", "a")]);
+        let h = key("latency_ms", &[("service", "a")]);
+        s.commit(Commit {
+            increments: &[
+                inc(&a, 0, State::Counter(3)),
+                inc(&h, M, hist(3, &[1.0, 250.0])),
+            ],
+            progress: &[progress("eu", 4, 400), progress("us", 9, 900)],
+            spool_watermark_ms: Some(60_000),
+            now_ms: 61_000,
+        })
+        .unwrap();
+        spool(s, &[inc(&a, M, State::Counter(1))], 120_000);
+        spool(s, &[], 180_000);
+        s.spool_ack(1).unwrap();
+    }
+
+    /// Everything a reader can observe, for before/after comparisons.
+    fn snapshot(s: &dyn Store) -> String {
+        let mut out = format!("epoch {}\n", s.epoch());
+        for m in s.metrics() {
+            let mut series = s.series_of(&m.name);
+            series.sort();
+            for k in series {
+                let buckets = s.read(&k, i64::MIN, i64::MAX).unwrap();
+                out += &format!("{} {} {k} {buckets:?}\n", m.name, m.kind);
+            }
+        }
+        out += &format!("{:?}\n{:?}\n", s.sources(), s.spool_stats());
+        out += &format!("{:?}\n", s.spool_read(0, 100).unwrap());
+        out
+    }
+
+    #[test]
+    fn reopen_restores_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            populate(&s);
+            snapshot(&s)
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(snapshot(&s), before);
+        assert_eq!(s.series_count(), 2);
+        assert_eq!(
+            s.spool_stats(),
+            SpoolStats {
+                batches: 2,
+                bytes: s.spool_stats().bytes,
+                first_seq: 2,
+                last_seq: 3,
+                dropped_batches: 0
+            }
+        );
+
+        // It carries on where it stopped: merges onto restored buckets, the
+        // next seq, no duplicate series ids.
+        let a = key("requests_total", &[("service", "a")]);
+        let b = key("requests_total", &[("service", "b")]);
+        let out = spool(
+            &s,
+            &[inc(&a, 0, State::Counter(2)), inc(&b, 0, State::Counter(1))],
+            0,
+        );
+        assert_eq!(out.spool_seq, Some(4));
+        assert_eq!(s.read(&a, 0, M).unwrap(), vec![(0, State::Counter(5))]);
+        assert_eq!(s.series_count(), 3);
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.series_count(), 3);
+        assert_eq!(s.read(&b, 0, M).unwrap(), vec![(0, State::Counter(1))]);
+    }
+
+    #[test]
+    fn last_seq_survives_an_empty_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            spool(&s, &[], 0);
+            spool(&s, &[], 1);
+            s.spool_ack(2).unwrap();
+        }
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.spool_stats().last_seq, 2);
+        assert_eq!(s.spool_stats().batches, 0);
+        assert_eq!(spool(&s, &[], 2).spool_seq, Some(3));
+    }
+
+    #[test]
+    fn dropped_batches_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || StoreOptions { spool_max_bytes: 1 };
+        {
+            let s = RedbStore::open(dir.path(), opts()).unwrap();
+            for i in 0..4 {
+                spool(&s, &[], i);
+            }
+            assert_eq!(s.spool_stats().dropped_batches, 3);
+        }
+        let s = RedbStore::open(dir.path(), opts()).unwrap();
+        let stats = s.spool_stats();
+        assert_eq!(
+            (stats.batches, stats.first_seq, stats.dropped_batches),
+            (1, 4, 3)
+        );
+        assert_eq!(spool(&s, &[], 5).spool_dropped, 1);
+        assert_eq!(s.spool_stats().dropped_batches, 4);
+    }
+
+    #[test]
+    fn committed_data_survives_a_drop_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("requests_total", &[]);
+        let epoch;
+        {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            epoch = s.epoch();
+            spool(&s, &[inc(&k, 0, State::Counter(1))], 0);
+            // A write that never commits, left in flight when the store goes
+            // away without any shutdown step.
+            let in_flight = s.db.begin_write().unwrap();
+            {
+                let mut buckets = in_flight.open_table(BUCKETS).unwrap();
+                buckets.insert((1, M), [0xffu8; 3].as_slice()).unwrap();
+            }
+            drop(s);
+            drop(in_flight);
+        }
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.epoch(), epoch);
+        assert_eq!(s.read(&k, 0, M).unwrap(), vec![(0, State::Counter(1))]);
+        assert_eq!(s.spool_stats().last_seq, 1);
+        assert_eq!(s.spool_read(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn epoch_is_kept_per_directory() {
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let e1 = RedbStore::open(one.path(), StoreOptions::default())
+            .unwrap()
+            .epoch();
+        let e2 = RedbStore::open(two.path(), StoreOptions::default())
+            .unwrap()
+            .epoch();
+        assert_ne!(e1, e2);
+        let again = RedbStore::open(one.path(), StoreOptions::default())
+            .unwrap()
+            .epoch();
+        assert_eq!(again, e1);
+    }
+
+    #[test]
+    fn creates_the_data_dir_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        let s = RedbStore::open(&nested, StoreOptions::default()).unwrap();
+        assert_eq!(s.path(), nested.join("strata.redb"));
+        assert!(nested.join("strata.redb").is_file());
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("strata.redb"),
+            b"not a database, not at all",
+        )
+        .unwrap();
+        let err = RedbStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("strata.redb"), "{err}");
+    }
+
+    #[test]
+    fn second_open_of_a_live_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _live = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(RedbStore::open(dir.path(), StoreOptions::default()).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! `strata query`: asks a tier's HTTP API and prints a table.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+#[allow(clippy::print_stdout)]
+pub fn run(
+    addr: &str,
+    selector: &str,
+    from: &str,
+    to: &str,
+    step: &str,
+    group_by: Option<&str>,
+    raw: bool,
+) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    let base = if base.starts_with("http://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
+    };
+    let mut req = ureq::get(&format!("{base}/api/v1/query"))
+        .query("q", selector)
+        .query("from", from)
+        .query("to", to)
+        .query("step", step);
+    if let Some(g) = group_by {
+        req = req.query("group_by", g);
+    }
+    let mut resp = req
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .with_context(|| format!("querying {base}"))?;
+    let body: Value = resp
+        .body_mut()
+        .read_json()
+        .context("reading the response")?;
+    if body["status"] != "success" {
+        bail!("{}", body["error"].as_str().unwrap_or("query failed"));
+    }
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    print!("{}", table(&body["data"]));
+    Ok(())
+}
+
+/// Renders a query response as an aligned table: one row per point.
+pub fn table(data: &Value) -> String {
+    let empty = Vec::new();
+    let series = data["series"].as_array().unwrap_or(&empty);
+    let mut fields: Vec<String> = Vec::new();
+    for s in series {
+        for p in s["points"].as_array().unwrap_or(&empty) {
+            if let Some(obj) = p["value"].as_object() {
+                for k in obj.keys() {
+                    if !fields.contains(k) {
+                        fields.push(k.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut header = vec![
+        "labels".to_string(),
+        "time (UTC)".to_string(),
+        "complete".to_string(),
+    ];
+    header.extend(fields.iter().cloned());
+    let mut rows = vec![header];
+    for s in series {
+        let labels = s["labels"]
+            .as_object()
+            .map(|m| {
+                let parts: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                if parts.is_empty() {
+                    "{}".to_string()
+                } else {
+                    parts.join(",")
+                }
+            })
+            .unwrap_or_default();
+        for p in s["points"].as_array().unwrap_or(&empty) {
+            let mut row = vec![
+                labels.clone(),
+                format_time(p["ts_ms"].as_i64().unwrap_or(0)),
+                format!(
+                    "{} {}/{}",
+                    if p["complete"].as_bool().unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    p["sources"],
+                    p["expected_sources"]
+                ),
+            ];
+            for f in &fields {
+                row.push(format_number(&p["value"][f]));
+            }
+            rows.push(row);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    if series.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no data for {})",
+            data["metric"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
+fn format_number(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        Some(f) => format!("{f:.3}"),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` for epoch milliseconds (UTC, proleptic Gregorian).
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00");
+        assert_eq!(format_time(1_763_800_020_000), "2025-11-22 08:27");
+    }
+
+    #[test]
+    fn renders_a_table() {
+        let data = serde_json::json!({"metric":"m","series":[{"labels":{"service":"a"},"points":[
+            {"ts_ms":0,"complete":true,"sources":2,"expected_sources":2,"value":{"count":3,"p99":1.5}}]}]});
+        let t = table(&data);
+        assert!(t.contains("service=a"), "{t}");
+        assert!(t.contains("yes 2/2"), "{t}");
+        assert!(t.contains("1.500"), "{t}");
+    }
+}

@@ -1,0 +1,186 @@
+//! `strata`: the command line. Parsing, tracing setup, config loading, and a
+//! call into `strata-server`; everything else lives in the crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+mod cli_query;
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Federated metrics aggregation: exact merged state across tiers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one tier with its config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Seconds to finish forwarding at shutdown before leaving the rest in the spool.
+        #[arg(long, default_value_t = 10)]
+        grace_s: u64,
+    },
+    /// Start a local multi-tier topology with synthetic traffic and show it working.
+    Demo {
+        /// Stop after this many seconds (runs until Ctrl-C when absent).
+        #[arg(long)]
+        duration_s: Option<u64>,
+    },
+    /// Query a tier and print a table.
+    Query {
+        /// PromQL vector selector, e.g. 'http_latency_ms{service="checkout"}'.
+        selector: String,
+        #[arg(long, default_value = "-15m", allow_hyphen_values = true)]
+        from: String,
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        #[arg(long, default_value = "minute")]
+        step: String,
+        /// Labels to merge by; an empty string merges everything into one.
+        #[arg(long)]
+        group_by: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:12800")]
+        addr: String,
+        /// Print the raw JSON response instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and name every problem.
+    CheckConfig { file: PathBuf },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match strata_server::Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Query {
+            selector,
+            from,
+            to,
+            step,
+            group_by,
+            addr,
+            json,
+        } => {
+            match cli_query::run(
+                &addr,
+                &selector,
+                &from,
+                &to,
+                &step,
+                group_by.as_deref(),
+                json,
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config, grace_s } => {
+            init_tracing();
+            let result =
+                runtime().and_then(|rt| rt.block_on(run(config, Duration::from_secs(grace_s))));
+            exit(result)
+        }
+        Command::Demo { duration_s } => {
+            init_tracing_quiet();
+            let result = runtime()
+                .and_then(|rt| rt.block_on(demo::run(duration_s.map(Duration::from_secs))));
+            exit(result)
+        }
+    }
+}
+
+/// Demo output is the table; logs only for warnings.
+fn init_tracing_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run(path: PathBuf, grace: Duration) -> anyhow::Result<()> {
+    let config = strata_server::Config::load(&path)?;
+    let tier = strata_server::start(config).await?;
+    // One machine-readable line with the bound addresses (port 0 resolves here).
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "node": tier.node.id, "http": tier.http_addr.to_string(), "grpc": tier.grpc_addr.to_string()})
+    );
+    shutdown_signal().await;
+    tier.shutdown(grace).await
+}
