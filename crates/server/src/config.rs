@@ -83,6 +83,9 @@ pub struct AggregationConfig {
     pub histogram_significant_digits: u8,
     /// Apdex threshold T (in the metric's unit) when a sample names none.
     pub apdex_threshold: f64,
+    /// A source that is no longer declared stays expected (for completeness)
+    /// until it has been silent this long.
+    pub source_ttl_s: u64,
 }
 
 /// The carrier between inputs and aggregator shards.
@@ -193,6 +196,7 @@ impl Default for AggregationConfig {
             shards: 0,
             histogram_significant_digits: 2,
             apdex_threshold: 500.0,
+            source_ttl_s: 3600,
         }
     }
 }

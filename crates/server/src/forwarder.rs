@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
+use crate::delivery::SendWindow;
 use crate::stats::Stats;
 
 /// What the forwarder shows to health checks and the API.
@@ -45,6 +46,10 @@ pub struct Forwarder {
     pub acked: watch::Sender<u64>,
     pub state: Arc<Mutex<ForwarderState>>,
 }
+
+/// How long unacknowledged batches may wait before the stream is presumed
+/// stuck and replaced (the next stream resumes from the upstream's commit).
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -103,8 +108,8 @@ impl Forwarder {
         let mut client = FederationClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes);
-        let window = self.config.max_inflight_batches;
-        let (tx, rx) = mpsc::channel::<v1::SourceMessage>(window + 1);
+        let max_inflight = self.config.max_inflight_batches;
+        let (tx, rx) = mpsc::channel::<v1::SourceMessage>(max_inflight + 1);
         let hello = v1::Hello {
             source_id: self.node_id.clone(),
             epoch: self.epoch,
@@ -129,14 +134,10 @@ impl Forwarder {
             },
         };
         let committed = welcome.committed_seq;
-        let last_seq = *self.spool_seq.borrow();
-        if committed > last_seq {
-            return Err(SessionError::Protocol(format!(
-                "upstream has committed seq {committed} of epoch {} but this node only ever spooled {last_seq}",
-                self.epoch
-            )));
-        }
-        self.ack(committed).await?;
+        let spooled = *self.spool_seq.borrow();
+        let mut window = SendWindow::resume(committed, *self.acked.borrow(), spooled)
+            .map_err(|e| SessionError::Protocol(format!("{e} (epoch {})", self.epoch)))?;
+        self.ack(window.acked).await?;
         Stats::add(&self.stats.forward_connects_total, 1);
         {
             let mut st = self.state.lock();
@@ -144,23 +145,29 @@ impl Forwarder {
             st.upstream_id = welcome.upstream_id.clone();
             st.last_error = None;
         }
-        tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = last_seq, "connected upstream, resuming");
-        let mut sent = committed; // highest seq sent on this stream
-        let mut first = true;
+        tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = spooled, "connected upstream, resuming");
+        let mut last_ack = tokio::time::Instant::now();
         loop {
             // Fill the window from the spool.
-            let acked = *self.acked.borrow();
-            let spooled = *self.spool_seq.borrow();
-            let room = window.saturating_sub((sent - acked.min(sent)) as usize);
-            if room > 0 && sent < spooled {
+            let room = window.room(max_inflight);
+            let sent = window.sent;
+            if room > 0 && sent < *self.spool_seq.borrow() {
                 let store = self.store.clone();
                 let batches = tokio::task::spawn_blocking(move || store.spool_read(sent, room))
                     .await
                     .map_err(|e| SessionError::Store(e.to_string()))?
                     .map_err(|e| SessionError::Store(e.to_string()))?;
+                if batches.is_empty() {
+                    // Everything after `sent` was acknowledged meanwhile or dropped at the cap.
+                    window.on_send(*self.spool_seq.borrow());
+                    continue;
+                }
+                if window.sent == window.acked {
+                    last_ack = tokio::time::Instant::now();
+                }
                 for b in batches {
                     let mut wire = strata_proto::encode_batch(b.seq, b.watermark_ms, &b.increments);
-                    wire.follows_dropped = first && b.seq != sent + 1;
+                    wire.follows_dropped = window.on_send(b.seq);
                     if wire.follows_dropped {
                         tracing::warn!(
                             first_missing = sent + 1,
@@ -168,9 +175,7 @@ impl Forwarder {
                             "spool dropped batches before this one"
                         );
                     }
-                    first = false;
                     tracing::debug!(seq = b.seq, increments = b.increments.len(), "batch sent");
-                    sent = b.seq;
                     if tx
                         .send(v1::SourceMessage {
                             msg: Some(source_message::Msg::Batch(wire)),
@@ -184,8 +189,15 @@ impl Forwarder {
                 }
                 continue;
             }
+            let waiting_for_ack = window.sent > window.acked;
             tokio::select! {
                 _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep_until(last_ack + ACK_TIMEOUT), if waiting_for_ack => {
+                    return Err(SessionError::Protocol(format!(
+                        "no ack for {} s with seqs {}..={} in flight",
+                        ACK_TIMEOUT.as_secs(), window.acked + 1, window.sent
+                    )));
+                }
                 changed = self.spool_seq.changed() => {
                     if changed.is_err() {
                         return Ok(false);
@@ -193,10 +205,11 @@ impl Forwarder {
                 }
                 m = inbound.message() => match m? {
                     Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Ack(a)) }) => {
-                        if a.seq > sent {
-                            return Err(SessionError::Protocol(format!("ack for seq {} never sent (sent up to {sent})", a.seq)));
+                        let advanced = window.on_ack(a.seq).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                        if let Some(seq) = advanced {
+                            last_ack = tokio::time::Instant::now();
+                            self.ack(seq).await?;
                         }
-                        self.ack(a.seq).await?;
                     }
                     Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Reject(r)) }) => {
                         Stats::add(&self.stats.forward_batches_rejected_total, 1);

@@ -20,6 +20,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::delivery::{Verdict, verdict};
 use crate::ingest::{IngestError, Ingestor, RawSample};
 use crate::pipeline::{Ticket, now_ms};
 use crate::sources::SourceLive;
@@ -281,27 +282,35 @@ impl Session {
         let live = &self.live;
         let seq = batch.seq;
         live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
-        if seq <= live.committed() {
-            live.duplicates.fetch_add(1, Ordering::Relaxed);
-            Stats::add(&stats.federation_duplicates_total, 1);
-            tracing::debug!(source = %live.id, epoch = self.epoch, seq, "duplicate batch acked again, not merged");
-            return self
-                .out
-                .send(Ok(message(upstream_message::Msg::Ack(v1::Ack { seq }))))
-                .await
-                .map_err(|_| Status::cancelled("stream closed"));
-        }
-        let expected = live.received() + 1;
-        if seq > expected && batch.follows_dropped {
-            tracing::warn!(
-                source = %live.id, epoch = self.epoch, first_missing = expected, seq,
-                "source dropped batches at its spool cap: they are lost"
-            );
-        } else if seq != expected {
-            return Err(Status::failed_precondition(format!(
-                "source {:?}: expected seq {expected}, got {seq}; reconnect to resume",
-                live.id
-            )));
+        match verdict(
+            live.committed(),
+            live.received(),
+            seq,
+            batch.follows_dropped,
+        ) {
+            Verdict::Duplicate => {
+                live.duplicates.fetch_add(1, Ordering::Relaxed);
+                Stats::add(&stats.federation_duplicates_total, 1);
+                tracing::debug!(source = %live.id, epoch = self.epoch, seq, "duplicate batch acked again, not merged");
+                return self
+                    .out
+                    .send(Ok(message(upstream_message::Msg::Ack(v1::Ack { seq }))))
+                    .await
+                    .map_err(|_| Status::cancelled("stream closed"));
+            }
+            Verdict::OutOfOrder { expected } => {
+                return Err(Status::failed_precondition(format!(
+                    "source {:?}: expected seq {expected}, got {seq}; reconnect to resume",
+                    live.id
+                )));
+            }
+            Verdict::Accept if seq > live.received() + 1 => {
+                tracing::warn!(
+                    source = %live.id, epoch = self.epoch, first_missing = live.received() + 1, seq,
+                    "source dropped batches at its spool cap: they are lost"
+                );
+            }
+            Verdict::Accept => {}
         }
         let progress = SourceProgress {
             source_id: live.id.clone(),

@@ -18,6 +18,7 @@
 //! - [`pipeline`]: shards, the flush gate, the flush loop and the commit writer.
 //! - [`ingest`]: NDJSON parsing and all-or-nothing sample admission.
 //! - [`grpc`]: native ingest and the federation receiver.
+//! - [`delivery`]: the delivery protocol's decisions (seq verdicts, send window), model-tested.
 //! - [`forwarder`]: the stream to the upstream tier, fed from the spool.
 //! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
 //! - [`http`]: the HTTP API.
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod config;
+pub mod delivery;
 pub mod forwarder;
 pub mod grpc;
 pub mod http;
@@ -127,7 +129,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
                 .map(|n| (n, strata_model::Kind::Counter)),
         ),
     ));
-    let sources = Arc::new(Sources::new(config.downstream.clone(), store.sources()));
+    let sources = Arc::new(Sources::new(
+        config.downstream.clone(),
+        store.sources(),
+        config.aggregation.source_ttl_s as i64 * 1000,
+    ));
     let agg = &config.aggregation;
     let settings = PipelineSettings {
         node_id: config.node.id.clone(),

@@ -486,13 +486,19 @@ impl CommitWriter {
                 }
             }
         }
-        let mut watermarks = p.watermarks();
-        watermarks.own_ms = flushed_at_ms;
-        for (w, s) in watermarks.sources.iter_mut().zip(p.sources.expected()) {
-            if let Some(pr) = progress.get(&s.id) {
-                *w = (*w).max(pr.watermark_ms);
-            }
-        }
+        // The watermark this commit forwards, counting the progress it records.
+        let watermarks = Watermarks {
+            own_ms: flushed_at_ms,
+            sources: p
+                .sources
+                .expected()
+                .iter()
+                .map(|s| {
+                    let committed = s.watermark_ms.load(Ordering::Acquire);
+                    progress.get(&s.id).map_or(committed, |pr| committed.max(pr.watermark_ms))
+                })
+                .collect(),
+        };
         let progress: Vec<SourceProgress> = progress.into_values().collect();
         let commit = Commit {
             increments: &increments,

@@ -127,22 +127,37 @@ impl Drop for Claim {
 }
 
 /// Every source this node knows: declared in config or restored from the store.
+///
+/// Expected sources (those completeness waits for) are the declared ones plus
+/// any source the store remembers that is no longer declared but was seen
+/// within `source_ttl_ms`: a decommissioned region stops blocking
+/// completeness once it has been silent that long.
 #[derive(Debug)]
 pub struct Sources {
     declared: Vec<DownstreamConfig>,
     live: RwLock<HashMap<String, Arc<SourceLive>>>,
+    source_ttl_ms: i64,
 }
 
 impl Sources {
-    pub fn new(declared: Vec<DownstreamConfig>, restored: Vec<SourceProgress>) -> Self {
+    pub fn new(
+        declared: Vec<DownstreamConfig>,
+        restored: Vec<SourceProgress>,
+        source_ttl_ms: i64,
+    ) -> Self {
         let mut live = HashMap::new();
         for d in &declared {
             let p = restored.iter().find(|p| p.source_id == d.id);
             live.insert(d.id.clone(), Arc::new(SourceLive::new(&d.id, p)));
         }
+        for p in &restored {
+            live.entry(p.source_id.clone())
+                .or_insert_with(|| Arc::new(SourceLive::new(&p.source_id, Some(p))));
+        }
         Sources {
             declared,
             live: RwLock::new(live),
+            source_ttl_ms,
         }
     }
 
@@ -158,13 +173,23 @@ impl Sources {
         self.live.read().get(id).cloned()
     }
 
-    /// Sources whose watermarks decide completeness (the declared ones).
+    /// Sources whose watermarks decide completeness, sorted by id.
     pub fn expected(&self) -> Vec<Arc<SourceLive>> {
+        self.expected_at(crate::pipeline::now_ms())
+    }
+
+    fn expected_at(&self, now_ms: i64) -> Vec<Arc<SourceLive>> {
         let live = self.live.read();
-        self.declared
-            .iter()
-            .filter_map(|d| live.get(&d.id).cloned())
-            .collect()
+        let mut out: Vec<_> = live
+            .values()
+            .filter(|s| {
+                self.token_of(&s.id).is_some()
+                    || now_ms - s.last_seen_ms.load(Ordering::Relaxed) <= self.source_ttl_ms
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     pub fn all(&self) -> Vec<Arc<SourceLive>> {
@@ -253,6 +278,37 @@ mod tests {
         assert!(edge.completeness(200).complete);
         assert!(!edge.completeness(201).complete);
         assert_eq!(edge.forwarded(), 200);
+    }
+
+    fn progress(id: &str, last_seen_ms: i64) -> SourceProgress {
+        SourceProgress {
+            source_id: id.into(),
+            epoch: 1,
+            seq: 4,
+            watermark_ms: 10,
+            last_seen_ms,
+        }
+    }
+
+    #[test]
+    fn undeclared_sources_expire_after_the_ttl() {
+        let declared = vec![DownstreamConfig {
+            id: "eu".into(),
+            token: "t".into(),
+        }];
+        let s = Sources::new(
+            declared,
+            vec![progress("eu", 0), progress("retired", 1_000)],
+            500,
+        );
+        let ids = |v: Vec<Arc<SourceLive>>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(s.expected_at(1_400)), ["eu", "retired"]);
+        assert_eq!(ids(s.expected_at(1_501)), ["eu"]);
+        assert_eq!(s.get("retired").unwrap().committed(), 4);
+        assert!(
+            s.token_of("retired").is_none(),
+            "an undeclared source cannot connect"
+        );
     }
 
     #[test]
