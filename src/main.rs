@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cli_query;
 mod demo;
 
@@ -55,6 +56,29 @@ enum Command {
         /// Print the raw JSON response instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a real topology (N edges → global), load it, check exactness, print figures.
+    Bench {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        edges: usize,
+        /// Distinct series per edge (half histograms, half counters).
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// redb stores and wait_commit on every request (the default).
+        #[arg(long, conflicts_with = "best_effort")]
+        durable: bool,
+        /// Memory stores, answers once samples are in the aggregator.
+        #[arg(long)]
+        best_effort: bool,
+        /// Samples per push request.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Concurrent push loops per edge.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
     },
     /// Validate a config file and name every problem.
     CheckConfig { file: PathBuf },
@@ -134,6 +158,27 @@ fn main() -> ExitCode {
             init_tracing();
             let result =
                 runtime().and_then(|rt| rt.block_on(run(config, Duration::from_secs(grace_s))));
+            exit(result)
+        }
+        Command::Bench {
+            duration,
+            edges,
+            series,
+            durable: _,
+            best_effort,
+            batch,
+            concurrency,
+        } => {
+            init_tracing_quiet();
+            let opts = bench::BenchOptions {
+                duration: Duration::from_secs(duration),
+                edges: edges.max(1),
+                series: series.max(1),
+                durable: !best_effort,
+                batch: batch.max(10),
+                concurrency: concurrency.max(1),
+            };
+            let result = runtime().and_then(|rt| rt.block_on(bench::run(opts)));
             exit(result)
         }
         Command::Demo { duration_s } => {

@@ -109,6 +109,12 @@ pub struct StorageConfig {
     pub spool_max_bytes: u64,
     /// Minute buckets older than this are deleted.
     pub retention_minutes: u64,
+    /// Hour rollups older than this are deleted.
+    pub retention_hours: u64,
+    /// Day rollups older than this are deleted.
+    pub retention_days: u64,
+    /// Events older than this are deleted.
+    pub event_retention_days: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -217,6 +223,9 @@ impl Default for StorageConfig {
             engine: "redb".into(),
             spool_max_bytes: 256 << 20,
             retention_minutes: 7 * 24 * 60,
+            retention_hours: 90 * 24,
+            retention_days: 2 * 365,
+            event_retention_days: 30,
         }
     }
 }
@@ -412,6 +421,24 @@ impl Config {
             bad(
                 "storage.spool_max_bytes",
                 "must be at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if s.retention_hours * 60 < s.retention_minutes {
+            bad(
+                "storage.retention_hours",
+                "must cover at least storage.retention_minutes".into(),
+            );
+        }
+        if s.retention_days * 24 < s.retention_hours {
+            bad(
+                "storage.retention_days",
+                "must cover at least storage.retention_hours".into(),
+            );
+        }
+        if s.event_retention_days == 0 {
+            bad(
+                "storage.event_retention_days",
+                "must be greater than 0".into(),
             );
         }
         if s.retention_minutes < 60 {

@@ -151,9 +151,14 @@ impl Federation for FederationService {
             }
         };
         let sources = &self.ingestor.pipeline.sources;
+        let pipeline = &self.ingestor.pipeline;
         let refuse = |status: Status| {
             Stats::add(&stats.federation_refused_streams_total, 1);
             tracing::warn!(source = %hello.source_id, error = %status.message(), "federation stream refused");
+            pipeline.event(
+                "source_refused",
+                format!("source {:?}: {}", hello.source_id, status.message()),
+            );
             status
         };
         let Some(token) = sources.token_of(&hello.source_id) else {
@@ -193,12 +198,28 @@ impl Federation for FederationService {
         if live.epoch() != hello.epoch {
             if live.epoch() != 0 {
                 tracing::warn!(source = %live.id, old = live.epoch(), new = hello.epoch, "source starts a new epoch: it lost its durable state");
+                pipeline.event(
+                    "source_new_epoch",
+                    format!(
+                        "source {:?} came back with epoch {} (was {}): it lost its durable state",
+                        live.id,
+                        hello.epoch,
+                        live.epoch()
+                    ),
+                );
             }
             live.reset_epoch(hello.epoch);
         }
         let committed = live.committed();
         live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
         tracing::info!(source = %live.id, epoch = hello.epoch, committed_seq = committed, "source connected");
+        pipeline.event(
+            "source_connected",
+            format!(
+                "source {:?} connected (epoch {}, resuming after seq {committed})",
+                live.id, hello.epoch
+            ),
+        );
         let (out_tx, out_rx) = mpsc::channel::<Result<v1::UpstreamMessage, Status>>(64);
         let _ = out_tx
             .send(Ok(message(upstream_message::Msg::Welcome(v1::Welcome {
@@ -265,12 +286,22 @@ impl Session {
                 },
             }
         };
-        if let Some(status) = end {
-            tracing::info!(source = %self.live.id, reason = %status.message(), "ending source stream");
-            let _ = self.out.send(Err(status)).await;
-        } else {
-            tracing::info!(source = %self.live.id, "source disconnected");
-        }
+        let reason = match end {
+            Some(status) => {
+                tracing::info!(source = %self.live.id, reason = %status.message(), "ending source stream");
+                let reason = status.message().to_string();
+                let _ = self.out.send(Err(status)).await;
+                reason
+            }
+            None => {
+                tracing::info!(source = %self.live.id, "source disconnected");
+                "the source closed the stream".to_string()
+            }
+        };
+        self.ingestor.pipeline.event(
+            "source_disconnected",
+            format!("source {:?} disconnected: {reason}", self.live.id),
+        );
     }
 
     async fn on_batch(

@@ -26,6 +26,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics_list))
         .route("/api/v1/sources", get(sources))
+        .route("/api/v1/events", get(events))
         .route("/health", get(health))
         .route("/health/{component}", get(health_component))
         .route("/metrics", get(prometheus))
@@ -135,8 +136,10 @@ async fn query(
     };
     let store = node.pipeline.store.clone();
     let watermarks = node.pipeline.watermarks();
+    let retention = node.pipeline.settings().retention;
     let result =
-        tokio::task::spawn_blocking(move || query::execute(&*store, &watermarks, &q)).await;
+        tokio::task::spawn_blocking(move || query::execute(&*store, &watermarks, &retention, &q))
+            .await;
     match result {
         Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.0),
@@ -183,6 +186,46 @@ async fn sources(State(node): State<Arc<Node>>) -> Response {
         })
         .collect();
     axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// `GET /api/v1/events?since=-1h&limit=100`: the event log, newest first.
+async fn events(
+    State(node): State<Arc<Node>>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let since = match query::parse_time(params.get("since").map_or("-1d", String::as_str), now_ms())
+    {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a number from 1 to 10000",
+            );
+        }
+    };
+    let store = node.pipeline.store.clone();
+    match tokio::task::spawn_blocking(move || store.events(since, limit)).await {
+        Ok(Ok(list)) => {
+            let data: Vec<Value> = list
+                .into_iter()
+                .map(|e| json!({"ts_ms": e.ts_ms, "kind": e.kind, "message": e.message}))
+                .collect();
+            axum::Json(json!({"status": "success", "data": data})).into_response()
+        }
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading events: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading events: {e}"),
+        ),
+    }
 }
 
 /// Status of one component, worst of its checks.

@@ -151,7 +151,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
         carrier_bulk_max: config.carrier.bulk_max,
         flush_interval: Duration::from_millis(agg.flush_interval_ms),
         forwarding: config.upstream.is_some(),
-        retention_ms: config.storage.retention_minutes as i64 * 60_000,
+        retention: pipeline::Retention {
+            minute_ms: config.storage.retention_minutes as i64 * 60_000,
+            hour_ms: config.storage.retention_hours as i64 * 3_600_000,
+            day_ms: config.storage.retention_days as i64 * 86_400_000,
+            events_ms: config.storage.event_retention_days as i64 * 86_400_000,
+        },
     };
     let (pipeline, pipeline_threads) =
         Pipeline::start(settings, store.clone(), sources, stats.clone())?;

@@ -27,7 +27,7 @@ use crossbeam_channel as cb;
 use parking_lot::{Mutex, RwLock};
 use strata_carrier::{Carrier, CarrierConfig, CarrierThreads, Consumer, Produced, Strategy};
 use strata_model::{Increment, Kind, SampleValue, SeriesKey, State, StateParams};
-use strata_store::{Commit, SourceProgress, Store};
+use strata_store::{Commit, Event, Resolution, SourceProgress, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::sources::{Sources, Watermarks};
@@ -83,7 +83,17 @@ pub struct PipelineSettings {
     pub flush_interval: Duration,
     /// Whether commits also append an outgoing spool batch.
     pub forwarding: bool,
-    pub retention_ms: i64,
+    /// How long minute, hour and day buckets are kept.
+    pub retention: Retention,
+}
+
+/// Retention per step and for the event log, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub minute_ms: i64,
+    pub hour_ms: i64,
+    pub day_ms: i64,
+    pub events_ms: i64,
 }
 
 /// Shared handle to the running pipeline.
@@ -268,6 +278,23 @@ impl Pipeline {
                 .iter()
                 .map(|s| s.watermark_ms.load(Ordering::Acquire))
                 .collect(),
+        }
+    }
+
+    /// Appends a notable event to the store's event log, off the async runtime.
+    pub fn event(self: &Arc<Self>, kind: &'static str, message: String) {
+        let store = self.store.clone();
+        let event = Event::new(now_ms(), kind, message);
+        let append = move || {
+            if let Err(e) = store.append_events(std::slice::from_ref(&event)) {
+                tracing::warn!(error = %e, kind = event.kind, "event not recorded");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(append);
+            }
+            Err(_) => append(),
         }
     }
 
@@ -456,22 +483,35 @@ impl Consumer<FlushBatch> for CommitWriter {
         self.commit(increments, tickets, flushed_at_ms);
         if self.last_retention.elapsed() >= Duration::from_secs(60) {
             self.last_retention = Instant::now();
-            let before =
-                strata_model::minute_start(flushed_at_ms - self.pipeline.settings.retention_ms);
-            match self.pipeline.store.delete_buckets_before(before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    deleted = n,
-                    before_ms = before,
-                    "retention deleted old buckets"
-                ),
-                Err(e) => tracing::warn!(error = %e, "retention failed"),
-            }
+            self.apply_retention(flushed_at_ms);
         }
     }
 }
 
 impl CommitWriter {
+    /// Deletes buckets and events past their retention.
+    fn apply_retention(&self, now_ms: i64) {
+        let store = &self.pipeline.store;
+        let r = self.pipeline.settings.retention;
+        for (resolution, keep_ms) in [
+            (Resolution::Minute, r.minute_ms),
+            (Resolution::Hour, r.hour_ms),
+            (Resolution::Day, r.day_ms),
+        ] {
+            let before = resolution.bucket_start(now_ms - keep_ms);
+            match store.delete_before(resolution, before) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, %resolution, before_ms = before, "retention deleted old buckets")
+                }
+                Err(e) => tracing::warn!(error = %e, %resolution, "retention failed"),
+            }
+        }
+        if let Err(e) = store.delete_events_before(now_ms - r.events_ms) {
+            tracing::warn!(error = %e, "event retention failed");
+        }
+    }
+
     fn commit(&mut self, increments: Vec<Increment>, tickets: Vec<Ticket>, flushed_at_ms: i64) {
         let p = &self.pipeline;
         // Highest seq per source in this commit.
@@ -495,7 +535,9 @@ impl CommitWriter {
                 .iter()
                 .map(|s| {
                     let committed = s.watermark_ms.load(Ordering::Acquire);
-                    progress.get(&s.id).map_or(committed, |pr| committed.max(pr.watermark_ms))
+                    progress
+                        .get(&s.id)
+                        .map_or(committed, |pr| committed.max(pr.watermark_ms))
                 })
                 .collect(),
         };
@@ -557,6 +599,13 @@ impl CommitWriter {
                 // store has.
                 p.failed.store(true, Ordering::Release);
                 tracing::error!(error = %e, increments = increments.len(), "flush lost: store commit failed");
+                p.event(
+                    "commit_failed",
+                    format!(
+                        "a flush of {} increments was lost and committing stopped: {e}",
+                        increments.len()
+                    ),
+                );
                 for t in tickets {
                     match t {
                         Ticket::Source { progress, ack, .. } => {

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use promql_parser::label::Matcher;
 use promql_parser::parser::{self, Expr};
 use serde_json::{Map, Value, json};
-use strata_model::{MINUTE_MS, State, Step, minute_start};
-use strata_store::Store;
+use strata_model::{MINUTE_MS, State, Step};
+use strata_store::{Resolution, Store};
+
+use crate::pipeline::{Retention, now_ms};
 
 use crate::sources::Watermarks;
 
@@ -104,7 +106,12 @@ pub struct Query {
 const MAX_RANGE_MS: i64 = 400 * 86_400_000;
 
 /// Answers a query with the JSON `data` object of DESIGN §8.
-pub fn execute(store: &dyn Store, watermarks: &Watermarks, q: &Query) -> Result<Value, QueryError> {
+pub fn execute(
+    store: &dyn Store,
+    watermarks: &Watermarks,
+    retention: &Retention,
+    q: &Query,
+) -> Result<Value, QueryError> {
     let sel = parse_selector(&q.selector)?;
     if q.to_ms <= q.from_ms {
         return Err(QueryError(format!(
@@ -115,9 +122,10 @@ pub fn execute(store: &dyn Store, watermarks: &Watermarks, q: &Query) -> Result<
     if q.to_ms - q.from_ms > MAX_RANGE_MS {
         return Err(QueryError("the range is longer than 400 days".into()));
     }
-    // Whole minutes: from rounds down, to rounds up (the current minute is included).
-    let from = minute_start(q.from_ms);
-    let to = minute_start(q.to_ms - 1) + MINUTE_MS;
+    let resolution = resolution_for(q, retention, now_ms());
+    // Whole buckets: from rounds down, to rounds up (the current one is included).
+    let from = resolution.bucket_start(q.from_ms);
+    let to = resolution.bucket_start(q.to_ms - 1) + resolution.width_ms();
     let kind = store.metric_kind(&sel.metric);
     let mut groups: BTreeMap<Vec<(String, String)>, BTreeMap<i64, State>> = BTreeMap::new();
     for series in store.series_of(&sel.metric) {
@@ -136,7 +144,7 @@ pub fn execute(store: &dyn Store, watermarks: &Watermarks, q: &Query) -> Result<
                 .collect(),
         };
         let buckets = store
-            .read(&series, from, to)
+            .read_at(&series, resolution, from, to)
             .map_err(|e| QueryError(format!("store: {e}")))?;
         if buckets.is_empty() {
             continue;
@@ -195,6 +203,19 @@ pub fn execute(store: &dyn Store, watermarks: &Watermarks, q: &Query) -> Result<
         "to_ms": to,
         "series": series,
     }))
+}
+
+/// The stored resolution a query reads: its step's own, and for `all` the
+/// finest one whose retention still covers the start of the range.
+fn resolution_for(q: &Query, retention: &Retention, now_ms: i64) -> Resolution {
+    match q.step {
+        Step::Minute => Resolution::Minute,
+        Step::Hour => Resolution::Hour,
+        Step::Day => Resolution::Day,
+        Step::All if q.from_ms >= now_ms - retention.minute_ms => Resolution::Minute,
+        Step::All if q.from_ms >= now_ms - retention.hour_ms => Resolution::Hour,
+        Step::All => Resolution::Day,
+    }
 }
 
 fn step_len(step: Step) -> i64 {
@@ -292,6 +313,12 @@ mod tests {
         execute(
             &store,
             &wm,
+            &Retention {
+                minute_ms: i64::MAX / 4,
+                hour_ms: i64::MAX / 4,
+                day_ms: i64::MAX / 4,
+                events_ms: 0,
+            },
             &Query {
                 selector: q.into(),
                 from_ms: 0,
@@ -378,6 +405,53 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn step_all_reads_the_finest_resolution_still_kept() {
+        let r = Retention {
+            minute_ms: 1_000,
+            hour_ms: 10_000,
+            day_ms: 100_000,
+            events_ms: 0,
+        };
+        let q = |from_ms, step| Query {
+            selector: "x".into(),
+            from_ms,
+            to_ms: 50_000,
+            step,
+            group_by: None,
+        };
+        assert_eq!(
+            resolution_for(&q(49_500, Step::All), &r, 50_000),
+            Resolution::Minute
+        );
+        assert_eq!(
+            resolution_for(&q(45_000, Step::All), &r, 50_000),
+            Resolution::Hour
+        );
+        assert_eq!(
+            resolution_for(&q(0, Step::All), &r, 50_000),
+            Resolution::Day
+        );
+        assert_eq!(
+            resolution_for(&q(0, Step::Minute), &r, 50_000),
+            Resolution::Minute
+        );
+        assert_eq!(
+            resolution_for(&q(49_999, Step::Day), &r, 50_000),
+            Resolution::Day
+        );
+    }
+
+    #[test]
+    fn hour_steps_read_hour_rollups() {
+        let v = run("lat", Step::Hour, Some(vec!["cloud"]));
+        let s = v["series"].as_array().unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0]["points"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(s[0]["points"][0]["ts_ms"], 0);
+        assert_eq!(s[0]["points"][0]["value"]["count"], 3);
     }
 
     #[test]

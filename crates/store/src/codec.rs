@@ -1,5 +1,5 @@
-//! Byte encodings of what the store keeps as opaque values: series keys and
-//! spooled batches.
+//! Byte encodings of what the store keeps as opaque values: series keys,
+//! spooled batches and event log entries.
 //!
 //! Both are length-prefixed (protobuf-style varints for lengths and counts,
 //! fixed little-endian for timestamps) and start with a format version byte, so
@@ -13,12 +13,15 @@ use std::sync::Arc;
 use prost::encoding::{decode_varint, encode_varint};
 use strata_model::{Increment, SeriesKey, State};
 
-use crate::SpoolBatch;
+use crate::{Event, SpoolBatch};
 
 /// Version byte at the start of every encoded series key.
 const SERIES_KEY_V1: u8 = 1;
 /// Version byte at the start of every encoded spool batch.
 const SPOOL_BATCH_V1: u8 = 1;
+/// Version byte at the start of every encoded event (the timestamp is in the
+/// key, not here).
+const EVENT_V1: u8 = 1;
 
 /// Appends `key` as: version, metric, label count, then each name and value.
 pub(crate) fn encode_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
@@ -93,6 +96,30 @@ pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, String> {
         watermark_ms,
         created_ms,
         increments,
+    })
+}
+
+/// Appends an event's kind and message (its timestamp is part of the key).
+pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
+    out.push(EVENT_V1);
+    put_bytes(event.kind.as_bytes(), out);
+    put_bytes(event.message.as_bytes(), out);
+}
+
+/// Decodes what [`encode_event`] wrote, for the event keyed at `ts_ms`.
+pub(crate) fn decode_event(ts_ms: i64, bytes: &[u8]) -> Result<Event, String> {
+    let mut r = Reader::new(bytes);
+    let version = r.u8()?;
+    if version != EVENT_V1 {
+        return Err(format!("unknown event format version {version}"));
+    }
+    let kind = r.string().map_err(|e| format!("kind: {e}"))?;
+    let message = r.string().map_err(|e| format!("message: {e}"))?;
+    r.finish()?;
+    Ok(Event {
+        ts_ms,
+        kind,
+        message,
     })
 }
 
@@ -243,6 +270,22 @@ mod tests {
                 .unwrap_err()
                 .contains("version 9")
         );
+    }
+
+    #[test]
+    fn event_roundtrips_and_truncation_is_an_error() {
+        let event = Event::new(-5, "spool_overflow", "dropped 2 batches, é");
+        let mut bytes = Vec::new();
+        encode_event(&event, &mut bytes);
+        assert_eq!(decode_event(-5, &bytes).unwrap(), event);
+        for len in 0..bytes.len() {
+            assert!(decode_event(0, &bytes[..len]).is_err(), "prefix of {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_event(0, &longer).unwrap_err().contains("trailing"));
+        bytes[0] = 2;
+        assert!(decode_event(0, &bytes).unwrap_err().contains("version 2"));
     }
 
     #[test]

@@ -2,17 +2,16 @@
 //! turns a flush's increments into bucket writes against it.
 //!
 //! Planning is shared so both stores give one behaviour: the same kind checks,
-//! the same merge order, the same series ids. Only where a bucket's current
-//! state comes from (a map or a redb table) differs, and that is the `load`
-//! closure handed to [`plan_commit`].
+//! the same merge order, the same series ids, the same minute, hour and day
+//! rollups. Only where a bucket's current state comes from (a map or a redb
+//! table) differs, and that is the `load` closure handed to [`plan_commit`].
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use strata_model::{Increment, Kind, ModelError, SeriesKey, State, minute_start};
+use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
-use crate::{MetricInfo, SeriesId, StoreError};
+use crate::{MetricInfo, Resolution, SeriesId, StoreError};
 
 /// Every known series, by key and by metric.
 ///
@@ -117,6 +116,9 @@ impl SeriesIndex {
     }
 }
 
+/// Bucket states of one resolution, by (series id, bucket start).
+pub(crate) type Buckets = BTreeMap<(SeriesId, i64), State>;
+
 /// What one commit will write, computed before anything is written.
 #[derive(Debug, Default)]
 pub(crate) struct CommitPlan {
@@ -124,9 +126,9 @@ pub(crate) struct CommitPlan {
     pub(crate) new_metrics: Vec<(String, Kind)>,
     /// Series seen for the first time, with the ids assigned to them.
     pub(crate) new_series: Vec<(SeriesId, Arc<SeriesKey>)>,
-    /// The merged state of every bucket this commit touches, to be written
-    /// back whole.
-    pub(crate) buckets: BTreeMap<(SeriesId, i64), State>,
+    /// The merged state of every bucket this commit touches, per resolution
+    /// (indexed by [`Resolution::index`]), to be written back whole.
+    pub(crate) buckets: [Buckets; 3],
     /// Indexes (into the commit's increments) of those that merged, in order:
     /// exactly these go to the outgoing spool.
     pub(crate) merged: Vec<usize>,
@@ -134,17 +136,33 @@ pub(crate) struct CommitPlan {
     pub(crate) errors: Vec<(String, ModelError)>,
 }
 
-/// Merges `increments` into the current bucket states, which `load` reads
-/// from the store for buckets not yet touched by this commit.
+impl CommitPlan {
+    /// The buckets of one resolution this commit writes.
+    pub(crate) fn buckets(&self, resolution: Resolution) -> &Buckets {
+        &self.buckets[resolution.index()]
+    }
+
+    /// How many buckets this commit writes, over every resolution.
+    pub(crate) fn bucket_count(&self) -> usize {
+        self.buckets.iter().map(BTreeMap::len).sum()
+    }
+}
+
+/// Merges `increments` into the current bucket states of every
+/// [`Resolution`]; `load` reads from the store the state of a bucket not yet
+/// touched by this commit.
 ///
-/// An increment whose kind differs from its metric's kind, or whose state
-/// refuses to merge (different histogram precision, apdex threshold), is
-/// skipped and reported in [`CommitPlan::errors`]; a skipped increment creates
-/// no series and no metric. Several increments for one bucket merge in order.
+/// Each increment goes into its minute, hour and day bucket, or into none of
+/// them: an increment whose kind differs from its metric's kind, or whose
+/// state one of those buckets refuses (different histogram precision, apdex
+/// threshold), is skipped and reported once in [`CommitPlan::errors`] (the
+/// minute's refusal first), so the three resolutions never disagree. A
+/// skipped increment creates no series, no metric and no bucket. Several
+/// increments for one bucket merge in order.
 pub(crate) fn plan_commit(
     index: &SeriesIndex,
     increments: &[Increment],
-    mut load: impl FnMut(SeriesId, i64) -> Result<Option<State>, StoreError>,
+    mut load: impl FnMut(Resolution, SeriesId, i64) -> Result<Option<State>, StoreError>,
 ) -> Result<CommitPlan, StoreError> {
     let mut plan = CommitPlan::default();
     let mut new_ids: HashMap<Arc<SeriesKey>, SeriesId> = HashMap::new();
@@ -170,36 +188,46 @@ pub(crate) fn plan_commit(
             continue;
         }
 
-        let bucket_ms = minute_start(inc.bucket_ms);
-        let known = index
-            .id_of(&inc.series)
-            .or_else(|| new_ids.get(&*inc.series).copied());
+        let stored = index.id_of(&inc.series);
+        let known = stored.or_else(|| new_ids.get(&*inc.series).copied());
         let id = known.unwrap_or(next_id);
-        match plan.buckets.entry((id, bucket_ms)) {
-            Entry::Occupied(mut slot) => {
-                if let Err(e) = merge_into(slot.get_mut(), &inc.state) {
-                    plan.errors.push((inc.series.to_string(), e));
-                    continue;
+        let keys = Resolution::ALL.map(|r| (id, r.bucket_start(inc.bucket_ms)));
+
+        // Bring the stored state of every bucket not yet in the plan in, so
+        // the merges below see all three. Only series known before this
+        // commit have stored buckets.
+        let mut loaded = [false; 3];
+        if stored.is_some() {
+            for r in Resolution::ALL {
+                let (map, key) = (&mut plan.buckets[r.index()], keys[r.index()]);
+                if !map.contains_key(&key)
+                    && let Some(state) = load(r, key.0, key.1)?
+                {
+                    map.insert(key, state);
+                    loaded[r.index()] = true;
                 }
             }
-            Entry::Vacant(slot) => {
-                let stored = match known {
-                    Some(id) => load(id, bucket_ms)?,
-                    None => None,
-                };
-                match stored {
-                    Some(mut state) => {
-                        if let Err(e) = merge_into(&mut state, &inc.state) {
-                            plan.errors.push((inc.series.to_string(), e));
-                            continue;
-                        }
-                        slot.insert(state);
-                    }
-                    None => {
-                        slot.insert(inc.state.clone());
-                    }
+        }
+
+        let [minutes, hours, days] = &mut plan.buckets;
+        let slots = [
+            minutes.get_mut(&keys[0]),
+            hours.get_mut(&keys[1]),
+            days.get_mut(&keys[2]),
+        ];
+        if let Err(e) = merge_all(slots, &inc.state) {
+            // Take back what was loaded only for this increment: it is
+            // unchanged and need not be written.
+            for (map, (key, loaded)) in plan.buckets.iter_mut().zip(keys.iter().zip(loaded)) {
+                if loaded {
+                    map.remove(key);
                 }
             }
+            plan.errors.push((inc.series.to_string(), e));
+            continue;
+        }
+        for (map, key) in plan.buckets.iter_mut().zip(keys) {
+            map.entry(key).or_insert_with(|| inc.state.clone());
         }
 
         plan.merged.push(i);
@@ -216,8 +244,37 @@ pub(crate) fn plan_commit(
     Ok(plan)
 }
 
-/// Merges `incoming` into `state`. The model guarantees a refused merge
-/// leaves `state` unchanged, so a skipped increment costs nothing.
-fn merge_into(state: &mut State, incoming: &State) -> Result<(), ModelError> {
-    state.merge(incoming)
+/// Merges `incoming` into every present slot, or into none: on the first
+/// refusal (in slot order) returns it with every slot unchanged.
+///
+/// Only histogram and apdex merges (or a stored state of another kind) can be
+/// refused; those are tried on copies first, every other merge happens in
+/// place.
+fn merge_all<const N: usize>(
+    mut slots: [Option<&mut State>; N],
+    incoming: &State,
+) -> Result<(), ModelError> {
+    let infallible = slots.iter().flatten().all(|state| {
+        state.kind() == incoming.kind() && !matches!(incoming.kind(), Kind::Histogram | Kind::Apdex)
+    });
+    if infallible {
+        for state in slots.iter_mut().flatten() {
+            state.merge(incoming)?;
+        }
+        return Ok(());
+    }
+    let mut merged: [Option<State>; N] = std::array::from_fn(|_| None);
+    for (slot, out) in slots.iter().zip(&mut merged) {
+        if let Some(state) = slot {
+            let mut trial = State::clone(state);
+            trial.merge(incoming)?;
+            *out = Some(trial);
+        }
+    }
+    for (slot, merged) in slots.iter_mut().zip(merged) {
+        if let (Some(state), Some(merged)) = (slot, merged) {
+            **state = merged;
+        }
+    }
+    Ok(())
 }

@@ -1,12 +1,15 @@
-//! Durable storage for a strata node: per-minute metric state, the progress of
-//! every downstream source, and the spool of increments waiting to go upstream.
+//! Durable storage for a strata node: metric state per minute, hour and day,
+//! the progress of every downstream source, the spool of increments waiting to
+//! go upstream, and the node's event log.
 //!
 //! Everything a flush produces lands in the store in **one** transaction
-//! ([`Store::commit`] with a [`Commit`]): the merged bucket states, the
-//! sources' committed `seq` and watermark, and the outgoing spool batch. That
-//! single transaction is what makes federation exactly-once in effect: a crash
-//! either loses the whole flush (and the source resends it) or keeps all of it
-//! (and the source's resend is recognised as a duplicate by its `seq`).
+//! ([`Store::commit`] with a [`Commit`]): the merged bucket states at every
+//! [`Resolution`], the sources' committed `seq` and watermark, the outgoing
+//! spool batch, and the [`Event::SPOOL_OVERFLOW`] event if the spool cap made
+//! it drop batches. That single transaction is what makes federation
+//! exactly-once in effect: a crash either loses the whole flush (and the
+//! source resends it) or keeps all of it (and the source's resend is
+//! recognised as a duplicate by its `seq`).
 //!
 //! Main types:
 //! - [`Store`]: the trait the server codes against, so a distributed backend can
@@ -16,8 +19,25 @@
 //! - [`MemoryStore`]: the same behaviour in memory, for tests and best-effort
 //!   nodes that accept losing everything on restart.
 //! - [`Commit`] / [`CommitOutcome`]: one flush in, what happened out.
+//! - [`Resolution`]: minute, hour or day; the width of a stored bucket.
+//! - [`Event`]: one entry of the event log.
 //! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
 //!   readers get back.
+//!
+//! # Rollups
+//! Each increment is merged into its minute bucket **and** its hour and day
+//! buckets in the same transaction, so an hour or day bucket always equals
+//! the merge of every increment committed into its minutes (late ones
+//! included), and stays readable ([`Store::read_at`]) after minute retention
+//! ([`Store::delete_before`]) has removed those minutes. Each resolution has
+//! its own retention. An increment one of its three buckets refuses is skipped
+//! at all three.
+//!
+//! # Event log
+//! [`Store::append_events`] adds events in one transaction;
+//! [`Store::events`] lists them newest first; [`Store::delete_events_before`]
+//! is their retention. Events are keyed by timestamp and a store-assigned,
+//! persisted, increasing id, so equal timestamps never overwrite each other.
 //!
 //! Series get store-assigned ids ([`SeriesId`]); both stores keep every series
 //! key in memory, so listing metrics and matching selectors never touch disk.
@@ -27,10 +47,13 @@
 //!
 //! # Layout
 //! - `error.rs`: [`StoreError`].
+//! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
+//! - `events.rs`: [`Event`].
 //! - `index.rs`: the in-memory series index and the commit planner (kind
-//!   checks, read-merge-write) both stores share.
-//! - `codec.rs`: byte encodings of series keys and spool batches.
-//! - `spool.rs`: the spool cap, shared by both stores.
+//!   checks, read-merge-write into minute, hour and day buckets) both stores
+//!   share.
+//! - `codec.rs`: byte encodings of series keys, spool batches and events.
+//! - `spool.rs`: the spool cap and its overflow event, shared by both stores.
 //! - `memory.rs`: [`MemoryStore`].
 //! - `redb_store.rs`: [`RedbStore`], its tables and how they are restored on open.
 //! - `suite.rs` (tests only): the behavioural suite every store must pass.
@@ -60,16 +83,20 @@ use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
 mod codec;
 mod error;
+mod events;
 mod index;
 mod memory;
 mod redb_store;
+mod resolution;
 mod spool;
 #[cfg(test)]
 mod suite;
 
 pub use error::StoreError;
+pub use events::Event;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use resolution::Resolution;
 
 /// Store-assigned identity of a series: sequential, never reused.
 pub type SeriesId = u64;
@@ -129,8 +156,9 @@ pub struct MetricInfo {
 /// One flush, applied atomically (one transaction).
 #[derive(Clone, Copy, Debug)]
 pub struct Commit<'a> {
-    /// Each is merged into its (series, minute bucket) state: read-merge-write.
-    /// `bucket_ms` is rounded down to its minute.
+    /// Each is merged into its (series, bucket) state at every [`Resolution`]:
+    /// read-merge-write. `bucket_ms` is rounded down to the start of its
+    /// minute, hour and day.
     pub increments: &'a [Increment],
     /// Upserted by `source_id`, replacing the stored record.
     pub progress: &'a [SourceProgress],
@@ -138,7 +166,8 @@ pub struct Commit<'a> {
     /// [`SpoolBatch`] with the next seq and this watermark. Appended even when
     /// there are no increments (a watermark-only batch): the caller decides.
     pub spool_watermark_ms: Option<i64>,
-    /// Commit time, recorded as the spool batch's `created_ms`.
+    /// Commit time, recorded as the spool batch's `created_ms` and as the
+    /// time of a spool overflow event.
     pub now_ms: i64,
 }
 
@@ -148,14 +177,16 @@ pub struct CommitOutcome {
     /// Seq of the spool batch this commit appended, if it appended one.
     pub spool_seq: Option<u64>,
     /// Batches dropped oldest-first in this commit because the spool exceeded
-    /// its cap.
+    /// its cap; when non-zero, the commit also appended an
+    /// [`Event::SPOOL_OVERFLOW`] event naming them.
     pub spool_dropped: u64,
     /// Increments that could not be merged (kind or precision mismatch), by
     /// series display: skipped, the rest committed.
     pub merge_errors: Vec<(String, ModelError)>,
 }
 
-/// Storage of a node: metric state, source progress and the outgoing spool.
+/// Storage of a node: metric state, source progress, the outgoing spool and
+/// the event log.
 ///
 /// Readers work concurrently with a writer and see only committed data.
 pub trait Store: Send + Sync + 'static {
@@ -171,10 +202,22 @@ pub trait Store: Send + Sync + 'static {
     /// All known series of a metric, in order of first commit.
     fn series_of(&self, metric: &str) -> Vec<Arc<SeriesKey>>;
     fn series_count(&self) -> usize;
-    /// Minute buckets of one series with `from_ms <= bucket < to_ms`, ascending.
+    /// Minute buckets of one series with `from_ms <= bucket < to_ms`, ascending:
+    /// [`Store::read_at`] at [`Resolution::Minute`].
     fn read(
         &self,
         series: &SeriesKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, State)>, StoreError> {
+        self.read_at(series, Resolution::Minute, from_ms, to_ms)
+    }
+    /// Buckets of one series at `resolution` whose start is in
+    /// `from_ms..to_ms` (not rounded), ascending by start.
+    fn read_at(
+        &self,
+        series: &SeriesKey,
+        resolution: Resolution,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, State)>, StoreError>;
@@ -188,8 +231,22 @@ pub trait Store: Send + Sync + 'static {
     fn spool_ack(&self, upto_seq: u64) -> Result<(), StoreError>;
     fn spool_stats(&self) -> SpoolStats;
     /// Retention: deletes minute buckets older than `before_ms`; returns how
+    /// many were deleted. [`Store::delete_before`] at [`Resolution::Minute`].
+    fn delete_buckets_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.delete_before(Resolution::Minute, before_ms)
+    }
+    /// Retention of one resolution: deletes its buckets starting before
+    /// `before_ms`, leaving the other resolutions alone; returns how many were
+    /// deleted.
+    fn delete_before(&self, resolution: Resolution, before_ms: i64) -> Result<u64, StoreError>;
+    /// Appends events to the log, all in one transaction.
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError>;
+    /// Events with `ts_ms >= since_ms`, newest first (equal timestamps: last
+    /// appended first), at most `limit`.
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Event retention: deletes events with `ts_ms < before_ms`; returns how
     /// many were deleted.
-    fn delete_buckets_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Limits shared by every store.

@@ -7,11 +7,11 @@ use parking_lot::RwLock;
 use strata_model::{Kind, SeriesKey, State};
 
 use crate::codec::{decode_spool_batch, encode_spool_batch};
-use crate::index::{SeriesIndex, plan_commit};
+use crate::index::{Buckets, SeriesIndex, plan_commit};
 use crate::spool::enforce_spool_cap;
 use crate::{
-    Commit, CommitOutcome, MetricInfo, SeriesId, SourceProgress, SpoolBatch, SpoolStats, Store,
-    StoreError, StoreOptions, new_epoch,
+    Commit, CommitOutcome, Event, MetricInfo, Resolution, SourceProgress, SpoolBatch, SpoolStats,
+    Store, StoreError, StoreOptions, new_epoch,
 };
 
 /// A [`Store`] kept entirely in memory: for tests and for nodes that accept
@@ -32,11 +32,24 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     index: SeriesIndex,
-    buckets: BTreeMap<(SeriesId, i64), State>,
+    /// Per resolution, indexed by [`Resolution::index`].
+    buckets: [Buckets; 3],
     sources: BTreeMap<String, SourceProgress>,
     /// seq → encoded batch, as the durable store keeps them.
     spool: BTreeMap<u64, Vec<u8>>,
     spool_stats: SpoolStats,
+    /// (ts_ms, id) → event; ids increase per store so equal timestamps never
+    /// collide.
+    events: BTreeMap<(i64, u64), Event>,
+    /// Last event id assigned.
+    last_event_id: u64,
+}
+
+impl Inner {
+    fn push_event(&mut self, event: Event) {
+        self.last_event_id += 1;
+        self.events.insert((event.ts_ms, self.last_event_id), event);
+    }
 }
 
 impl MemoryStore {
@@ -70,8 +83,8 @@ impl Store for MemoryStore {
         let mut guard = self.inner.write();
         let inner = &mut *guard;
         let buckets = &inner.buckets;
-        let plan = plan_commit(&inner.index, commit.increments, |id, bucket| {
-            Ok(buckets.get(&(id, bucket)).cloned())
+        let plan = plan_commit(&inner.index, commit.increments, |r, id, bucket| {
+            Ok(buckets[r.index()].get(&(id, bucket)).cloned())
         })?;
 
         let mut outcome = CommitOutcome::default();
@@ -101,8 +114,13 @@ impl Store for MemoryStore {
             outcome.spool_dropped = dropped.map_or(0, |d| d.dropped);
         }
 
+        if let Some(dropped) = dropped {
+            inner.push_event(dropped.event(commit.now_ms, self.opts.spool_max_bytes));
+        }
         inner.index.apply(&plan);
-        inner.buckets.extend(plan.buckets);
+        for (stored, planned) in inner.buckets.iter_mut().zip(plan.buckets) {
+            stored.extend(planned);
+        }
         for progress in commit.progress {
             inner
                 .sources
@@ -133,9 +151,10 @@ impl Store for MemoryStore {
         self.inner.read().index.series_count()
     }
 
-    fn read(
+    fn read_at(
         &self,
         series: &SeriesKey,
+        resolution: Resolution,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, State)>, StoreError> {
@@ -146,8 +165,7 @@ impl Store for MemoryStore {
         if from_ms >= to_ms {
             return Ok(Vec::new());
         }
-        Ok(inner
-            .buckets
+        Ok(inner.buckets[resolution.index()]
             .range((id, from_ms)..(id, to_ms))
             .map(|(&(_, bucket), state)| (bucket, state.clone()))
             .collect())
@@ -199,10 +217,37 @@ impl Store for MemoryStore {
         self.inner.read().spool_stats.clone()
     }
 
-    fn delete_buckets_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+    fn delete_before(&self, resolution: Resolution, before_ms: i64) -> Result<u64, StoreError> {
         let mut inner = self.inner.write();
-        let before = inner.buckets.len();
-        inner.buckets.retain(|&(_, bucket), _| bucket >= before_ms);
-        Ok((before - inner.buckets.len()) as u64)
+        let buckets = &mut inner.buckets[resolution.index()];
+        let before = buckets.len();
+        buckets.retain(|&(_, bucket), _| bucket >= before_ms);
+        Ok((before - buckets.len()) as u64)
+    }
+
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut inner = self.inner.write();
+        for event in events {
+            inner.push_event(event.clone());
+        }
+        Ok(())
+    }
+
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let inner = self.inner.read();
+        Ok(inner
+            .events
+            .range((since_ms, 0)..)
+            .rev()
+            .take(limit)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+
+    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.inner.write();
+        let kept = inner.events.split_off(&(before_ms, 0));
+        let deleted = std::mem::replace(&mut inner.events, kept);
+        Ok(deleted.len() as u64)
     }
 }

@@ -1,6 +1,6 @@
 //! The spool cap: which batches go when the spool outgrows `spool_max_bytes`.
 
-use crate::{SpoolStats, StoreError};
+use crate::{Event, SpoolStats, StoreError};
 
 /// Removes the oldest spool batches until `stats.bytes <= cap`, never the one
 /// just appended.
@@ -42,6 +42,24 @@ pub(crate) struct SpoolDrop {
 }
 
 impl SpoolDrop {
+    /// The [`Event::SPOOL_OVERFLOW`] event the commit that made the drop
+    /// appends in its own transaction, at the commit's time.
+    pub(crate) fn event(self, now_ms: i64, cap: u64) -> Event {
+        let batches = if self.dropped == 1 {
+            "batch"
+        } else {
+            "batches"
+        };
+        Event::new(
+            now_ms,
+            Event::SPOOL_OVERFLOW,
+            format!(
+                "spool over its cap of {cap} bytes: dropped {} oldest {batches}, seq {}..={}",
+                self.dropped, self.first_seq, self.last_seq
+            ),
+        )
+    }
+
     /// Logs the drop; called only after the commit that made it is durable.
     pub(crate) fn log(self, cap: u64) {
         tracing::warn!(

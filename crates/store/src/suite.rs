@@ -10,10 +10,13 @@ use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
 use tempfile::TempDir;
 
 use crate::{
-    Commit, CommitOutcome, MemoryStore, RedbStore, SourceProgress, SpoolStats, Store, StoreOptions,
+    Commit, CommitOutcome, Event, MemoryStore, RedbStore, Resolution, SourceProgress, SpoolStats,
+    Store, StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
+const H: i64 = strata_model::time::HOUR_MS;
+const D: i64 = strata_model::time::DAY_MS;
 
 /// A store under test, with the directory it lives in (if any).
 struct Fixture {
@@ -95,6 +98,33 @@ fn spool(store: &dyn Store, increments: &[Increment], watermark_ms: i64) -> Comm
         .unwrap()
 }
 
+/// Every bucket of `k` at `resolution`, over all time.
+fn read_all(s: &dyn Store, k: &SeriesKey, resolution: Resolution) -> Vec<(i64, State)> {
+    s.read_at(k, resolution, i64::MIN, i64::MAX).unwrap()
+}
+
+/// What the buckets of `k` at `resolution` must be: its stored minutes merged
+/// per bucket.
+fn minutes_merged(s: &dyn Store, k: &SeriesKey, resolution: Resolution) -> Vec<(i64, State)> {
+    let mut out: Vec<(i64, State)> = Vec::new();
+    for (minute, state) in read_all(s, k, Resolution::Minute) {
+        let start = resolution.bucket_start(minute);
+        match out.last_mut() {
+            Some((bucket, merged)) if *bucket == start => merged.merge(&state).unwrap(),
+            _ => out.push((start, state)),
+        }
+    }
+    out
+}
+
+fn event(ts_ms: i64, kind: &str, message: &str) -> Event {
+    Event::new(ts_ms, kind, message)
+}
+
+fn messages(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.message.as_str()).collect()
+}
+
 fn epoch_is_non_zero_and_stable(open: &Open) {
     let f = open(StoreOptions::default());
     assert_ne!(f.store.epoch(), 0);
@@ -120,6 +150,14 @@ fn empty_store_reads_nothing(open: &Open) {
     assert_eq!(s.spool_stats(), SpoolStats::default());
     assert_eq!(s.delete_buckets_before(i64::MAX).unwrap(), 0);
     s.spool_ack(u64::MAX).unwrap();
+    for r in Resolution::ALL {
+        assert!(read_all(s, &key("requests_total", &[]), r).is_empty());
+        assert_eq!(s.delete_before(r, i64::MAX).unwrap(), 0);
+    }
+    assert!(s.events(i64::MIN, 10).unwrap().is_empty());
+    assert_eq!(s.delete_events_before(i64::MAX).unwrap(), 0);
+    s.append_events(&[]).unwrap();
+    assert!(s.events(i64::MIN, 10).unwrap().is_empty());
 }
 
 fn merges_across_commits(open: &Open) {
@@ -545,6 +583,367 @@ fn retention_deletes_old_buckets(open: &Open) {
     assert!(buckets(&a).is_empty());
 }
 
+fn rollups_are_the_merge_of_their_minutes(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let c = key("requests_total", &[("service", "checkout")]);
+    let h = key("latency_ms", &[("service", "checkout")]);
+    // Minutes on both sides of an hour and of a day boundary, over several
+    // commits, with several increments for one bucket in one commit.
+    merge(
+        s,
+        &[
+            inc(&c, D - 2 * M, State::Counter(1)),
+            inc(&c, D - M + 5, State::Counter(2)),
+            inc(&c, D - M, State::Counter(4)),
+            inc(&h, D - 2 * M, hist(2, &[1.0, 2.0])),
+        ],
+    );
+    merge(
+        s,
+        &[
+            inc(&c, D, State::Counter(8)),
+            inc(&c, D + H + 3 * M, State::Counter(16)),
+            inc(&h, D + 1, hist(2, &[30.0])),
+            inc(&h, D - M, hist(2, &[4.0])),
+        ],
+    );
+    // Late increments into minutes already committed, one in the previous day.
+    merge(
+        s,
+        &[
+            inc(&c, D - 2 * M, State::Counter(32)),
+            inc(&h, D - 2 * M + 7, hist(2, &[5.0])),
+            inc(&c, D + 59 * M, State::Counter(64)),
+        ],
+    );
+
+    assert_eq!(
+        read_all(s, &c, Resolution::Hour),
+        vec![
+            (D - H, State::Counter(1 + 2 + 4 + 32)),
+            (D, State::Counter(8 + 64)),
+            (D + H, State::Counter(16)),
+        ]
+    );
+    assert_eq!(
+        read_all(s, &c, Resolution::Day),
+        vec![(0, State::Counter(39)), (D, State::Counter(88))]
+    );
+    assert_eq!(
+        read_all(s, &h, Resolution::Day),
+        vec![(0, hist(2, &[1.0, 2.0, 4.0, 5.0])), (D, hist(2, &[30.0]))]
+    );
+    for k in [&c, &h] {
+        for r in [Resolution::Hour, Resolution::Day] {
+            assert_eq!(read_all(s, k, r), minutes_merged(s, k, r), "{k} {r}");
+        }
+    }
+    assert_eq!(
+        read_all(s, &c, Resolution::Minute),
+        s.read(&c, i64::MIN, i64::MAX).unwrap()
+    );
+
+    // Ranges select bucket starts, half-open, not rounded.
+    let starts = |r, from, to| -> Vec<i64> {
+        s.read_at(&c, r, from, to)
+            .unwrap()
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect()
+    };
+    assert_eq!(starts(Resolution::Hour, D - H, D + H), vec![D - H, D]);
+    assert_eq!(
+        starts(Resolution::Hour, D - H + 1, D + H + 1),
+        vec![D, D + H]
+    );
+    assert_eq!(starts(Resolution::Day, 1, D), Vec::<i64>::new());
+    assert_eq!(starts(Resolution::Day, D, D), Vec::<i64>::new());
+    assert!(
+        s.read_at(
+            &key("unknown_total", &[]),
+            Resolution::Day,
+            i64::MIN,
+            i64::MAX
+        )
+        .unwrap()
+        .is_empty()
+    );
+}
+
+fn a_refused_rollup_merge_skips_every_resolution(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let h = key("latency_ms", &[]);
+    merge(s, &[inc(&h, 0, hist(2, &[1.0]))]);
+    let increments = [
+        // A new minute would take it, but its hour (and day) holds another
+        // precision.
+        inc(&h, M, hist(3, &[2.0])),
+        // Another hour of the same day: the day refuses it.
+        inc(&h, 2 * H, hist(3, &[3.0])),
+        // The same minute as a stored one: the minute refuses it first.
+        inc(&h, 0, hist(3, &[4.0])),
+        inc(&h, 2 * H, hist(2, &[5.0])),
+    ];
+    let out = s
+        .commit(Commit {
+            increments: &increments,
+            progress: &[],
+            spool_watermark_ms: Some(0),
+            now_ms: 0,
+        })
+        .unwrap();
+    // Reported once each, and skipped at every resolution.
+    assert_eq!(out.merge_errors.len(), 3, "{:?}", out.merge_errors);
+    for (series, error) in &out.merge_errors {
+        assert_eq!(series, &h.to_string());
+        assert!(
+            matches!(error, ModelError::PrecisionMismatch { .. }),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        read_all(s, &h, Resolution::Minute),
+        vec![(0, hist(2, &[1.0])), (2 * H, hist(2, &[5.0]))]
+    );
+    assert_eq!(
+        read_all(s, &h, Resolution::Hour),
+        vec![(0, hist(2, &[1.0])), (2 * H, hist(2, &[5.0]))]
+    );
+    assert_eq!(
+        read_all(s, &h, Resolution::Day),
+        vec![(0, hist(2, &[1.0, 5.0]))]
+    );
+    assert_eq!(
+        s.spool_read(0, 1).unwrap()[0].increments,
+        vec![increments[3].clone()]
+    );
+    // A refused increment for a new series leaves no bucket behind either.
+    let fresh = key("latency_ms", &[("az", "b")]);
+    let out = merge(
+        s,
+        &[
+            inc(&fresh, 0, hist(2, &[1.0])),
+            inc(&fresh, M, hist(3, &[1.0])),
+        ],
+    );
+    assert_eq!(out.merge_errors.len(), 1);
+    for r in Resolution::ALL {
+        assert_eq!(read_all(s, &fresh, r), vec![(0, hist(2, &[1.0]))], "{r}");
+    }
+}
+
+fn retention_is_per_resolution(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[]);
+    merge(
+        s,
+        &[
+            inc(&k, 0, State::Counter(1)),
+            inc(&k, M, State::Counter(2)),
+            inc(&k, H, State::Counter(4)),
+            inc(&k, D + M, State::Counter(8)),
+        ],
+    );
+    // Minute retention (old and new API alike) leaves hours and days intact.
+    assert_eq!(s.delete_buckets_before(H).unwrap(), 2);
+    assert_eq!(s.delete_before(Resolution::Minute, D).unwrap(), 1);
+    assert_eq!(
+        read_all(s, &k, Resolution::Minute),
+        vec![(D + M, State::Counter(8))]
+    );
+    assert_eq!(
+        read_all(s, &k, Resolution::Hour),
+        vec![
+            (0, State::Counter(3)),
+            (H, State::Counter(4)),
+            (D, State::Counter(8))
+        ]
+    );
+    assert_eq!(
+        read_all(s, &k, Resolution::Day),
+        vec![(0, State::Counter(7)), (D, State::Counter(8))]
+    );
+
+    // A late increment into a deleted minute starts that minute from empty
+    // but still adds to its hour and day.
+    merge(s, &[inc(&k, M, State::Counter(16))]);
+    assert_eq!(
+        s.read_at(&k, Resolution::Minute, 0, H).unwrap(),
+        vec![(M, State::Counter(16))]
+    );
+    assert_eq!(
+        s.read_at(&k, Resolution::Hour, 0, H).unwrap(),
+        vec![(0, State::Counter(19))]
+    );
+    assert_eq!(
+        s.read_at(&k, Resolution::Day, 0, D).unwrap(),
+        vec![(0, State::Counter(23))]
+    );
+
+    // Hour retention leaves days (and minutes) alone; the boundary is kept.
+    assert_eq!(s.delete_before(Resolution::Hour, H).unwrap(), 1);
+    assert_eq!(s.delete_before(Resolution::Hour, H).unwrap(), 0);
+    assert_eq!(
+        read_all(s, &k, Resolution::Hour),
+        vec![(H, State::Counter(4)), (D, State::Counter(8))]
+    );
+    assert_eq!(read_all(s, &k, Resolution::Minute).len(), 2);
+    assert_eq!(s.delete_before(Resolution::Day, D).unwrap(), 1);
+    assert_eq!(
+        read_all(s, &k, Resolution::Day),
+        vec![(D, State::Counter(8))]
+    );
+    assert_eq!(read_all(s, &k, Resolution::Hour).len(), 2);
+    assert_eq!(s.delete_before(Resolution::Day, i64::MAX).unwrap(), 1);
+    assert_eq!(s.series_count(), 1);
+}
+
+fn events_are_listed_newest_first(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    s.append_events(&[
+        event(300, "source_connected", "c"),
+        event(100, "source_connected", "a"),
+        event(200, "alarm_fired", "b"),
+    ])
+    .unwrap();
+    s.append_events(&[event(400, "alarm_resolved", "d")])
+        .unwrap();
+    assert_eq!(
+        s.events(i64::MIN, 10).unwrap(),
+        vec![
+            event(400, "alarm_resolved", "d"),
+            event(300, "source_connected", "c"),
+            event(200, "alarm_fired", "b"),
+            event(100, "source_connected", "a"),
+        ]
+    );
+    // The limit keeps the newest; since is inclusive.
+    assert_eq!(messages(&s.events(i64::MIN, 2).unwrap()), vec!["d", "c"]);
+    assert_eq!(messages(&s.events(200, 10).unwrap()), vec!["d", "c", "b"]);
+    assert_eq!(messages(&s.events(201, 1).unwrap()), vec!["d"]);
+    assert!(s.events(401, 10).unwrap().is_empty());
+    assert!(s.events(i64::MIN, 0).unwrap().is_empty());
+
+    // Equal timestamps, within one append and across appends, never replace
+    // each other; the last appended is listed first.
+    s.append_events(&[event(200, "x", "b2"), event(200, "x", "b3")])
+        .unwrap();
+    s.append_events(&[event(200, "x", "b4")]).unwrap();
+    assert_eq!(
+        messages(&s.events(200, 10).unwrap()),
+        vec!["d", "c", "b4", "b3", "b2", "b"]
+    );
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()[2..5]),
+        vec!["b4", "b3", "b2"]
+    );
+    assert_eq!(s.events(i64::MIN, usize::MAX).unwrap().len(), 7);
+}
+
+fn event_retention(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let events: Vec<Event> = [-5, 0, 10, 10, 20]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ts)| event(ts, "k", &i.to_string()))
+        .collect();
+    s.append_events(&events).unwrap();
+    assert_eq!(s.delete_events_before(i64::MIN).unwrap(), 0);
+    assert_eq!(s.delete_events_before(10).unwrap(), 2);
+    assert_eq!(s.delete_events_before(10).unwrap(), 0);
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()),
+        vec!["4", "3", "2"]
+    );
+    // New events after retention still never collide with the kept ones.
+    s.append_events(&[event(10, "k", "5")]).unwrap();
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()),
+        vec!["4", "5", "3", "2"]
+    );
+    assert_eq!(s.delete_events_before(i64::MAX).unwrap(), 4);
+    assert!(s.events(i64::MIN, 10).unwrap().is_empty());
+}
+
+fn spool_overflow_appends_an_event(open: &Open) {
+    let f = open(StoreOptions { spool_max_bytes: 1 });
+    let s = &*f.store;
+    let commit = |now_ms| {
+        s.commit(Commit {
+            increments: &[],
+            progress: &[],
+            spool_watermark_ms: Some(0),
+            now_ms,
+        })
+        .unwrap()
+    };
+    // The first batch alone is over the cap but kept: nothing dropped.
+    assert_eq!(commit(1_000).spool_dropped, 0);
+    assert!(s.events(i64::MIN, 10).unwrap().is_empty());
+    assert_eq!(commit(2_000).spool_dropped, 1);
+    let events = s.events(i64::MIN, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].ts_ms, 2_000);
+    assert_eq!(events[0].kind, Event::SPOOL_OVERFLOW);
+    assert!(
+        events[0]
+            .message
+            .contains("dropped 1 oldest batch, seq 1..=1"),
+        "{}",
+        events[0].message
+    );
+
+    // Several batches dropped by one commit make one event naming them all.
+    let f = open(StoreOptions::default());
+    let s2 = &*f.store;
+    for i in 0..3 {
+        spool(s2, &[], i);
+    }
+    let one = s2.spool_stats().bytes / 3;
+    let f = open(StoreOptions {
+        spool_max_bytes: 3 * one,
+    });
+    let s2 = &*f.store;
+    for i in 0..3 {
+        spool(s2, &[], i);
+    }
+    let big: Vec<Increment> = (0..10)
+        .map(|i| inc(&key("big_total", &[]), i * M, State::Counter(1)))
+        .collect();
+    let out = s2
+        .commit(Commit {
+            increments: &big,
+            progress: &[],
+            spool_watermark_ms: Some(3),
+            now_ms: 77,
+        })
+        .unwrap();
+    assert_eq!(out.spool_dropped, 3);
+    let events = s2.events(i64::MIN, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].ts_ms, events[0].kind.as_str()),
+        (77, "spool_overflow")
+    );
+    assert!(
+        events[0]
+            .message
+            .contains("dropped 3 oldest batches, seq 1..=3"),
+        "{}",
+        events[0].message
+    );
+    assert!(
+        events[0].message.contains(&format!("{} bytes", 3 * one)),
+        "{}",
+        events[0].message
+    );
+}
+
 fn readers_run_alongside_a_writer(open: &Open) {
     let f = open(StoreOptions::default());
     let s = &*f.store;
@@ -608,12 +1007,18 @@ suite!(
     merge_errors_skip_only_the_bad_increments,
     retention_deletes_old_buckets,
     readers_run_alongside_a_writer,
+    rollups_are_the_merge_of_their_minutes,
+    a_refused_rollup_merge_skips_every_resolution,
+    retention_is_per_resolution,
+    events_are_listed_newest_first,
+    event_retention,
+    spool_overflow_appends_an_event,
 );
 
 /// Durability: what only [`RedbStore`] promises.
 mod durable {
     use super::*;
-    use crate::redb_store::BUCKETS;
+    use crate::redb_store::{BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, META, META_FORMAT_VERSION};
 
     /// Fills a store with one of everything.
     fn populate(s: &dyn Store) {
@@ -632,6 +1037,22 @@ mod durable {
         spool(s, &[inc(&a, M, State::Counter(1))], 120_000);
         spool(s, &[], 180_000);
         s.spool_ack(1).unwrap();
+        // A late increment into an old minute of another hour and day.
+        merge(
+            s,
+            &[
+                inc(&a, -M, State::Counter(5)),
+                inc(&a, 0, State::Counter(1)),
+            ],
+        );
+        // The newest event does not carry the highest id.
+        s.append_events(&[event(500, "alarm_fired", "first")])
+            .unwrap();
+        s.append_events(&[
+            event(100, "source_connected", "second"),
+            event(100, "source_connected", "third"),
+        ])
+        .unwrap();
     }
 
     /// Everything a reader can observe, for before/after comparisons.
@@ -641,10 +1062,13 @@ mod durable {
             let mut series = s.series_of(&m.name);
             series.sort();
             for k in series {
-                let buckets = s.read(&k, i64::MIN, i64::MAX).unwrap();
-                out += &format!("{} {} {k} {buckets:?}\n", m.name, m.kind);
+                for r in Resolution::ALL {
+                    let buckets = read_all(s, &k, r);
+                    out += &format!("{} {} {k} {r} {buckets:?}\n", m.name, m.kind);
+                }
             }
         }
+        out += &format!("{:?}\n", s.events(i64::MIN, usize::MAX).unwrap());
         out += &format!("{:?}\n{:?}\n", s.sources(), s.spool_stats());
         out += &format!("{:?}\n", s.spool_read(0, 100).unwrap());
         out
@@ -661,6 +1085,19 @@ mod durable {
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), before);
         assert_eq!(s.series_count(), 2);
+        let a = key("requests_total", &[("service", "a")]);
+        assert_eq!(
+            read_all(&s, &a, Resolution::Hour),
+            vec![(-H, State::Counter(5)), (0, State::Counter(5))]
+        );
+        assert_eq!(
+            read_all(&s, &a, Resolution::Day),
+            vec![(-D, State::Counter(5)), (0, State::Counter(5))]
+        );
+        assert_eq!(
+            messages(&s.events(i64::MIN, 10).unwrap()),
+            vec!["first", "third", "second"]
+        );
         assert_eq!(
             s.spool_stats(),
             SpoolStats {
@@ -672,9 +1109,9 @@ mod durable {
             }
         );
 
-        // It carries on where it stopped: merges onto restored buckets, the
-        // next seq, no duplicate series ids.
-        let a = key("requests_total", &[("service", "a")]);
+        // It carries on where it stopped: merges onto restored buckets (at
+        // every resolution), the next seq, no duplicate series ids, event ids
+        // after every earlier one.
         let b = key("requests_total", &[("service", "b")]);
         let out = spool(
             &s,
@@ -682,12 +1119,93 @@ mod durable {
             0,
         );
         assert_eq!(out.spool_seq, Some(4));
-        assert_eq!(s.read(&a, 0, M).unwrap(), vec![(0, State::Counter(5))]);
+        assert_eq!(s.read(&a, 0, M).unwrap(), vec![(0, State::Counter(6))]);
+        assert_eq!(
+            s.read_at(&a, Resolution::Day, 0, D).unwrap(),
+            vec![(0, State::Counter(7))]
+        );
         assert_eq!(s.series_count(), 3);
+        s.append_events(&[event(100, "source_connected", "fourth")])
+            .unwrap();
+        assert_eq!(
+            messages(&s.events(i64::MIN, 10).unwrap()),
+            vec!["first", "fourth", "third", "second"]
+        );
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(s.series_count(), 3);
         assert_eq!(s.read(&b, 0, M).unwrap(), vec![(0, State::Counter(1))]);
+        assert_eq!(
+            s.read_at(&b, Resolution::Hour, 0, H).unwrap(),
+            vec![(0, State::Counter(1))]
+        );
+        assert_eq!(s.events(i64::MIN, 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn spool_overflow_event_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || StoreOptions { spool_max_bytes: 1 };
+        {
+            let s = RedbStore::open(dir.path(), opts()).unwrap();
+            spool(&s, &[], 0);
+            spool(&s, &[], 1);
+        }
+        let s = RedbStore::open(dir.path(), opts()).unwrap();
+        let events = s.events(i64::MIN, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].ts_ms, events[0].kind.as_str()),
+            (2, "spool_overflow")
+        );
+        spool(&s, &[], 2);
+        assert_eq!(s.events(i64::MIN, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_format_1_file_gets_its_rollups_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = key("requests_total", &[]);
+        let h = key("latency_ms", &[]);
+        let expected = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            merge(
+                &s,
+                &[
+                    inc(&c, -M, State::Counter(1)),
+                    inc(&c, 0, State::Counter(2)),
+                    inc(&c, M, State::Counter(4)),
+                    inc(&c, H + M, State::Counter(8)),
+                    inc(&c, D, State::Counter(16)),
+                    inc(&h, 0, hist(2, &[1.0])),
+                    inc(&h, M, hist(2, &[2.0, 3.0])),
+                    inc(&h, 2 * H, hist(2, &[4.0])),
+                ],
+            );
+            let expected = snapshot(&s);
+            // Make it what a format 1 store left: minutes only.
+            let txn = s.db.begin_write().unwrap();
+            txn.delete_table(BUCKETS_HOUR).unwrap();
+            txn.delete_table(BUCKETS_DAY).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT_VERSION, 1)
+                .unwrap();
+            txn.commit().unwrap();
+            expected
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(snapshot(&s), expected);
+        for k in [&c, &h] {
+            for r in [Resolution::Hour, Resolution::Day] {
+                assert!(!read_all(&s, k, r).is_empty());
+                assert_eq!(read_all(&s, k, r), minutes_merged(&s, k, r), "{k} {r}");
+            }
+        }
+        // Upgraded once: the next open finds format 2 and changes nothing.
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(snapshot(&s), expected);
     }
 
     #[test]
