@@ -5,6 +5,7 @@
 //! drops batches it has already committed (acking them again) and acks every
 //! other batch only after the flush holding it is committed.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -387,47 +388,87 @@ impl Session {
     }
 
     /// Decodes and checks a batch; any problem rejects it whole.
+    /// Decodes and checks a batch. A batch that does not decode is rejected
+    /// whole. Increments this node cannot merge (a metric of another kind, a
+    /// histogram of another precision, an apdex of another threshold) are
+    /// refused one by one, counted and logged, and the rest of the batch is
+    /// merged: one region's conflicting metric must not cost every other
+    /// series of that region.
     fn validate(&self, batch: &v1::Batch) -> Result<Vec<strata_model::Increment>, String> {
         let increments = strata_proto::decode_batch(batch).map_err(|e| e.to_string())?;
-        for inc in &increments {
-            if let State::Histogram(h) = &inc.state
+        let stats = &self.ingestor.pipeline.stats;
+        let mut refused_metrics: HashMap<String, String> = HashMap::new();
+        let mut checked: HashSet<(String, Kind)> = HashSet::new();
+        let mut refused = 0u64;
+        let mut keep = Vec::with_capacity(increments.len());
+        for inc in increments {
+            let metric = inc.series.metric();
+            let problem = if let State::Histogram(h) = &inc.state
                 && h.sigfig() != self.histogram_sigfig
             {
-                return Err(format!(
-                    "series {}: histogram has {} significant digits, this node merges {}",
-                    inc.series,
+                Some(format!(
+                    "histogram has {} significant digits, this node merges {}",
                     h.sigfig(),
                     self.histogram_sigfig
-                ));
-            }
-        }
-        self.ingestor
-            .registry
-            .admit(increments.iter().map(|inc| {
+                ))
+            } else if let Some(reason) = refused_metrics.get(metric) {
+                Some(reason.clone())
+            } else {
                 let threshold = match &inc.state {
                     State::Apdex(a) => Some(a.threshold),
                     _ => None,
                 };
-                (inc.series.metric(), inc.state.kind(), threshold)
-            }))
-            .map_err(|c| c.to_string())?;
+                let kind = inc.state.kind();
+                if threshold.is_none() && checked.contains(&(metric.to_string(), kind)) {
+                    None
+                } else {
+                    match self.ingestor.registry.admit([(metric, kind, threshold)]) {
+                        Ok(()) => {
+                            checked.insert((metric.to_string(), kind));
+                            None
+                        }
+                        Err(conflict) => {
+                            refused_metrics.insert(metric.to_string(), conflict.to_string());
+                            Some(conflict.to_string())
+                        }
+                    }
+                }
+            };
+            match problem {
+                None => keep.push(inc),
+                Some(reason) => {
+                    refused += 1;
+                    if refused <= 5 {
+                        tracing::warn!(source = %self.live.id, series = %inc.series, %reason, "increment refused");
+                    }
+                }
+            }
+        }
+        if refused > 0 {
+            Stats::add(&stats.federation_refused_increments_total, refused);
+            self.ingestor.pipeline.event(
+                "increments_refused",
+                format!(
+                    "source {:?}: {refused} increments could not be merged here ({})",
+                    self.live.id,
+                    refused_metrics
+                        .values()
+                        .next()
+                        .map_or("histogram precision", String::as_str)
+                ),
+            );
+        }
         // Late relative to the source's own watermark: such a bucket was closed
         // at the source long ago. A backlog after an outage is not late.
         let oldest_end = batch.watermark_ms - self.ingestor.settings.allowed_lateness_ms;
-        let before = increments.len();
-        let increments: Vec<_> = increments
-            .into_iter()
-            .filter(|inc| inc.bucket_ms + MINUTE_MS > oldest_end)
-            .collect();
-        let late = before - increments.len();
+        let before = keep.len();
+        keep.retain(|inc| inc.bucket_ms + MINUTE_MS > oldest_end);
+        let late = before - keep.len();
         if late > 0 {
-            Stats::add(
-                &self.ingestor.pipeline.stats.late_samples_total,
-                late as u64,
-            );
+            Stats::add(&stats.late_samples_total, late as u64);
             tracing::warn!(source = %self.live.id, late, "late increments dropped");
         }
-        Ok(increments)
+        Ok(keep)
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -56,8 +57,15 @@ fn retry_after(status: StatusCode, message: &str) -> Response {
 async fn ingest(
     State(node): State<Arc<Node>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            node.ingestor.count_rejected();
+            return error(rejection.status(), rejection.body_text());
+        }
+    };
     let wait_commit = match params.get("wait").map(String::as_str) {
         None => false,
         Some("commit") => true,

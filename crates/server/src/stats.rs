@@ -43,6 +43,8 @@ counters! {
     federation_increments_total,
     /// Batches received again after being committed: acknowledged, not merged.
     federation_duplicates_total,
+    /// Increments from downstream this node could not merge (kind, precision or apdex threshold conflicts).
+    federation_refused_increments_total,
     /// Malformed federation batches rejected whole.
     federation_rejected_batches_total,
     /// Federation streams refused (bad token, unknown id, id already connected).

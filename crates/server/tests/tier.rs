@@ -1,6 +1,8 @@
 //! In-process tiers on loopback: the shutdown path flushes, commits and
 //! forwards before returning.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use strata_server::Config;
@@ -170,4 +172,94 @@ async fn a_wrong_token_is_refused_and_nothing_is_merged() {
     }
     edge.shutdown(Duration::from_millis(200)).await.unwrap();
     global.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+async fn poll<F: FnMut() -> bool>(what: &str, mut done: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_conflict_between_regions_refuses_only_that_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut global_cfg = config("global", dir.path());
+    global_cfg.aggregation.flush_interval_ms = 50;
+    for id in ["a", "b"] {
+        global_cfg.downstream.push(DownstreamConfig {
+            id: id.into(),
+            token: format!("{id}-token"),
+        });
+    }
+    let global = strata_server::start(global_cfg).await.unwrap();
+    let edge = |id: &str| {
+        let mut c = config(id, dir.path());
+        c.aggregation.flush_interval_ms = 50;
+        c.upstream = Some(UpstreamConfig {
+            endpoint: format!("http://{}", global.grpc_addr),
+            token: format!("{id}-token"),
+            ..Default::default()
+        });
+        c
+    };
+    let a = strata_server::start(edge("a")).await.unwrap();
+    let b = strata_server::start(edge("b")).await.unwrap();
+    let ts = now_minute();
+    let a_addr = a.http_addr;
+    tokio::task::spawn_blocking(move || {
+        ingest(
+            a_addr,
+            format!("{{\"metric\":\"shared\",\"kind\":\"counter\",\"ts_ms\":{ts}}}\n"),
+        )
+    })
+    .await
+    .unwrap();
+    let store = global.node.pipeline.store.clone();
+    poll("the counter at the global tier", || {
+        store.metric_kind("shared").is_some()
+    })
+    .await;
+
+    // Region b calls the same metric a histogram, in a request with another metric.
+    let b_addr = b.http_addr;
+    tokio::task::spawn_blocking(move || {
+        ingest(
+            b_addr,
+            format!(
+                "{{\"metric\":\"shared\",\"kind\":\"histogram\",\"ts_ms\":{ts},\"value\":3}}\n\
+                 {{\"metric\":\"requests\",\"kind\":\"counter\",\"ts_ms\":{ts},\"value\":5}}\n"
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    poll("b's other metric at the global tier", || {
+        stored_total(&*store) == 5
+    })
+    .await;
+    let stats = &global.node.pipeline.stats;
+    assert_eq!(
+        stats
+            .federation_refused_increments_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stats
+            .federation_rejected_batches_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        store.metric_kind("shared"),
+        Some(strata_model::Kind::Counter)
+    );
+    for t in [a, b, global] {
+        t.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
 }

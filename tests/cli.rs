@@ -1,0 +1,182 @@
+//! The command line: `strata query` prints a table, `strata demo` runs a
+//! whole topology and exits (DESIGN §8).
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use util::*;
+
+fn strata_query(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(strata_bin())
+        .arg("query")
+        .args(args)
+        .output()
+        .expect("running strata query");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn query_prints_a_table_of_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(NodeConfig::new(dir.path(), "solo"));
+    let base = base_minute_ms();
+    let mut lines = Vec::new();
+    for i in 0..37 {
+        lines.push(sample(
+            "cli_latency_ms",
+            "histogram",
+            &[("service", "checkout")],
+            base + i,
+            json!(10.0 + i as f64),
+        ));
+    }
+    for i in 0..5 {
+        lines.push(sample(
+            "cli_latency_ms",
+            "histogram",
+            &[("service", "search")],
+            base + i,
+            json!(200.0),
+        ));
+    }
+    ingest_ok(&node, &lines, true);
+    let addr = format!("http://{}", node.http);
+    let (from, to) = range_of(base);
+
+    let (ok, stdout, stderr) = strata_query(&[
+        "cli_latency_ms",
+        "--addr",
+        &addr,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--step",
+        "all",
+    ]);
+    assert!(ok, "strata query failed: {stderr}");
+    let header = stdout.lines().next().unwrap_or_default();
+    for column in ["labels", "complete", "count", "p50", "p99"] {
+        assert!(header.contains(column), "no {column} column: {stdout}");
+    }
+    let row = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(label))
+            .unwrap_or_else(|| panic!("no row for {label}:\n{stdout}"))
+            .to_string()
+    };
+    let cells = |row: &str| row.split_whitespace().map(String::from).collect::<Vec<_>>();
+    // Value fields are the last columns, `count` first among them (the
+    // time and completeness cells hold spaces, so count from the end).
+    let count_col = header
+        .split_whitespace()
+        .position(|c| c == "count")
+        .unwrap();
+    let value_fields = header.split_whitespace().count() - count_col;
+    let checkout = cells(&row("service=checkout"));
+    assert_eq!(checkout[checkout.len() - value_fields], "37", "{stdout}");
+    let search = cells(&row("service=search"));
+    assert_eq!(search[search.len() - value_fields], "5", "{stdout}");
+
+    // --group-by '' merges everything into one row.
+    let (ok, stdout, stderr) = strata_query(&[
+        "cli_latency_ms",
+        "--addr",
+        &addr,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--step",
+        "all",
+        "--group-by",
+        "",
+    ]);
+    assert!(ok, "{stderr}");
+    let merged = stdout
+        .lines()
+        .find(|l| l.starts_with("{}"))
+        .unwrap_or_else(|| panic!("no merged row:\n{stdout}"));
+    let merged = cells(merged);
+    assert_eq!(merged[merged.len() - value_fields], "42", "{stdout}");
+
+    // --json prints the API answer.
+    let (ok, stdout, stderr) = strata_query(&[
+        "cli_latency_ms{service=\"search\"}",
+        "--addr",
+        &addr,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--step",
+        "all",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(
+        v["data"]["series"][0]["points"][0]["value"]["count"], 5,
+        "{v}"
+    );
+
+    // A bad selector fails with the server's message.
+    let (ok, _, stderr) = strata_query(&["rate(cli_latency_ms[5m])", "--addr", &addr]);
+    assert!(!ok);
+    assert!(stderr.contains("vector selector"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_and_exits() {
+    let mut child = Command::new(strata_bin())
+        .args(["demo", "--duration-s", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning strata demo");
+    // Drain both pipes on threads so the demo never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata demo --duration-s 8 still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    assert!(
+        status.success(),
+        "demo exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("global (merged HDR)"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
