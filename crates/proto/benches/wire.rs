@@ -15,20 +15,41 @@ fn increments(series: usize) -> Vec<Increment> {
     (0..series)
         .map(|i| {
             let key = SeriesKey::new(
-                if i % 2 == 0 { "http_latency_ms" } else { "http_requests" },
-                [("service".to_string(), format!("svc{}", i % 50)), ("instance".to_string(), format!("i{i}"))],
+                if i % 2 == 0 {
+                    "http_latency_ms"
+                } else {
+                    "http_requests"
+                },
+                [
+                    ("service".to_string(), format!("svc{}", i % 50)),
+                    ("instance".to_string(), format!("i{i}")),
+                ],
             )
             .expect("valid series");
-            let kind = if i % 2 == 0 { Kind::Histogram } else { Kind::Counter };
+            let kind = if i % 2 == 0 {
+                Kind::Histogram
+            } else {
+                Kind::Counter
+            };
             let mut state = State::empty(kind, &params);
             for _ in 0..200 {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let v = if kind == Kind::Counter { 1.0 } else { 1.0 + (x % 500_000) as f64 / 1000.0 };
-                state.record(SampleValue::Number(v), 0, "bench").expect("valid sample");
+                let v = if kind == Kind::Counter {
+                    1.0
+                } else {
+                    1.0 + (x % 500_000) as f64 / 1000.0
+                };
+                state
+                    .record(SampleValue::Number(v), 0, "bench")
+                    .expect("valid sample");
             }
-            Increment { series: Arc::new(key), bucket_ms: 60_000, state }
+            Increment {
+                series: Arc::new(key),
+                bucket_ms: 60_000,
+                state,
+            }
         })
         .collect()
 }
@@ -44,12 +65,17 @@ fn wire(c: &mut Criterion) {
     });
     g.bench_function("decode_batch_1000_increments", |b| {
         b.iter(|| {
-            let msg = strata_proto::v1::Batch::decode(black_box(bytes.as_slice())).expect("decodes");
+            let msg =
+                strata_proto::v1::Batch::decode(black_box(bytes.as_slice())).expect("decodes");
             strata_proto::decode_batch(&msg).expect("valid")
         })
     });
     g.finish();
-    eprintln!("batch of {} increments: {} bytes on the wire", incs.len(), bytes.len());
+    eprintln!(
+        "batch of {} increments: {} bytes on the wire",
+        incs.len(),
+        bytes.len()
+    );
 }
 
 criterion_group!(benches, wire);

@@ -29,7 +29,7 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// Sources allowed to forward to this node.
     pub downstream: Vec<DownstreamConfig>,
-    /// Alarm rules (evaluated by a later component; parsed and validated now).
+    /// Alarm rules, evaluated every minute by [`crate::alarms`].
     pub alarm: Vec<AlarmConfig>,
 }
 
@@ -113,8 +113,11 @@ pub struct StorageConfig {
     pub retention_hours: u64,
     /// Day rollups older than this are deleted.
     pub retention_days: u64,
-    /// Events older than this are deleted.
+    /// Events older than this are deleted (and alarm history with them).
     pub event_retention_days: u64,
+    /// A series not updated for this long expires: its buckets at every
+    /// resolution are deleted with it.
+    pub series_ttl_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -142,18 +145,31 @@ pub struct DownstreamConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlarmConfig {
+    /// Unique among the node's rules; names the alarm in notifications, the
+    /// history and the event log.
     pub name: String,
+    /// The metric watched.
     pub metric: String,
+    /// Label equality matchers selecting the metric's series (TOML key `match`).
     #[serde(rename = "match")]
     pub matchers: std::collections::BTreeMap<String, String>,
+    /// One alarm instance per distinct value of these labels; empty: every
+    /// matching series merged into one instance.
     pub group_by: Vec<String>,
+    /// The value field compared, as in query output (`p99`, `count`, `avg`, …).
     pub field: String,
+    /// `>`, `>=`, `<`, `<=`, `==` or `!=`: a point breaches when `value op threshold`.
     pub op: String,
     pub threshold: f64,
+    /// How many of the latest minute points are evaluated.
     pub period_minutes: u32,
+    /// How many of them must breach for the alarm to fire.
     pub count: u32,
+    /// After firing, the same instance does not fire again for this long.
     pub silence_minutes: u32,
+    /// Also evaluate minutes not yet complete (by default only complete ones count).
     pub include_incomplete: bool,
+    /// `http://` URLs each firing and resolved notification is POSTed to.
     pub webhooks: Vec<String>,
 }
 
@@ -226,6 +242,7 @@ impl Default for StorageConfig {
             retention_hours: 90 * 24,
             retention_days: 2 * 365,
             event_retention_days: 30,
+            series_ttl_s: 30 * 24 * 3600,
         }
     }
 }
@@ -444,6 +461,14 @@ impl Config {
         if s.retention_minutes < 60 {
             bad("storage.retention_minutes", "must be at least 60".into());
         }
+        if s.series_ttl_s == 0 {
+            bad("storage.series_ttl_s", "must be greater than 0".into());
+        } else if s.series_ttl_s < a.allowed_lateness_s {
+            bad(
+                "storage.series_ttl_s",
+                "is shorter than aggregation.allowed_lateness_s: a series could expire while late data for it is still accepted".into(),
+            );
+        }
         if (s.retention_minutes as u128) * 60 < a.allowed_lateness_s as u128 {
             bad(
                 "storage.retention_minutes",
@@ -506,10 +531,26 @@ impl Config {
                 );
             }
         }
+        let mut rule_names = std::collections::HashSet::new();
         for (i, r) in self.alarm.iter().enumerate() {
             let key = |k: &str| format!("alarm[{i}].{k}");
             if r.name.is_empty() {
                 bad(&key("name"), "must not be empty".into());
+            } else if !rule_names.insert(r.name.as_str()) {
+                bad(
+                    &key("name"),
+                    format!("{:?} is used by another rule", r.name),
+                );
+            }
+            if !r.field.is_empty()
+                && !strata_model::Kind::ALL
+                    .iter()
+                    .any(|k| k.value_fields().contains(&r.field.as_str()))
+            {
+                bad(
+                    &key("field"),
+                    format!("{:?} is not a value field of any metric kind", r.field),
+                );
             }
             if r.metric.is_empty() {
                 bad(&key("metric"), "must not be empty".into());
@@ -615,6 +656,36 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn series_ttl_and_alarm_rules_are_checked() {
+        let text = r#"
+            [aggregation]
+            allowed_lateness_s = 600
+            [storage]
+            series_ttl_s = 60
+            [[alarm]]
+            name = "p99"
+            metric = "lat"
+            field = "p98"
+            [[alarm]]
+            name = "p99"
+            metric = "lat"
+            field = "p99"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected invalid config");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["storage.series_ttl_s", "alarm[0].field", "alarm[1].name"]
+        );
+        let mut c = Config::default();
+        c.storage.series_ttl_s = 0;
+        assert_eq!(c.validate()[0].key, "storage.series_ttl_s");
+        assert_eq!(Config::default().storage.series_ttl_s, 2_592_000);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! HTTP API (DESIGN §8): NDJSON ingest, queries, sources, health, /metrics.
+//! HTTP API (DESIGN §8): NDJSON ingest, queries, sources, alarms, events,
+//! health, /metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/metrics", get(metrics_list))
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/alarms", get(alarms))
         .route("/health", get(health))
         .route("/health/{component}", get(health_component))
         .route("/metrics", get(prometheus))
@@ -236,6 +238,36 @@ async fn events(
     }
 }
 
+/// `GET /api/v1/alarms?limit=100`: firing alarm instances and the alarm
+/// history, newest first.
+async fn alarms(
+    State(node): State<Arc<Node>>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a number from 1 to 10000",
+            );
+        }
+    };
+    let alarms = node.alarms.clone();
+    match tokio::task::spawn_blocking(move || alarms.api_data(limit)).await {
+        Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading alarms: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading alarms: {e}"),
+        ),
+    }
+}
+
 /// Status of one component, worst of its checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Health {
@@ -367,6 +399,23 @@ fn components(node: &Node) -> Vec<(&'static str, Vec<Check>)> {
                 )
             }
         })],
+    ));
+    let alarm_health = |(status, detail): (crate::alarms::AlarmHealth, String)| {
+        let status = match status {
+            crate::alarms::AlarmHealth::Ok => Health::Ok,
+            crate::alarms::AlarmHealth::Deactivated => Health::Deactivated,
+            crate::alarms::AlarmHealth::Degraded => Health::Degraded,
+        };
+        (status, detail)
+    };
+    out.push((
+        "alarms",
+        vec![
+            timed("rules", &|| alarm_health(node.alarms.rules_check())),
+            timed("notifications", &|| {
+                alarm_health(node.alarms.notifications_check())
+            }),
+        ],
     ));
     out
 }

@@ -7,11 +7,13 @@
 //! federation  ─┘   (by series hash)   (per-minute    writer     └─> acks to sources / wait=commit
 //!   receiver                           deltas)
 //! query API, /health, /metrics read the store and the live counters
+//! alarm evaluator (every minute) reads the store ─> alarm outbox ─> webhooks
 //! ```
 //!
 //! Main types: [`Config`] (one node's TOML), [`start`] → [`RunningTier`]
 //! (addresses, [`RunningTier::shutdown`]), [`run`] (start, wait for a shutdown
-//! future, stop in order).
+//! future, stop in order), [`start_with`] and [`StartOptions`] (what tests
+//! inject, such as the alarm clock).
 //!
 //! # Layout
 //! - [`config`]: the TOML schema, defaults and validation naming every bad key.
@@ -22,6 +24,7 @@
 //! - [`forwarder`]: the stream to the upstream tier, fed from the spool.
 //! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
 //! - [`http`]: the HTTP API.
+//! - [`alarms`]: alarm rule evaluation and webhook notifications (outbox, retries).
 //! - [`registry`], [`sources`], [`stats`]: metric kinds, downstream sources, self-metrics.
 //!
 //! # Example
@@ -37,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alarms;
 pub mod config;
 pub mod delivery;
 pub mod forwarder;
@@ -80,6 +84,9 @@ pub struct Node {
     pub pipeline: Arc<Pipeline>,
     /// Present when the node forwards upstream.
     pub forwarder: Option<Arc<Mutex<ForwarderState>>>,
+    /// Alarm rules, their state for `/api/v1/alarms` and health (present
+    /// even without rules).
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 /// A started tier.
@@ -92,6 +99,15 @@ pub struct RunningTier {
     servers: Vec<(&'static str, JoinHandle<()>)>,
     pipeline: PipelineThreads,
     forwarder: Option<ForwarderTask>,
+    /// The alarm evaluator and sender, when there is anything to do.
+    alarms: Option<alarms::AlarmThreads>,
+}
+
+/// What [`start_with`] lets a caller (a test) choose beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// The alarm evaluator's clock, backoff and limits.
+    pub alarms: alarms::AlarmSettings,
 }
 
 struct ForwarderTask {
@@ -102,6 +118,11 @@ struct ForwarderTask {
 
 /// Opens the store, starts the pipeline, binds the listeners and the forwarder.
 pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`] with non-default [`StartOptions`].
+pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result<RunningTier> {
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(config::ConfigError::Invalid(problems).into());
@@ -156,6 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
             hour_ms: config.storage.retention_hours as i64 * 3_600_000,
             day_ms: config.storage.retention_days as i64 * 86_400_000,
             events_ms: config.storage.event_retention_days as i64 * 86_400_000,
+            series_ms: config.storage.series_ttl_s as i64 * 1000,
         },
     };
     let (pipeline, pipeline_threads) =
@@ -206,12 +228,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
         Some((s, t)) => (Some(s), Some(t)),
         None => (None, None),
     };
+    let (alarms, alarm_threads) = {
+        let (id, rules, pipeline) = (
+            config.node.id.clone(),
+            config.alarm.clone(),
+            pipeline.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            alarms::Alarms::start(&id, &rules, pipeline, options.alarms)
+        })
+        .await?
+        .context("starting the alarm evaluator")?
+    };
 
     let node = Arc::new(Node {
         id: config.node.id.clone(),
         ingestor: ingestor.clone(),
         pipeline: pipeline.clone(),
         forwarder: forwarder_state,
+        alarms,
     });
     let accept_stop = CancellationToken::new();
 
@@ -284,14 +319,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
         servers: vec![("http", http_task), ("grpc", grpc_task)],
         pipeline: pipeline_threads,
         forwarder,
+        alarms: alarm_threads,
     })
 }
 
 impl RunningTier {
     /// Stops in order: stop accepting and end source streams, let in-flight
-    /// requests finish, final flush and commit, forward until the upstream
-    /// has acknowledged everything (bounded by `grace`), then exit. Whatever
-    /// is not acknowledged by then stays in the spool for the next start.
+    /// requests finish, final flush and commit, stop the alarm evaluator and
+    /// sender (queued notifications stay in the outbox), forward until the
+    /// upstream has acknowledged everything (bounded by `grace`), then exit.
+    /// Whatever is not acknowledged by then stays in the spool for the next
+    /// start.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(node = %self.node.id, "shutting down: no longer accepting");
@@ -308,6 +346,17 @@ impl RunningTier {
         tracing::info!("final flush and commit");
         let pipeline = self.pipeline;
         tokio::task::spawn_blocking(move || pipeline.stop()).await?;
+        if let Some(alarms) = self.alarms {
+            // Queued notifications stay in the outbox for the next start.
+            let stopped = tokio::time::timeout_at(
+                deadline,
+                tokio::task::spawn_blocking(move || alarms.stop()),
+            )
+            .await;
+            if stopped.is_err() {
+                tracing::warn!("alarm sender still delivering at the grace deadline");
+            }
+        }
         if let Some(mut f) = self.forwarder {
             let last = self.node.pipeline.store.spool_stats().last_seq;
             let acked = tokio::time::timeout_at(deadline, f.acked.wait_for(|a| *a >= last))

@@ -87,13 +87,29 @@ pub struct PipelineSettings {
     pub retention: Retention,
 }
 
-/// Retention per step and for the event log, in milliseconds.
+/// Retention per step, for the event log and for idle series, in milliseconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
     pub minute_ms: i64,
     pub hour_ms: i64,
     pub day_ms: i64,
     pub events_ms: i64,
+    /// Series not updated for this long expire with their buckets (DESIGN §5).
+    pub series_ms: i64,
+}
+
+impl Retention {
+    /// Keeps everything (tests and benchmarks).
+    pub fn forever() -> Self {
+        let ms = i64::MAX / 4;
+        Retention {
+            minute_ms: ms,
+            hour_ms: ms,
+            day_ms: ms,
+            events_ms: ms,
+            series_ms: ms,
+        }
+    }
 }
 
 /// Shared handle to the running pipeline.
@@ -489,7 +505,8 @@ impl Consumer<FlushBatch> for CommitWriter {
 }
 
 impl CommitWriter {
-    /// Deletes buckets and events past their retention.
+    /// Deletes buckets and events past their retention, and expires series
+    /// not updated within the series TTL.
     fn apply_retention(&self, now_ms: i64) {
         let store = &self.pipeline.store;
         let r = self.pipeline.settings.retention;
@@ -509,6 +526,17 @@ impl CommitWriter {
         }
         if let Err(e) = store.delete_events_before(now_ms - r.events_ms) {
             tracing::warn!(error = %e, "event retention failed");
+        }
+        // Series TTL (DESIGN §5).
+        let idle_before = now_ms.saturating_sub(r.series_ms);
+        match store.expire_series(idle_before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                expired = n,
+                idle_before_ms = idle_before,
+                "series not updated within the series TTL expired"
+            ),
+            Err(e) => tracing::warn!(error = %e, "series expiry failed"),
         }
     }
 
@@ -713,4 +741,60 @@ pub fn self_metric_names() -> Vec<String> {
         .into_iter()
         .map(|(n, _)| format!("{SELF_PREFIX}{n}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use strata_store::{MemoryStore, StoreOptions};
+
+    #[test]
+    fn retention_expires_series_idle_for_longer_than_the_ttl() {
+        let settings = PipelineSettings {
+            node_id: "t".into(),
+            shards: 1,
+            params: StateParams::default(),
+            carrier_capacity: 16,
+            carrier_strategy: Strategy::Blocking,
+            carrier_bulk_max: 16,
+            flush_interval: Duration::from_secs(3600),
+            forwarding: false,
+            retention: Retention {
+                series_ms: 3_000,
+                ..Retention::forever()
+            },
+        };
+        let store = Arc::new(MemoryStore::new(StoreOptions::default()));
+        let sources = Arc::new(Sources::new(Vec::new(), Vec::new(), 0));
+        let (pipeline, threads) =
+            Pipeline::start(settings, store.clone(), sources, Arc::new(Stats::default())).unwrap();
+        let key = |s: &str| Arc::new(SeriesKey::new("req", [("s".into(), s.into())]).unwrap());
+        for (series, now_ms) in [("old", 1_000), ("new", 5_000)] {
+            store
+                .commit(Commit {
+                    increments: &[Increment {
+                        series: key(series),
+                        bucket_ms: 0,
+                        state: State::Counter(1),
+                    }],
+                    progress: &[],
+                    spool_watermark_ms: None,
+                    now_ms,
+                })
+                .unwrap();
+        }
+        let writer = CommitWriter {
+            pipeline: pipeline.clone(),
+            last_retention: Instant::now(),
+        };
+        // Both updated within the TTL: nothing expires.
+        writer.apply_retention(3_999);
+        assert_eq!(store.series_count(), 2);
+        writer.apply_retention(5_999);
+        assert_eq!(store.series_of("req"), vec![key("new")]);
+        drop(writer);
+        threads.stop();
+    }
 }

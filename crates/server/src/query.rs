@@ -127,44 +127,15 @@ pub fn execute(
     let from = resolution.bucket_start(q.from_ms);
     let to = resolution.bucket_start(q.to_ms - 1) + resolution.width_ms();
     let kind = store.metric_kind(&sel.metric);
-    let mut groups: BTreeMap<Vec<(String, String)>, BTreeMap<i64, State>> = BTreeMap::new();
-    for series in store.series_of(&sel.metric) {
-        if !sel
-            .matchers
-            .iter()
-            .all(|m| m.is_match(series.label(&m.name).unwrap_or("")))
-        {
-            continue;
-        }
-        let key: Vec<(String, String)> = match &q.group_by {
-            None => series.labels().to_vec(),
-            Some(names) => names
-                .iter()
-                .filter_map(|n| series.label(n).map(|v| (n.clone(), v.to_string())))
-                .collect(),
-        };
-        let buckets = store
-            .read_at(&series, resolution, from, to)
-            .map_err(|e| QueryError(format!("store: {e}")))?;
-        if buckets.is_empty() {
-            continue;
-        }
-        let points = groups.entry(key).or_default();
-        for (bucket_ms, state) in buckets {
-            let at = match q.step {
-                Step::All => from,
-                step => step.bucket_start(bucket_ms).max(from),
-            };
-            match points.get_mut(&at) {
-                Some(acc) => acc.merge(&state).map_err(|e| {
-                    QueryError(format!("cannot merge {series} into its group: {e}"))
-                })?,
-                None => {
-                    points.insert(at, state);
-                }
-            }
-        }
-    }
+    let groups = merged_groups(
+        store,
+        &sel,
+        q.group_by.as_deref(),
+        resolution,
+        q.step,
+        from,
+        to,
+    )?;
     let series: Vec<Value> = groups
         .into_iter()
         .map(|(labels, points)| {
@@ -203,6 +174,68 @@ pub fn execute(
         "to_ms": to,
         "series": series,
     }))
+}
+
+/// Merged states per output group, then per point start.
+pub type Groups = BTreeMap<Vec<(String, String)>, BTreeMap<i64, State>>;
+
+/// Reads the buckets at `resolution` in `from..to` of every series matching
+/// `sel` and merges them per output group and per `step` point: the states
+/// a query (and an alarm rule) derives values from.
+///
+/// `group_by`: `None`, one group per series (its labels); `Some([])`, one
+/// group for everything; `Some(names)`, one per distinct values of those
+/// labels (a series without one of them has it left out of its key). Points
+/// start at `step` boundaries (not before `from`); `Step::All` has a single
+/// point at `from`. Groups without a bucket in range are absent.
+pub fn merged_groups(
+    store: &dyn Store,
+    sel: &Selector,
+    group_by: Option<&[String]>,
+    resolution: Resolution,
+    step: Step,
+    from: i64,
+    to: i64,
+) -> Result<Groups, QueryError> {
+    let mut groups = Groups::new();
+    for series in store.series_of(&sel.metric) {
+        if !sel
+            .matchers
+            .iter()
+            .all(|m| m.is_match(series.label(&m.name).unwrap_or("")))
+        {
+            continue;
+        }
+        let key: Vec<(String, String)> = match group_by {
+            None => series.labels().to_vec(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| series.label(n).map(|v| (n.clone(), v.to_string())))
+                .collect(),
+        };
+        let buckets = store
+            .read_at(&series, resolution, from, to)
+            .map_err(|e| QueryError(format!("store: {e}")))?;
+        if buckets.is_empty() {
+            continue;
+        }
+        let points = groups.entry(key).or_default();
+        for (bucket_ms, state) in buckets {
+            let at = match step {
+                Step::All => from,
+                step => step.bucket_start(bucket_ms).max(from),
+            };
+            match points.get_mut(&at) {
+                Some(acc) => acc.merge(&state).map_err(|e| {
+                    QueryError(format!("cannot merge {series} into its group: {e}"))
+                })?,
+                None => {
+                    points.insert(at, state);
+                }
+            }
+        }
+    }
+    Ok(groups)
 }
 
 /// The stored resolution a query reads: its step's own, and for `all` the
@@ -313,12 +346,7 @@ mod tests {
         execute(
             &store,
             &wm,
-            &Retention {
-                minute_ms: i64::MAX / 4,
-                hour_ms: i64::MAX / 4,
-                day_ms: i64::MAX / 4,
-                events_ms: 0,
-            },
+            &Retention::forever(),
             &Query {
                 selector: q.into(),
                 from_ms: 0,
@@ -413,7 +441,7 @@ mod tests {
             minute_ms: 1_000,
             hour_ms: 10_000,
             day_ms: 100_000,
-            events_ms: 0,
+            ..Retention::forever()
         };
         let q = |from_ms, step| Query {
             selector: "x".into(),

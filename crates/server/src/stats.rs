@@ -67,6 +67,16 @@ counters! {
     forward_connects_total,
     /// Store commits that failed.
     store_errors_total,
+    /// Alarm instances that started firing.
+    alarms_fired_total,
+    /// Firing alarm instances that resolved.
+    alarms_resolved_total,
+    /// Webhook notifications delivered (answered 2xx).
+    alarm_notifications_sent_total,
+    /// Webhook delivery attempts that failed (each is retried with backoff).
+    alarm_notifications_failed_total,
+    /// Queued notifications dropped because the outbox reached its cap.
+    alarm_notifications_dropped_total,
 }
 
 impl Stats {

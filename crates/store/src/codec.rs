@@ -1,5 +1,6 @@
 //! Byte encodings of what the store keeps as opaque values: series keys,
-//! spooled batches and event log entries.
+//! spooled batches, event log entries, and the alarm tables' keys and
+//! records.
 //!
 //! Both are length-prefixed (protobuf-style varints for lengths and counts,
 //! fixed little-endian for timestamps) and start with a format version byte, so
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use prost::encoding::{decode_varint, encode_varint};
 use strata_model::{Increment, SeriesKey, State};
 
-use crate::{Event, SpoolBatch};
+use crate::{AlarmKey, AlarmRecord, AlarmState, Event, Notification, OutboxEntry, SpoolBatch};
 
 /// Version byte at the start of every encoded series key.
 const SERIES_KEY_V1: u8 = 1;
@@ -22,6 +23,9 @@ const SPOOL_BATCH_V1: u8 = 1;
 /// Version byte at the start of every encoded event (the timestamp is in the
 /// key, not here).
 const EVENT_V1: u8 = 1;
+/// Version byte at the start of every encoded alarm key, alarm state, alarm
+/// history record and outbox entry.
+const ALARM_V1: u8 = 1;
 
 /// Appends `key` as: version, metric, label count, then each name and value.
 pub(crate) fn encode_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
@@ -123,6 +127,126 @@ pub(crate) fn decode_event(ts_ms: i64, bytes: &[u8]) -> Result<Event, String> {
     })
 }
 
+/// Encodes an alarm instance's key (the alarm state table's key).
+pub(crate) fn encode_alarm_key(key: &AlarmKey, out: &mut Vec<u8>) {
+    out.push(ALARM_V1);
+    put_alarm_key(key, out);
+}
+
+/// Decodes what [`encode_alarm_key`] wrote.
+pub(crate) fn decode_alarm_key(bytes: &[u8]) -> Result<AlarmKey, String> {
+    let mut r = Reader::versioned(bytes, ALARM_V1, "alarm key")?;
+    let key = r.alarm_key()?;
+    r.finish()?;
+    Ok(key)
+}
+
+/// Encodes an alarm state without its key (which is the table's key).
+pub(crate) fn encode_alarm_state(state: &AlarmState, out: &mut Vec<u8>) {
+    out.push(ALARM_V1);
+    out.push(u8::from(state.firing));
+    out.extend_from_slice(&state.since_ms.to_le_bytes());
+    match state.last_fired_ms {
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&state.value.to_le_bytes());
+    out.extend_from_slice(&state.minute_ms.to_le_bytes());
+}
+
+/// Decodes what [`encode_alarm_state`] wrote, for the state stored under `key`.
+pub(crate) fn decode_alarm_state(key: AlarmKey, bytes: &[u8]) -> Result<AlarmState, String> {
+    let mut r = Reader::versioned(bytes, ALARM_V1, "alarm state")?;
+    let firing = r.flag()?;
+    let since_ms = r.i64()?;
+    let last_fired_ms = if r.flag()? { Some(r.i64()?) } else { None };
+    let value = r.f64()?;
+    let minute_ms = r.i64()?;
+    r.finish()?;
+    Ok(AlarmState {
+        key,
+        firing,
+        since_ms,
+        last_fired_ms,
+        value,
+        minute_ms,
+    })
+}
+
+/// Encodes an alarm history record without its time (part of the table's key).
+pub(crate) fn encode_alarm_record(record: &AlarmRecord, out: &mut Vec<u8>) {
+    out.push(ALARM_V1);
+    put_alarm_key(&record.key, out);
+    out.push(u8::from(record.firing));
+    out.extend_from_slice(&record.value.to_le_bytes());
+    out.extend_from_slice(&record.minute_ms.to_le_bytes());
+}
+
+/// Decodes what [`encode_alarm_record`] wrote, for the record keyed at `ts_ms`.
+pub(crate) fn decode_alarm_record(ts_ms: i64, bytes: &[u8]) -> Result<AlarmRecord, String> {
+    let mut r = Reader::versioned(bytes, ALARM_V1, "alarm record")?;
+    let key = r.alarm_key()?;
+    let firing = r.flag()?;
+    let value = r.f64()?;
+    let minute_ms = r.i64()?;
+    r.finish()?;
+    Ok(AlarmRecord {
+        ts_ms,
+        key,
+        firing,
+        value,
+        minute_ms,
+    })
+}
+
+/// Encodes an outbox entry without its id (the table's key).
+pub(crate) fn encode_outbox_entry(entry: &OutboxEntry, out: &mut Vec<u8>) {
+    out.push(ALARM_V1);
+    let n = &entry.notification;
+    put_bytes(n.url.as_bytes(), out);
+    put_bytes(n.body.as_bytes(), out);
+    out.extend_from_slice(&n.created_ms.to_le_bytes());
+    encode_varint(u64::from(entry.attempts), out);
+    out.extend_from_slice(&entry.next_attempt_ms.to_le_bytes());
+    put_bytes(entry.last_error.as_bytes(), out);
+}
+
+/// Decodes what [`encode_outbox_entry`] wrote, for the entry stored as `id`.
+pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, String> {
+    let mut r = Reader::versioned(bytes, ALARM_V1, "outbox entry")?;
+    let url = r.string().map_err(|e| format!("url: {e}"))?;
+    let body = r.string().map_err(|e| format!("body: {e}"))?;
+    let created_ms = r.i64()?;
+    let attempts = r.varint()?;
+    let attempts = u32::try_from(attempts).map_err(|_| format!("attempts {attempts} too large"))?;
+    let next_attempt_ms = r.i64()?;
+    let last_error = r.string().map_err(|e| format!("last error: {e}"))?;
+    r.finish()?;
+    Ok(OutboxEntry {
+        id,
+        notification: Notification {
+            url,
+            body,
+            created_ms,
+        },
+        attempts,
+        next_attempt_ms,
+        last_error,
+    })
+}
+
+fn put_alarm_key(key: &AlarmKey, out: &mut Vec<u8>) {
+    put_bytes(key.rule.as_bytes(), out);
+    encode_varint(key.group.len() as u64, out);
+    for (name, value) in &key.group {
+        put_bytes(name.as_bytes(), out);
+        put_bytes(value.as_bytes(), out);
+    }
+}
+
 fn put_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
     put_bytes(key.metric().as_bytes(), out);
     let labels = key.labels();
@@ -146,6 +270,16 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
         Reader { rest: bytes }
+    }
+
+    /// A reader past the version byte, which must be `version`.
+    fn versioned(bytes: &'a [u8], version: u8, what: &str) -> Result<Self, String> {
+        let mut r = Reader::new(bytes);
+        let found = r.u8()?;
+        if found != version {
+            return Err(format!("unknown {what} format version {found}"));
+        }
+        Ok(r)
     }
 
     fn remaining(&self) -> usize {
@@ -174,6 +308,31 @@ impl<'a> Reader<'a> {
         };
         self.rest = rest;
         Ok(i64::from_le_bytes(*head))
+    }
+
+    fn f64(&mut self) -> Result<f64, String> {
+        Ok(f64::from_bits(self.i64()? as u64))
+    }
+
+    /// A byte that must be 0 (false) or 1 (true).
+    fn flag(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(format!("flag byte {other} is neither 0 nor 1")),
+        }
+    }
+
+    fn alarm_key(&mut self) -> Result<AlarmKey, String> {
+        let rule = self.string().map_err(|e| format!("rule: {e}"))?;
+        let count = self.len()?;
+        let mut group = Vec::with_capacity(count.min(self.remaining()));
+        for _ in 0..count {
+            let name = self.string()?;
+            let value = self.string()?;
+            group.push((name, value));
+        }
+        Ok(AlarmKey { rule, group })
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], String> {
@@ -286,6 +445,85 @@ mod tests {
         assert!(decode_event(0, &longer).unwrap_err().contains("trailing"));
         bytes[0] = 2;
         assert!(decode_event(0, &bytes).unwrap_err().contains("version 2"));
+    }
+
+    /// Every strict prefix and a one-byte extension of `bytes` must fail.
+    fn assert_strict<T: std::fmt::Debug>(
+        bytes: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) {
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "prefix of {len}");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(decode(&longer).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn alarm_records_roundtrip_and_truncation_is_an_error() {
+        let key = AlarmKey {
+            rule: "checkout-p99".into(),
+            group: vec![("cloud".into(), "aws".into()), ("az".into(), "é".into())],
+        };
+        let mut bytes = Vec::new();
+        encode_alarm_key(&key, &mut bytes);
+        assert_eq!(decode_alarm_key(&bytes).unwrap(), key);
+        assert_strict(&bytes, decode_alarm_key);
+
+        for last_fired_ms in [None, Some(-3)] {
+            let state = AlarmState {
+                key: key.clone(),
+                firing: true,
+                since_ms: i64::MIN,
+                last_fired_ms,
+                value: 251.5,
+                minute_ms: 60_000,
+            };
+            let mut bytes = Vec::new();
+            encode_alarm_state(&state, &mut bytes);
+            assert_eq!(decode_alarm_state(key.clone(), &bytes).unwrap(), state);
+            assert_strict(&bytes, |b| decode_alarm_state(key.clone(), b));
+        }
+
+        let record = AlarmRecord {
+            ts_ms: 7,
+            key: key.clone(),
+            firing: false,
+            value: f64::NAN,
+            minute_ms: -60_000,
+        };
+        let mut bytes = Vec::new();
+        encode_alarm_record(&record, &mut bytes);
+        let back = decode_alarm_record(7, &bytes).unwrap();
+        assert!(back.value.is_nan());
+        assert_eq!(
+            (back.key, back.firing, back.minute_ms),
+            (key, false, -60_000)
+        );
+        assert_strict(&bytes, |b| decode_alarm_record(7, b));
+
+        let entry = OutboxEntry {
+            id: 9,
+            notification: Notification {
+                url: "http://127.0.0.1:9099/hook".into(),
+                body: "{\"alarm\":\"x\"}".into(),
+                created_ms: 5,
+            },
+            attempts: 3,
+            next_attempt_ms: 1_000,
+            last_error: "http status 500".into(),
+        };
+        let mut bytes = Vec::new();
+        encode_outbox_entry(&entry, &mut bytes);
+        assert_eq!(decode_outbox_entry(9, &bytes).unwrap(), entry);
+        assert_strict(&bytes, |b| decode_outbox_entry(9, b));
+        bytes[0] = 2;
+        assert!(
+            decode_outbox_entry(9, &bytes)
+                .unwrap_err()
+                .contains("version 2")
+        );
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! the same merge order, the same series ids, the same minute, hour and day
 //! rollups. Only where a bucket's current state comes from (a map or a redb
 //! table) differs, and that is the `load` closure handed to [`plan_commit`].
+//!
+//! The index also keeps when each series was last updated (the `now_ms` of
+//! the last commit that merged an increment into it), which is what series
+//! expiry ([`SeriesIndex::plan_expiry`]) reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
@@ -26,6 +30,9 @@ pub(crate) struct SeriesIndex {
     metrics: BTreeMap<String, MetricEntry>,
     /// The id the next new series gets; ids are never reused.
     next_id: SeriesId,
+    /// Per series, the `now_ms` of the last commit that merged into it: the
+    /// clock series expiry compares against.
+    last_seen: HashMap<SeriesId, i64>,
 }
 
 #[derive(Debug)]
@@ -76,13 +83,78 @@ impl SeriesIndex {
         true
     }
 
-    /// Applies what a committed plan created.
+    /// Applies what a committed plan created and the series it updated.
     pub(crate) fn apply(&mut self, plan: &CommitPlan) {
         for (name, kind) in &plan.new_metrics {
             self.add_metric(name, *kind);
         }
         for (id, key) in &plan.new_series {
             self.add_series(*id, Arc::clone(key));
+        }
+        for &(id, seen_ms) in &plan.seen {
+            self.set_seen(id, seen_ms);
+        }
+    }
+
+    /// The id the next new series will get.
+    pub(crate) fn next_id(&self) -> SeriesId {
+        self.next_id
+    }
+
+    /// Makes sure no series id below `next_id` is handed out again (ids of
+    /// expired series stay retired across restarts).
+    pub(crate) fn reserve_ids_below(&mut self, next_id: SeriesId) {
+        self.next_id = self.next_id.max(next_id);
+    }
+
+    /// When `id` was last updated, if it is known.
+    pub(crate) fn last_seen(&self, id: SeriesId) -> Option<i64> {
+        self.last_seen.get(&id).copied()
+    }
+
+    /// Records when `id` was last updated (never moves it back).
+    pub(crate) fn set_seen(&mut self, id: SeriesId, seen_ms: i64) {
+        let at = self.last_seen.entry(id).or_insert(seen_ms);
+        *at = (*at).max(seen_ms);
+    }
+
+    /// Which series expiry at `idle_before_ms` removes: every series last
+    /// updated before it (one never stamped counts as updated at
+    /// `i64::MIN`), and the metrics left without a series.
+    pub(crate) fn plan_expiry(&self, idle_before_ms: i64) -> Expiry {
+        let mut expiry = Expiry::default();
+        for (name, metric) in &self.metrics {
+            let mut kept = 0;
+            for key in &metric.series {
+                let Some(&id) = self.ids.get(key) else {
+                    continue;
+                };
+                if self.last_seen(id).unwrap_or(i64::MIN) < idle_before_ms {
+                    expiry.series.push((id, Arc::clone(key)));
+                } else {
+                    kept += 1;
+                }
+            }
+            if kept == 0 && !metric.series.is_empty() {
+                expiry.metrics.push(name.clone());
+            }
+        }
+        expiry.series.sort_unstable_by_key(|(id, _)| *id);
+        expiry
+    }
+
+    /// Forgets what a committed expiry removed.
+    pub(crate) fn apply_expiry(&mut self, expiry: &Expiry) {
+        for (id, key) in &expiry.series {
+            self.ids.remove(key);
+            self.last_seen.remove(id);
+        }
+        let ids = &self.ids;
+        for metric in self.metrics.values_mut() {
+            metric.series.retain(|key| ids.contains_key(key));
+        }
+        for name in &expiry.metrics {
+            self.metrics.remove(name);
         }
     }
 
@@ -119,6 +191,16 @@ impl SeriesIndex {
 /// Bucket states of one resolution, by (series id, bucket start).
 pub(crate) type Buckets = BTreeMap<(SeriesId, i64), State>;
 
+/// What one series expiry removes, computed before anything is deleted.
+#[derive(Debug, Default)]
+pub(crate) struct Expiry {
+    /// The idle series, ascending by id.
+    pub(crate) series: Vec<(SeriesId, Arc<SeriesKey>)>,
+    /// Metrics all of whose series are idle: they are forgotten with them,
+    /// so their kind is no longer fixed.
+    pub(crate) metrics: Vec<String>,
+}
+
 /// What one commit will write, computed before anything is written.
 #[derive(Debug, Default)]
 pub(crate) struct CommitPlan {
@@ -134,6 +216,9 @@ pub(crate) struct CommitPlan {
     pub(crate) merged: Vec<usize>,
     /// Increments that could not be merged, with the series they were for.
     pub(crate) errors: Vec<(String, ModelError)>,
+    /// Every series an increment merged into, ascending by id, with its new
+    /// last-update time (the commit's `now_ms`, never earlier than before).
+    pub(crate) seen: Vec<(SeriesId, i64)>,
 }
 
 impl CommitPlan {
@@ -157,14 +242,18 @@ impl CommitPlan {
 /// state one of those buckets refuses (different histogram precision, apdex
 /// threshold), is skipped and reported once in [`CommitPlan::errors`] (the
 /// minute's refusal first), so the three resolutions never disagree. A
-/// skipped increment creates no series, no metric and no bucket. Several
-/// increments for one bucket merge in order.
+/// skipped increment creates no series, no metric and no bucket, and does
+/// not count as an update of its series. Several increments for one bucket
+/// merge in order. Every series an increment merged into is stamped with
+/// `now_ms` in [`CommitPlan::seen`].
 pub(crate) fn plan_commit(
     index: &SeriesIndex,
     increments: &[Increment],
+    now_ms: i64,
     mut load: impl FnMut(Resolution, SeriesId, i64) -> Result<Option<State>, StoreError>,
 ) -> Result<CommitPlan, StoreError> {
     let mut plan = CommitPlan::default();
+    let mut touched: BTreeSet<SeriesId> = BTreeSet::new();
     let mut new_ids: HashMap<Arc<SeriesKey>, SeriesId> = HashMap::new();
     let mut new_kinds: HashMap<&str, Kind> = HashMap::new();
     let mut next_id = index.next_id;
@@ -231,6 +320,7 @@ pub(crate) fn plan_commit(
         }
 
         plan.merged.push(i);
+        touched.insert(id);
         if recorded.is_none() {
             new_kinds.insert(metric, kind);
             plan.new_metrics.push((metric.to_owned(), kind));
@@ -241,6 +331,10 @@ pub(crate) fn plan_commit(
             next_id += 1;
         }
     }
+    plan.seen = touched
+        .into_iter()
+        .map(|id| (id, index.last_seen(id).map_or(now_ms, |at| at.max(now_ms))))
+        .collect();
     Ok(plan)
 }
 

@@ -1,6 +1,7 @@
 //! Durable storage for a strata node: metric state per minute, hour and day,
 //! the progress of every downstream source, the spool of increments waiting to
-//! go upstream, and the node's event log.
+//! go upstream, the node's event log, and its alarms (state, history and the
+//! outbox of webhook notifications).
 //!
 //! Everything a flush produces lands in the store in **one** transaction
 //! ([`Store::commit`] with a [`Commit`]): the merged bucket states at every
@@ -23,6 +24,8 @@
 //! - [`Event`]: one entry of the event log.
 //! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
 //!   readers get back.
+//! - [`AlarmState`], [`AlarmRecord`], [`OutboxEntry`] and [`AlarmUpdate`]: what
+//!   the alarm evaluator keeps here.
 //!
 //! # Rollups
 //! Each increment is merged into its minute bucket **and** its hour and day
@@ -32,6 +35,21 @@
 //! ([`Store::delete_before`]) has removed those minutes. Each resolution has
 //! its own retention. An increment one of its three buckets refuses is skipped
 //! at all three.
+//!
+//! # Series expiry
+//! Every commit stamps each series an increment merged into with the
+//! commit's `now_ms`, persisted with the series. [`Store::expire_series`]
+//! removes, in one transaction, every series last stamped before a given
+//! time: its key, its buckets at every resolution, and its metric once the
+//! metric has no series left (its kind is then no longer fixed). Series ids
+//! are never reused, also after expiry.
+//!
+//! # Alarms
+//! The store keeps, for the alarm evaluator, one [`AlarmState`] per alarm
+//! instance (rule and group), an append-only history of [`AlarmRecord`]s,
+//! and an outbox of webhook notifications ([`OutboxEntry`]) that are deleted
+//! only once delivered. [`Store::update_alarms`] changes all of them, and
+//! appends events, in one transaction.
 //!
 //! # Event log
 //! [`Store::append_events`] adds events in one transaction;
@@ -49,10 +67,13 @@
 //! - `error.rs`: [`StoreError`].
 //! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
 //! - `events.rs`: [`Event`].
+//! - `alarm.rs`: [`AlarmKey`], [`AlarmState`], [`AlarmRecord`],
+//!   [`Notification`], [`OutboxEntry`], [`AlarmUpdate`].
 //! - `index.rs`: the in-memory series index and the commit planner (kind
 //!   checks, read-merge-write into minute, hour and day buckets) both stores
 //!   share.
-//! - `codec.rs`: byte encodings of series keys, spool batches and events.
+//! - `codec.rs`: byte encodings of series keys, spool batches, events and
+//!   alarm records.
 //! - `spool.rs`: the spool cap and its overflow event, shared by both stores.
 //! - `memory.rs`: [`MemoryStore`].
 //! - `redb_store.rs`: [`RedbStore`], its tables and how they are restored on open.
@@ -81,6 +102,7 @@ use std::sync::Arc;
 
 use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
+mod alarm;
 mod codec;
 mod error;
 mod events;
@@ -92,6 +114,7 @@ mod spool;
 #[cfg(test)]
 mod suite;
 
+pub use alarm::{AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Notification, OutboxEntry};
 pub use error::StoreError;
 pub use events::Event;
 pub use memory::MemoryStore;
@@ -166,8 +189,9 @@ pub struct Commit<'a> {
     /// [`SpoolBatch`] with the next seq and this watermark. Appended even when
     /// there are no increments (a watermark-only batch): the caller decides.
     pub spool_watermark_ms: Option<i64>,
-    /// Commit time, recorded as the spool batch's `created_ms` and as the
-    /// time of a spool overflow event.
+    /// Commit time, recorded as the spool batch's `created_ms`, as the time
+    /// of a spool overflow event, and as the last update of every series an
+    /// increment merged into (for [`Store::expire_series`]).
     pub now_ms: i64,
 }
 
@@ -247,6 +271,43 @@ pub trait Store: Send + Sync + 'static {
     /// Event retention: deletes events with `ts_ms < before_ms`; returns how
     /// many were deleted.
     fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Series TTL: removes every series whose last update (the `now_ms` of
+    /// the last commit that merged an increment into it) is before
+    /// `idle_before_ms` — its key, its buckets at every resolution, and its
+    /// metric if no series of it is left — in one transaction; returns how
+    /// many series were removed. A later increment of the same key creates a
+    /// new series with a new id.
+    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Applies alarm state changes, history records, new outbox
+    /// notifications and events in one transaction; returns the outbox ids
+    /// assigned to `update.notifications`, in order.
+    fn update_alarms(&self, update: AlarmUpdate<'_>) -> Result<Vec<u64>, StoreError>;
+    /// Every alarm state, sorted by key.
+    fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError>;
+    /// The alarm history, newest first (equal times: last appended first),
+    /// at most `limit` records.
+    fn alarm_history(&self, limit: usize) -> Result<Vec<AlarmRecord>, StoreError>;
+    /// History retention: deletes records with `ts_ms < before_ms`; returns
+    /// how many were deleted.
+    fn delete_alarm_history_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Queued notifications, oldest (lowest id) first, at most `limit`.
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// How many notifications are queued.
+    fn outbox_len(&self) -> Result<u64, StoreError>;
+    /// Records a failed delivery of entry `id`: its new attempt count, when to
+    /// try next and why it failed. Returns false (and changes nothing) if the
+    /// entry is not queued.
+    fn outbox_retry(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_attempt_ms: i64,
+        last_error: &str,
+    ) -> Result<bool, StoreError>;
+    /// Deletes entry `id` (delivered, or dropped); returns whether it was queued.
+    fn outbox_delete(&self, id: u64) -> Result<bool, StoreError>;
 }
 
 /// Limits shared by every store.

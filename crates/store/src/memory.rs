@@ -10,8 +10,9 @@ use crate::codec::{decode_spool_batch, encode_spool_batch};
 use crate::index::{Buckets, SeriesIndex, plan_commit};
 use crate::spool::enforce_spool_cap;
 use crate::{
-    Commit, CommitOutcome, Event, MetricInfo, Resolution, SourceProgress, SpoolBatch, SpoolStats,
-    Store, StoreError, StoreOptions, new_epoch,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo,
+    OutboxEntry, Resolution, SourceProgress, SpoolBatch, SpoolStats, Store, StoreError,
+    StoreOptions, new_epoch,
 };
 
 /// A [`Store`] kept entirely in memory: for tests and for nodes that accept
@@ -43,6 +44,13 @@ struct Inner {
     events: BTreeMap<(i64, u64), Event>,
     /// Last event id assigned.
     last_event_id: u64,
+    alarm_states: BTreeMap<AlarmKey, AlarmState>,
+    /// (ts_ms, id) → record, like the event log.
+    alarm_history: BTreeMap<(i64, u64), AlarmRecord>,
+    last_history_id: u64,
+    /// id → entry; ids are never reused.
+    outbox: BTreeMap<u64, OutboxEntry>,
+    last_outbox_id: u64,
 }
 
 impl Inner {
@@ -83,9 +91,12 @@ impl Store for MemoryStore {
         let mut guard = self.inner.write();
         let inner = &mut *guard;
         let buckets = &inner.buckets;
-        let plan = plan_commit(&inner.index, commit.increments, |r, id, bucket| {
-            Ok(buckets[r.index()].get(&(id, bucket)).cloned())
-        })?;
+        let plan = plan_commit(
+            &inner.index,
+            commit.increments,
+            commit.now_ms,
+            |r, id, bucket| Ok(buckets[r.index()].get(&(id, bucket)).cloned()),
+        )?;
 
         let mut outcome = CommitOutcome::default();
         let mut dropped = None;
@@ -249,5 +260,110 @@ impl Store for MemoryStore {
         let kept = inner.events.split_off(&(before_ms, 0));
         let deleted = std::mem::replace(&mut inner.events, kept);
         Ok(deleted.len() as u64)
+    }
+
+    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError> {
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
+        let expiry = inner.index.plan_expiry(idle_before_ms);
+        if expiry.series.is_empty() {
+            return Ok(0);
+        }
+        let gone: std::collections::HashSet<u64> =
+            expiry.series.iter().map(|(id, _)| *id).collect();
+        for buckets in &mut inner.buckets {
+            buckets.retain(|(id, _), _| !gone.contains(id));
+        }
+        inner.index.apply_expiry(&expiry);
+        Ok(expiry.series.len() as u64)
+    }
+
+    fn update_alarms(&self, update: AlarmUpdate<'_>) -> Result<Vec<u64>, StoreError> {
+        let mut inner = self.inner.write();
+        for state in update.states {
+            inner.alarm_states.insert(state.key.clone(), state.clone());
+        }
+        for key in update.clear {
+            inner.alarm_states.remove(key);
+        }
+        for record in update.history {
+            inner.last_history_id += 1;
+            let id = inner.last_history_id;
+            inner
+                .alarm_history
+                .insert((record.ts_ms, id), record.clone());
+        }
+        let mut ids = Vec::with_capacity(update.notifications.len());
+        for notification in update.notifications {
+            inner.last_outbox_id += 1;
+            let id = inner.last_outbox_id;
+            inner.outbox.insert(
+                id,
+                OutboxEntry {
+                    id,
+                    notification: notification.clone(),
+                    attempts: 0,
+                    next_attempt_ms: 0,
+                    last_error: String::new(),
+                },
+            );
+            ids.push(id);
+        }
+        for event in update.events {
+            inner.push_event(event.clone());
+        }
+        Ok(ids)
+    }
+
+    fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError> {
+        Ok(self.inner.read().alarm_states.values().cloned().collect())
+    }
+
+    fn alarm_history(&self, limit: usize) -> Result<Vec<AlarmRecord>, StoreError> {
+        let inner = self.inner.read();
+        Ok(inner
+            .alarm_history
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn delete_alarm_history_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.inner.write();
+        let kept = inner.alarm_history.split_off(&(before_ms, 0));
+        let deleted = std::mem::replace(&mut inner.alarm_history, kept);
+        Ok(deleted.len() as u64)
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let inner = self.inner.read();
+        Ok(inner.outbox.values().take(limit).cloned().collect())
+    }
+
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.read().outbox.len() as u64)
+    }
+
+    fn outbox_retry(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_attempt_ms: i64,
+        last_error: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.outbox.get_mut(&id) else {
+            return Ok(false);
+        };
+        entry.attempts = attempts;
+        entry.next_attempt_ms = next_attempt_ms;
+        entry.last_error = last_error.to_owned();
+        Ok(true)
+    }
+
+    fn outbox_delete(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.inner.write().outbox.remove(&id).is_some())
     }
 }

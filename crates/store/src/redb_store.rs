@@ -5,6 +5,7 @@
 //! | table          | key                       | value                                      |
 //! |----------------|---------------------------|--------------------------------------------|
 //! | `series`       | series id `u64`           | encoded series key (`codec.rs`)            |
+//! | `series_seen`  | series id `u64`           | `i64`: last commit (`now_ms`) that merged into it |
 //! | `metrics`      | metric name               | kind tag ([`Kind::as_str`])                |
 //! | `buckets`      | (series id, minute ms)    | [`State::encode`] bytes                    |
 //! | `buckets_hour` | (series id, hour ms)      | [`State::encode`] bytes                    |
@@ -12,7 +13,10 @@
 //! | `sources`      | source id                 | (epoch, seq, watermark ms, last seen ms)   |
 //! | `spool`        | seq `u64`                 | encoded [`SpoolBatch`] (`codec.rs`)        |
 //! | `events`       | (ts ms, event id `u64`)   | encoded [`Event`] kind and message (`codec.rs`) |
-//! | `meta`         | name                      | `u64`: format version, epoch, spool and event counters |
+//! | `alarm_states` | encoded [`AlarmKey`](crate::AlarmKey) | encoded [`AlarmState`] (`codec.rs`)        |
+//! | `alarm_history`| (ts ms, record id `u64`)  | encoded [`AlarmRecord`] (`codec.rs`)       |
+//! | `alarm_outbox` | entry id `u64`            | encoded [`OutboxEntry`] (`codec.rs`)       |
+//! | `meta`         | name                      | `u64`: format version, epoch, spool, event, history and outbox counters, next series id |
 //!
 //! Bucket keys sort by series then time, so reading one series' range is one
 //! contiguous scan. The three bucket tables share that layout and are written
@@ -27,8 +31,15 @@
 //! transactions, which see the last committed snapshot and never wait for the
 //! writer.
 //!
-//! A file of format 1 (before hour and day rollups) is upgraded on open: its
-//! hour and day tables are built from its minutes, in the open transaction.
+//! Older files are upgraded on open, in the open transaction. Format 1
+//! (before hour and day rollups) gets its hour and day tables built from its
+//! minutes. Formats 1 and 2 (before series expiry) get every series stamped
+//! as last updated at the time of the upgrade, so none expires earlier than
+//! `series_ttl` after it; their alarm tables start empty.
+//!
+//! Series expiry deletes a series' row, its `series_seen` stamp and its
+//! buckets at every resolution, and records the next series id in `meta` so
+//! that the ids of expired series are not handed out again after a restart.
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
@@ -43,20 +54,24 @@ use redb::{
 use strata_model::{Kind, SeriesKey, State};
 
 use crate::codec::{
-    decode_event, decode_series_key, decode_spool_batch, encode_event, encode_series_key,
-    encode_spool_batch,
+    decode_alarm_key, decode_alarm_record, decode_alarm_state, decode_event, decode_outbox_entry,
+    decode_series_key, decode_spool_batch, encode_alarm_key, encode_alarm_record,
+    encode_alarm_state, encode_event, encode_outbox_entry, encode_series_key, encode_spool_batch,
 };
 use crate::error::DbContext;
 use crate::index::{CommitPlan, SeriesIndex, plan_commit};
 use crate::spool::enforce_spool_cap;
 use crate::{
-    Commit, CommitOutcome, Event, MetricInfo, Resolution, SeriesId, SourceProgress, SpoolBatch,
-    SpoolStats, Store, StoreError, StoreOptions, new_epoch,
+    AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo, OutboxEntry,
+    Resolution, SeriesId, SourceProgress, SpoolBatch, SpoolStats, Store, StoreError, StoreOptions,
+    new_epoch,
 };
 
 type BucketTable = TableDefinition<'static, (u64, i64), &'static [u8]>;
 
-const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
+pub(crate) const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
+/// Series id → `now_ms` of the last commit that merged into it.
+pub(crate) const SERIES_SEEN: TableDefinition<u64, i64> = TableDefinition::new("series_seen");
 const METRICS: TableDefinition<&str, &str> = TableDefinition::new("metrics");
 /// Minute buckets (the name predates the rollups).
 pub(crate) const BUCKETS: BucketTable = TableDefinition::new("buckets");
@@ -67,6 +82,12 @@ const SOURCES: TableDefinition<&str, (u64, u64, i64, i64)> = TableDefinition::ne
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 /// (ts_ms, event id) → encoded kind and message.
 const EVENTS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("events");
+/// Encoded alarm key → encoded alarm state.
+const ALARM_STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("alarm_states");
+/// (ts_ms, record id) → encoded alarm record.
+const ALARM_HISTORY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("alarm_history");
+/// Entry id → encoded outbox entry.
+const ALARM_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("alarm_outbox");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The bucket table of a resolution.
@@ -80,7 +101,9 @@ pub(crate) fn bucket_table(resolution: Resolution) -> BucketTable {
 
 /// Layout version of this file; bumped when a table's encoding changes.
 /// 2: hour and day rollup tables (a format 1 file is upgraded on open).
-const FORMAT_VERSION: u64 = 2;
+/// 3: `series_seen` (series expiry) and the alarm tables (format 1 and 2
+/// files are upgraded on open).
+const FORMAT_VERSION: u64 = 3;
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 const META_EPOCH: &str = "epoch";
 /// Last spool seq ever assigned; kept when the spool empties so seqs stay
@@ -90,6 +113,13 @@ const META_SPOOL_BYTES: &str = "spool_bytes";
 const META_SPOOL_DROPPED: &str = "spool_dropped_batches";
 /// Last event id ever assigned; kept when retention empties the log.
 const META_EVENT_LAST_ID: &str = "event_last_id";
+/// The id the next new series gets; written by series expiry, so ids of
+/// expired series stay retired (otherwise it is the highest id plus one).
+const META_SERIES_NEXT_ID: &str = "series_next_id";
+/// Last alarm history record id ever assigned.
+const META_ALARM_HISTORY_LAST_ID: &str = "alarm_history_last_id";
+/// Last outbox entry id ever assigned; kept when the outbox empties.
+const META_OUTBOX_LAST_ID: &str = "alarm_outbox_last_id";
 
 /// The durable [`Store`]: redb in `<data_dir>/strata.redb`.
 ///
@@ -143,7 +173,7 @@ impl RedbStore {
         let epoch = initialize(&db)?;
 
         let txn = db.begin_read().ctx("open: begin read")?;
-        let index = load_index(&txn)?;
+        let index = load_index(&txn, wall_clock_ms())?;
         let sources = load_sources(&txn)?;
         let spool_stats = load_spool_stats(&txn)?;
         let last_event_id = load_last_event_id(&txn)?;
@@ -193,6 +223,16 @@ impl RedbStore {
                 encode_series_key(key, &mut buf);
                 series.insert(*id, buf.as_slice()).map_err(|e| {
                     StoreError::db(format_args!("commit: table series: insert {id}"), e)
+                })?;
+            }
+        }
+        {
+            let mut seen = txn
+                .open_table(SERIES_SEEN)
+                .ctx("commit: open table series_seen")?;
+            for &(id, seen_ms) in &plan.seen {
+                seen.insert(id, seen_ms).map_err(|e| {
+                    StoreError::db(format_args!("commit: table series_seen: write {id}"), e)
                 })?;
             }
         }
@@ -277,7 +317,7 @@ impl Store for RedbStore {
             }
             let plan = {
                 let index = self.index.read();
-                plan_commit(&index, commit.increments, |r, id, bucket| {
+                plan_commit(&index, commit.increments, commit.now_ms, |r, id, bucket| {
                     load_bucket(&tables[r.index()], r, id, bucket)
                 })?
             };
@@ -536,6 +576,363 @@ impl Store for RedbStore {
         }
         Ok(deleted)
     }
+
+    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError> {
+        let _writing = self.writer.lock();
+        let (expiry, next_id) = {
+            let index = self.index.read();
+            (index.plan_expiry(idle_before_ms), index.next_id())
+        };
+        if expiry.series.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().ctx("series expiry: begin write")?;
+        {
+            let mut series = txn
+                .open_table(SERIES)
+                .ctx("series expiry: open table series")?;
+            let mut seen = txn
+                .open_table(SERIES_SEEN)
+                .ctx("series expiry: open table series_seen")?;
+            for (id, _) in &expiry.series {
+                series.remove(*id).map_err(|e| {
+                    StoreError::db(format_args!("series expiry: table series: remove {id}"), e)
+                })?;
+                seen.remove(*id).map_err(|e| {
+                    StoreError::db(
+                        format_args!("series expiry: table series_seen: remove {id}"),
+                        e,
+                    )
+                })?;
+            }
+        }
+        for r in Resolution::ALL {
+            let def = bucket_table(r);
+            let name = def.name();
+            let mut buckets = txn
+                .open_table(def)
+                .map_err(|e| StoreError::db(format_args!("series expiry: open table {name}"), e))?;
+            for (id, _) in &expiry.series {
+                buckets
+                    .retain_in((*id, i64::MIN)..=(*id, i64::MAX), |_, _| false)
+                    .map_err(|e| {
+                        StoreError::db(format_args!("series expiry: table {name}: series {id}"), e)
+                    })?;
+            }
+        }
+        {
+            let mut metrics = txn
+                .open_table(METRICS)
+                .ctx("series expiry: open table metrics")?;
+            for name in &expiry.metrics {
+                metrics.remove(name.as_str()).map_err(|e| {
+                    StoreError::db(
+                        format_args!("series expiry: table metrics: remove {name}"),
+                        e,
+                    )
+                })?;
+            }
+            let mut meta = txn.open_table(META).ctx("series expiry: open table meta")?;
+            meta.insert(META_SERIES_NEXT_ID, next_id)
+                .ctx("series expiry: table meta: write series_next_id")?;
+        }
+        txn.commit().ctx("series expiry: commit")?;
+        self.index.write().apply_expiry(&expiry);
+        tracing::debug!(
+            series = expiry.series.len(),
+            metrics = expiry.metrics.len(),
+            idle_before_ms,
+            "series expired"
+        );
+        Ok(expiry.series.len() as u64)
+    }
+
+    fn update_alarms(&self, update: AlarmUpdate<'_>) -> Result<Vec<u64>, StoreError> {
+        if update.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _writing = self.writer.lock();
+        let mut last_event_id = *self.last_event_id.lock();
+        let txn = self.db.begin_write().ctx("alarms: begin write")?;
+        {
+            let mut states = txn
+                .open_table(ALARM_STATES)
+                .ctx("alarms: open table alarm_states")?;
+            let (mut key_buf, mut buf) = (Vec::new(), Vec::new());
+            for state in update.states {
+                key_buf.clear();
+                encode_alarm_key(&state.key, &mut key_buf);
+                buf.clear();
+                encode_alarm_state(state, &mut buf);
+                states
+                    .insert(key_buf.as_slice(), buf.as_slice())
+                    .map_err(|e| {
+                        StoreError::db(
+                            format_args!("alarms: table alarm_states: write {}", state.key.rule),
+                            e,
+                        )
+                    })?;
+            }
+            for key in update.clear {
+                key_buf.clear();
+                encode_alarm_key(key, &mut key_buf);
+                states.remove(key_buf.as_slice()).map_err(|e| {
+                    StoreError::db(
+                        format_args!("alarms: table alarm_states: remove {}", key.rule),
+                        e,
+                    )
+                })?;
+            }
+        }
+        let mut ids = Vec::with_capacity(update.notifications.len());
+        {
+            let mut meta = txn.open_table(META).ctx("alarms: open table meta")?;
+            if !update.history.is_empty() {
+                let mut history = txn
+                    .open_table(ALARM_HISTORY)
+                    .ctx("alarms: open table alarm_history")?;
+                let mut last = meta_get(&meta, META_ALARM_HISTORY_LAST_ID)?.unwrap_or(0);
+                let mut buf = Vec::new();
+                for record in update.history {
+                    last += 1;
+                    buf.clear();
+                    encode_alarm_record(record, &mut buf);
+                    history
+                        .insert((record.ts_ms, last), buf.as_slice())
+                        .map_err(|e| {
+                            StoreError::db(
+                                format_args!("alarms: table alarm_history: insert {last}"),
+                                e,
+                            )
+                        })?;
+                }
+                meta.insert(META_ALARM_HISTORY_LAST_ID, last)
+                    .ctx("alarms: table meta: write alarm_history_last_id")?;
+            }
+            if !update.notifications.is_empty() {
+                let mut outbox = txn
+                    .open_table(ALARM_OUTBOX)
+                    .ctx("alarms: open table alarm_outbox")?;
+                let newest = match outbox.last().ctx("alarms: table alarm_outbox: last")? {
+                    Some((id, _)) => id.value(),
+                    None => 0,
+                };
+                let mut last = meta_get(&meta, META_OUTBOX_LAST_ID)?
+                    .unwrap_or(0)
+                    .max(newest);
+                let mut buf = Vec::new();
+                for notification in update.notifications {
+                    last += 1;
+                    let entry = OutboxEntry {
+                        id: last,
+                        notification: notification.clone(),
+                        attempts: 0,
+                        next_attempt_ms: 0,
+                        last_error: String::new(),
+                    };
+                    buf.clear();
+                    encode_outbox_entry(&entry, &mut buf);
+                    outbox.insert(last, buf.as_slice()).map_err(|e| {
+                        StoreError::db(format_args!("alarms: table alarm_outbox: insert {last}"), e)
+                    })?;
+                    ids.push(last);
+                }
+                meta.insert(META_OUTBOX_LAST_ID, last)
+                    .ctx("alarms: table meta: write alarm_outbox_last_id")?;
+            }
+        }
+        if !update.events.is_empty() {
+            insert_events(&txn, update.events, &mut last_event_id, "alarms")?;
+        }
+        txn.commit().ctx("alarms: commit")?;
+        *self.last_event_id.lock() = last_event_id;
+        Ok(ids)
+    }
+
+    fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError> {
+        let txn = self.db.begin_read().ctx("alarm states: begin read")?;
+        let table = txn
+            .open_table(ALARM_STATES)
+            .ctx("alarm states: open table alarm_states")?;
+        let mut out = Vec::new();
+        for entry in table.iter().ctx("alarm states: table alarm_states")? {
+            let (key, value) = entry.ctx("alarm states: table alarm_states")?;
+            let key = decode_alarm_key(key.value())
+                .map_err(|e| StoreError::Corrupt(format!("table alarm_states: key: {e}")))?;
+            let rule = key.rule.clone();
+            let state = decode_alarm_state(key, value.value()).map_err(|e| {
+                StoreError::Corrupt(format!("table alarm_states: rule {rule}: {e}"))
+            })?;
+            out.push(state);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn alarm_history(&self, limit: usize) -> Result<Vec<AlarmRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().ctx("alarm history: begin read")?;
+        let table = txn
+            .open_table(ALARM_HISTORY)
+            .ctx("alarm history: open table alarm_history")?;
+        let mut out = Vec::new();
+        for entry in table
+            .iter()
+            .ctx("alarm history: table alarm_history")?
+            .rev()
+            .take(limit)
+        {
+            let (key, value) = entry.ctx("alarm history: table alarm_history")?;
+            let (ts_ms, id) = key.value();
+            let record = decode_alarm_record(ts_ms, value.value()).map_err(|e| {
+                StoreError::Corrupt(format!("table alarm_history: record {id} at {ts_ms}: {e}"))
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn delete_alarm_history_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let _writing = self.writer.lock();
+        let txn = self
+            .db
+            .begin_write()
+            .ctx("alarm history retention: begin write")?;
+        let mut deleted = 0u64;
+        {
+            let mut table = txn
+                .open_table(ALARM_HISTORY)
+                .ctx("alarm history retention: open table alarm_history")?;
+            table
+                .retain_in(..(before_ms, 0), |_, _| {
+                    deleted += 1;
+                    false
+                })
+                .ctx("alarm history retention: table alarm_history")?;
+        }
+        if deleted == 0 {
+            txn.abort().ctx("alarm history retention: abort")?;
+        } else {
+            txn.commit().ctx("alarm history retention: commit")?;
+        }
+        Ok(deleted)
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().ctx("outbox: begin read")?;
+        let table = txn
+            .open_table(ALARM_OUTBOX)
+            .ctx("outbox: open table alarm_outbox")?;
+        let mut out = Vec::new();
+        for entry in table.iter().ctx("outbox: table alarm_outbox")?.take(limit) {
+            let (id, value) = entry.ctx("outbox: table alarm_outbox")?;
+            let id = id.value();
+            let entry = decode_outbox_entry(id, value.value())
+                .map_err(|e| StoreError::Corrupt(format!("table alarm_outbox: entry {id}: {e}")))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().ctx("outbox: begin read")?;
+        let table = txn
+            .open_table(ALARM_OUTBOX)
+            .ctx("outbox: open table alarm_outbox")?;
+        table.len().ctx("outbox: table alarm_outbox: count")
+    }
+
+    fn outbox_retry(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_attempt_ms: i64,
+        last_error: &str,
+    ) -> Result<bool, StoreError> {
+        let _writing = self.writer.lock();
+        let txn = self.db.begin_write().ctx("outbox retry: begin write")?;
+        let found = {
+            let mut table = txn
+                .open_table(ALARM_OUTBOX)
+                .ctx("outbox retry: open table alarm_outbox")?;
+            let entry = match table
+                .get(id)
+                .map_err(|e| {
+                    StoreError::db(
+                        format_args!("outbox retry: table alarm_outbox: read {id}"),
+                        e,
+                    )
+                })?
+                .map(|v| decode_outbox_entry(id, v.value()))
+            {
+                None => None,
+                Some(Ok(entry)) => Some(entry),
+                Some(Err(e)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "table alarm_outbox: entry {id}: {e}"
+                    )));
+                }
+            };
+            match entry {
+                None => false,
+                Some(mut entry) => {
+                    entry.attempts = attempts;
+                    entry.next_attempt_ms = next_attempt_ms;
+                    entry.last_error = last_error.to_owned();
+                    let mut buf = Vec::new();
+                    encode_outbox_entry(&entry, &mut buf);
+                    table.insert(id, buf.as_slice()).map_err(|e| {
+                        StoreError::db(
+                            format_args!("outbox retry: table alarm_outbox: write {id}"),
+                            e,
+                        )
+                    })?;
+                    true
+                }
+            }
+        };
+        if found {
+            txn.commit().ctx("outbox retry: commit")?;
+        } else {
+            txn.abort().ctx("outbox retry: abort")?;
+        }
+        Ok(found)
+    }
+
+    fn outbox_delete(&self, id: u64) -> Result<bool, StoreError> {
+        let _writing = self.writer.lock();
+        let txn = self.db.begin_write().ctx("outbox delete: begin write")?;
+        let found = {
+            let mut table = txn
+                .open_table(ALARM_OUTBOX)
+                .ctx("outbox delete: open table alarm_outbox")?;
+            let removed = table.remove(id).map_err(|e| {
+                StoreError::db(
+                    format_args!("outbox delete: table alarm_outbox: remove {id}"),
+                    e,
+                )
+            })?;
+            removed.is_some()
+        };
+        if found {
+            txn.commit().ctx("outbox delete: commit")?;
+        } else {
+            txn.abort().ctx("outbox delete: abort")?;
+        }
+        Ok(found)
+    }
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if it is before 1970).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Creates every table and, on a new file, the epoch; returns the epoch.
@@ -545,6 +942,8 @@ fn initialize(db: &Database) -> Result<u64, StoreError> {
         // Opening a table in a write transaction creates it, so read
         // transactions never meet a missing table.
         txn.open_table(SERIES).ctx("open: create table series")?;
+        txn.open_table(SERIES_SEEN)
+            .ctx("open: create table series_seen")?;
         txn.open_table(METRICS).ctx("open: create table metrics")?;
         for r in Resolution::ALL {
             let def = bucket_table(r);
@@ -555,6 +954,12 @@ fn initialize(db: &Database) -> Result<u64, StoreError> {
         txn.open_table(SOURCES).ctx("open: create table sources")?;
         txn.open_table(SPOOL).ctx("open: create table spool")?;
         txn.open_table(EVENTS).ctx("open: create table events")?;
+        txn.open_table(ALARM_STATES)
+            .ctx("open: create table alarm_states")?;
+        txn.open_table(ALARM_HISTORY)
+            .ctx("open: create table alarm_history")?;
+        txn.open_table(ALARM_OUTBOX)
+            .ctx("open: create table alarm_outbox")?;
         let mut meta = txn.open_table(META).ctx("open: create table meta")?;
 
         let version = meta_get(&meta, META_FORMAT_VERSION)?;
@@ -564,14 +969,23 @@ fn initialize(db: &Database) -> Result<u64, StoreError> {
                     .ctx("open: table meta: insert format_version")?;
             }
             Some(FORMAT_VERSION) => {}
-            Some(1) => {
-                let (written, refused) = build_rollups(&txn)?;
+            Some(old @ (1 | 2)) => {
+                if old == 1 {
+                    let (written, refused) = build_rollups(&txn)?;
+                    tracing::info!(
+                        rollup_buckets = written,
+                        refused_minutes = refused,
+                        "store upgrade from format 1: hour and day rollups built from minutes"
+                    );
+                }
+                let stamped = stamp_every_series(&txn, wall_clock_ms())?;
                 meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)
                     .ctx("open: table meta: upgrade format_version")?;
                 tracing::info!(
-                    rollup_buckets = written,
-                    refused_minutes = refused,
-                    "store upgraded from format 1: hour and day rollups built from minutes"
+                    from = old,
+                    to = FORMAT_VERSION,
+                    series_stamped = stamped,
+                    "store upgraded: every series counts as updated now for series expiry"
                 );
             }
             Some(other) => {
@@ -607,7 +1021,10 @@ fn meta_get(
         .map_err(|e| StoreError::db(format_args!("table meta: read {key}"), e))
 }
 
-fn load_index(txn: &redb::ReadTransaction) -> Result<SeriesIndex, StoreError> {
+/// Loads every metric and series, with their last-update stamps; a series
+/// without a stamp (which an upgraded file never has) counts as updated at
+/// `now_ms`.
+fn load_index(txn: &redb::ReadTransaction, now_ms: i64) -> Result<SeriesIndex, StoreError> {
     let mut index = SeriesIndex::new(1);
     let metrics = txn.open_table(METRICS).ctx("open: open table metrics")?;
     for entry in metrics.iter().ctx("open: table metrics")? {
@@ -633,7 +1050,52 @@ fn load_index(txn: &redb::ReadTransaction) -> Result<SeriesIndex, StoreError> {
             )));
         }
     }
+    let seen = txn
+        .open_table(SERIES_SEEN)
+        .ctx("open: open table series_seen")?;
+    let mut unstamped = Vec::new();
+    for id in index.ids() {
+        match seen
+            .get(id)
+            .map_err(|e| StoreError::db(format_args!("open: table series_seen: read {id}"), e))?
+        {
+            Some(at) => index.set_seen(id, at.value()),
+            None => unstamped.push(id),
+        }
+    }
+    if !unstamped.is_empty() {
+        tracing::warn!(
+            series = unstamped.len(),
+            "series without a last-update stamp count as updated now"
+        );
+        for id in unstamped {
+            index.set_seen(id, now_ms);
+        }
+    }
+    let meta = txn.open_table(META).ctx("open: open table meta")?;
+    if let Some(next_id) = meta_get(&meta, META_SERIES_NEXT_ID)? {
+        index.reserve_ids_below(next_id);
+    }
     Ok(index)
+}
+
+/// Stamps every series as last updated at `now_ms` (upgrade to format 3);
+/// returns how many.
+fn stamp_every_series(txn: &WriteTransaction, now_ms: i64) -> Result<u64, StoreError> {
+    let series = txn.open_table(SERIES).ctx("upgrade: open table series")?;
+    let mut seen = txn
+        .open_table(SERIES_SEEN)
+        .ctx("upgrade: open table series_seen")?;
+    let mut stamped = 0u64;
+    for entry in series.iter().ctx("upgrade: table series")? {
+        let (id, _) = entry.ctx("upgrade: table series")?;
+        let id = id.value();
+        seen.insert(id, now_ms).map_err(|e| {
+            StoreError::db(format_args!("upgrade: table series_seen: write {id}"), e)
+        })?;
+        stamped += 1;
+    }
+    Ok(stamped)
 }
 
 fn load_sources(

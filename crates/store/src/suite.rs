@@ -10,8 +10,8 @@ use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
 use tempfile::TempDir;
 
 use crate::{
-    Commit, CommitOutcome, Event, MemoryStore, RedbStore, Resolution, SourceProgress, SpoolStats,
-    Store, StoreOptions,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MemoryStore,
+    Notification, RedbStore, Resolution, SourceProgress, SpoolStats, Store, StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
@@ -82,6 +82,18 @@ fn merge(store: &dyn Store, increments: &[Increment]) -> CommitOutcome {
             progress: &[],
             spool_watermark_ms: None,
             now_ms: 0,
+        })
+        .unwrap()
+}
+
+/// Commits increments only, at commit time `now_ms`.
+fn merge_at(store: &dyn Store, now_ms: i64, increments: &[Increment]) -> CommitOutcome {
+    store
+        .commit(Commit {
+            increments,
+            progress: &[],
+            spool_watermark_ms: None,
+            now_ms,
         })
         .unwrap()
 }
@@ -981,6 +993,264 @@ fn readers_run_alongside_a_writer(open: &Open) {
     assert_eq!(s.spool_stats().batches, 50);
 }
 
+fn idle_series_expire_with_their_buckets(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let a = key("requests_total", &[("service", "a")]);
+    let b = key("requests_total", &[("service", "b")]);
+    let o = key("other_total", &[]);
+    merge_at(
+        s,
+        100,
+        &[
+            inc(&a, 0, State::Counter(1)),
+            inc(&a, H + M, State::Counter(2)),
+            inc(&o, 0, State::Counter(3)),
+        ],
+    );
+    merge_at(s, 200, &[inc(&b, 0, State::Counter(4))]);
+    // A refused increment is no update of its series; a commit with an
+    // earlier clock does not move a stamp back.
+    let refused = merge_at(s, 300, &[inc(&a, 0, hist(2, &[1.0]))]);
+    assert_eq!(refused.merge_errors.len(), 1);
+    merge_at(s, 50, &[inc(&b, M, State::Counter(1))]);
+
+    assert_eq!(s.expire_series(100).unwrap(), 0, "strictly before");
+    assert_eq!(s.expire_series(150).unwrap(), 2);
+    assert_eq!(s.series_count(), 1);
+    assert_eq!(s.series_of("requests_total"), vec![Arc::clone(&b)]);
+    let metrics: Vec<_> = s
+        .metrics()
+        .into_iter()
+        .map(|m| (m.name, m.series))
+        .collect();
+    assert_eq!(metrics, vec![("requests_total".to_owned(), 1)]);
+    assert_eq!(s.metric_kind("other_total"), None);
+    for r in Resolution::ALL {
+        assert!(read_all(s, &a, r).is_empty(), "{r}");
+        assert!(read_all(s, &o, r).is_empty(), "{r}");
+        assert!(!read_all(s, &b, r).is_empty(), "{r}");
+    }
+    assert_eq!(s.expire_series(150).unwrap(), 0);
+
+    // The same key comes back as a new series with nothing of the old one;
+    // the forgotten metric takes any kind.
+    merge_at(
+        s,
+        400,
+        &[inc(&a, 0, State::Counter(7)), inc(&o, 0, hist(2, &[2.0]))],
+    );
+    assert_eq!(
+        read_all(s, &a, Resolution::Minute),
+        vec![(0, State::Counter(7))]
+    );
+    assert_eq!(
+        read_all(s, &a, Resolution::Day),
+        vec![(0, State::Counter(7))]
+    );
+    assert_eq!(s.metric_kind("other_total"), Some(Kind::Histogram));
+    assert_eq!(s.series_count(), 3);
+    assert_eq!(s.expire_series(401).unwrap(), 3);
+    assert!(s.metrics().is_empty());
+    assert_eq!(s.series_count(), 0);
+}
+
+fn alarm_key(rule: &str, group: &[(&str, &str)]) -> AlarmKey {
+    AlarmKey {
+        rule: rule.to_owned(),
+        group: group
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn alarm_state(key: &AlarmKey, firing: bool, since_ms: i64) -> AlarmState {
+    AlarmState {
+        key: key.clone(),
+        firing,
+        since_ms,
+        last_fired_ms: firing.then_some(since_ms),
+        value: 251.5,
+        minute_ms: since_ms - M,
+    }
+}
+
+fn record(ts_ms: i64, key: &AlarmKey, firing: bool) -> AlarmRecord {
+    AlarmRecord {
+        ts_ms,
+        key: key.clone(),
+        firing,
+        value: 3.5,
+        minute_ms: ts_ms - M,
+    }
+}
+
+fn notification(url: &str, created_ms: i64) -> Notification {
+    Notification {
+        url: url.to_owned(),
+        body: format!("{{\"created\":{created_ms}}}"),
+        created_ms,
+    }
+}
+
+fn alarm_states_are_upserted_and_cleared(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    assert!(s.alarm_states().unwrap().is_empty());
+    assert!(s.update_alarms(AlarmUpdate::default()).unwrap().is_empty());
+    let eu = alarm_key("p99", &[("cloud", "eu")]);
+    let us = alarm_key("p99", &[("cloud", "us")]);
+    let all = alarm_key("errors", &[]);
+    let states = [
+        alarm_state(&us, true, 10),
+        alarm_state(&eu, false, 20),
+        alarm_state(&all, true, 30),
+    ];
+    s.update_alarms(AlarmUpdate {
+        states: &states,
+        ..AlarmUpdate::default()
+    })
+    .unwrap();
+    let mut sorted = states.to_vec();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(s.alarm_states().unwrap(), sorted);
+
+    let resolved = AlarmState {
+        last_fired_ms: Some(10),
+        ..alarm_state(&us, false, 40)
+    };
+    s.update_alarms(AlarmUpdate {
+        states: std::slice::from_ref(&resolved),
+        clear: &[all.clone(), alarm_key("unknown", &[])],
+        ..AlarmUpdate::default()
+    })
+    .unwrap();
+    assert_eq!(
+        s.alarm_states().unwrap(),
+        vec![alarm_state(&eu, false, 20), resolved]
+    );
+}
+
+fn alarm_history_is_newest_first_with_retention(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = alarm_key("p99", &[]);
+    assert!(s.alarm_history(10).unwrap().is_empty());
+    s.update_alarms(AlarmUpdate {
+        history: &[record(100, &k, true), record(300, &k, false)],
+        ..AlarmUpdate::default()
+    })
+    .unwrap();
+    // Equal times never overwrite each other: last appended first.
+    s.update_alarms(AlarmUpdate {
+        history: &[record(200, &k, true), record(200, &k, false)],
+        ..AlarmUpdate::default()
+    })
+    .unwrap();
+    let listed: Vec<_> = s
+        .alarm_history(10)
+        .unwrap()
+        .iter()
+        .map(|r| (r.ts_ms, r.firing))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(300, false), (200, false), (200, true), (100, true)]
+    );
+    assert_eq!(s.alarm_history(1).unwrap(), vec![record(300, &k, false)]);
+    assert!(s.alarm_history(0).unwrap().is_empty());
+    assert_eq!(s.delete_alarm_history_before(200).unwrap(), 1);
+    assert_eq!(s.delete_alarm_history_before(200).unwrap(), 0);
+    assert_eq!(s.alarm_history(10).unwrap().len(), 3);
+}
+
+fn outbox_keeps_notifications_until_deleted(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    assert!(s.outbox(10).unwrap().is_empty());
+    assert_eq!(s.outbox_len().unwrap(), 0);
+    let ids = s
+        .update_alarms(AlarmUpdate {
+            notifications: &[
+                notification("http://a/hook", 1),
+                notification("http://b/hook", 1),
+            ],
+            ..AlarmUpdate::default()
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    let queued = s.outbox(10).unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!(s.outbox_len().unwrap(), 2);
+    assert_eq!(queued[0].id, ids[0]);
+    assert_eq!(queued[0].notification, notification("http://a/hook", 1));
+    assert_eq!(
+        (
+            queued[0].attempts,
+            queued[0].next_attempt_ms,
+            queued[0].last_error.as_str()
+        ),
+        (0, 0, "")
+    );
+    assert_eq!(s.outbox(1).unwrap(), queued[..1].to_vec());
+
+    assert!(s.outbox_retry(ids[0], 2, 5_000, "http status 500").unwrap());
+    assert!(!s.outbox_retry(999, 1, 1, "gone").unwrap());
+    let retried = &s.outbox(10).unwrap()[0];
+    assert_eq!(
+        (
+            retried.attempts,
+            retried.next_attempt_ms,
+            retried.last_error.as_str()
+        ),
+        (2, 5_000, "http status 500")
+    );
+    assert_eq!(retried.notification, notification("http://a/hook", 1));
+
+    assert!(s.outbox_delete(ids[0]).unwrap());
+    assert!(!s.outbox_delete(ids[0]).unwrap());
+    assert_eq!(s.outbox_len().unwrap(), 1);
+    assert!(s.outbox_delete(ids[1]).unwrap());
+    // Ids are never reused, also once the outbox is empty.
+    let next = s
+        .update_alarms(AlarmUpdate {
+            notifications: &[notification("http://a/hook", 2)],
+            ..AlarmUpdate::default()
+        })
+        .unwrap();
+    assert!(next[0] > ids[1], "{next:?} after {ids:?}");
+}
+
+fn an_alarm_update_is_applied_whole(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = alarm_key("p99", &[("cloud", "eu")]);
+    let ids = s
+        .update_alarms(AlarmUpdate {
+            states: &[alarm_state(&k, true, 120)],
+            clear: &[],
+            history: &[record(120, &k, true)],
+            notifications: &[notification("http://a/hook", 120)],
+            events: &[event(120, "alarm_fired", "p99 fired")],
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(s.alarm_states().unwrap(), vec![alarm_state(&k, true, 120)]);
+    assert_eq!(s.alarm_history(10).unwrap(), vec![record(120, &k, true)]);
+    assert_eq!(s.outbox(10).unwrap()[0].id, ids[0]);
+    let events = s.events(i64::MIN, 10).unwrap();
+    assert_eq!(events, vec![event(120, "alarm_fired", "p99 fired")]);
+    // Alarm events share the log's ids with the others.
+    s.append_events(&[event(120, "source_connected", "later")])
+        .unwrap();
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()),
+        vec!["later", "p99 fired"]
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod memory_store {
@@ -1013,12 +1283,20 @@ suite!(
     events_are_listed_newest_first,
     event_retention,
     spool_overflow_appends_an_event,
+    idle_series_expire_with_their_buckets,
+    alarm_states_are_upserted_and_cleared,
+    alarm_history_is_newest_first_with_retention,
+    outbox_keeps_notifications_until_deleted,
+    an_alarm_update_is_applied_whole,
 );
 
 /// Durability: what only [`RedbStore`] promises.
 mod durable {
     use super::*;
-    use crate::redb_store::{BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, META, META_FORMAT_VERSION};
+    use crate::redb_store::{
+        BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, META, META_FORMAT_VERSION, SERIES_SEEN,
+    };
+    use redb::{ReadableDatabase, ReadableTable};
 
     /// Fills a store with one of everything.
     fn populate(s: &dyn Store) {
@@ -1053,6 +1331,26 @@ mod durable {
             event(100, "source_connected", "third"),
         ])
         .unwrap();
+        // Alarms: a firing and a resolved instance, their history, and two
+        // queued notifications, one of which already failed once.
+        let p99 = alarm_key("p99", &[("service", "a")]);
+        let errors = alarm_key("errors", &[]);
+        let ids = s
+            .update_alarms(AlarmUpdate {
+                states: &[
+                    alarm_state(&p99, true, 600),
+                    alarm_state(&errors, false, 500),
+                ],
+                history: &[record(500, &errors, true), record(600, &p99, true)],
+                notifications: &[
+                    notification("http://a/hook", 600),
+                    notification("http://b/hook", 600),
+                ],
+                ..AlarmUpdate::default()
+            })
+            .unwrap();
+        s.outbox_retry(ids[0], 1, 2_000, "connection refused")
+            .unwrap();
     }
 
     /// Everything a reader can observe, for before/after comparisons.
@@ -1071,7 +1369,115 @@ mod durable {
         out += &format!("{:?}\n", s.events(i64::MIN, usize::MAX).unwrap());
         out += &format!("{:?}\n{:?}\n", s.sources(), s.spool_stats());
         out += &format!("{:?}\n", s.spool_read(0, 100).unwrap());
+        out += &format!("{:?}\n", s.alarm_states().unwrap());
+        out += &format!("{:?}\n", s.alarm_history(100).unwrap());
+        out += &format!("{:?}\n", s.outbox(100).unwrap());
         out
+    }
+
+    /// Ids in the series table, ascending.
+    fn series_ids(s: &RedbStore) -> Vec<u64> {
+        let txn = s.db.begin_read().unwrap();
+        let table = txn.open_table(crate::redb_store::SERIES).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect()
+    }
+
+    #[test]
+    fn series_stamps_and_retired_ids_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = key("requests_total", &[("service", "a")]);
+        let b = key("requests_total", &[("service", "b")]);
+        let c = key("requests_total", &[("service", "c")]);
+        {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            merge_at(&s, 100, &[inc(&a, 0, State::Counter(1))]);
+            merge_at(&s, 200, &[inc(&b, 0, State::Counter(1))]);
+            merge_at(&s, 50, &[inc(&c, 0, State::Counter(1))]);
+            assert_eq!(series_ids(&s), vec![1, 2, 3]);
+            // The newest series expires: its id must stay retired.
+            assert_eq!(s.expire_series(60).unwrap(), 1);
+        }
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.series_count(), 2);
+        assert!(read_all(&s, &c, Resolution::Minute).is_empty());
+        assert_eq!(s.expire_series(150).unwrap(), 1, "a's stamp survived");
+        assert_eq!(s.series_of("requests_total"), vec![Arc::clone(&b)]);
+        merge_at(&s, 300, &[inc(&c, 0, State::Counter(5))]);
+        assert_eq!(series_ids(&s), vec![2, 4]);
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(
+            read_all(&s, &c, Resolution::Hour),
+            vec![(0, State::Counter(5))]
+        );
+        merge_at(&s, 300, &[inc(&a, 0, State::Counter(1))]);
+        assert_eq!(series_ids(&s), vec![2, 4, 5]);
+        assert_eq!(s.expire_series(250).unwrap(), 1, "only b is idle");
+    }
+
+    #[test]
+    fn outbox_and_history_ids_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            let ids = s
+                .update_alarms(AlarmUpdate {
+                    notifications: &[notification("http://a/hook", 1)],
+                    ..AlarmUpdate::default()
+                })
+                .unwrap();
+            assert!(s.outbox_delete(ids[0]).unwrap());
+            ids[0]
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let k = alarm_key("p99", &[]);
+        let next = s
+            .update_alarms(AlarmUpdate {
+                history: &[record(5, &k, true)],
+                notifications: &[notification("http://a/hook", 2)],
+                ..AlarmUpdate::default()
+            })
+            .unwrap();
+        assert!(next[0] > first);
+        assert_eq!(s.alarm_history(10).unwrap(), vec![record(5, &k, true)]);
+    }
+
+    #[test]
+    fn a_format_2_file_gets_every_series_stamped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("requests_total", &[]);
+        let before_upgrade = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let expected = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            // Stamped long ago: without the upgrade's stamp it would expire.
+            merge_at(&s, 1, &[inc(&k, 0, State::Counter(1))]);
+            let expected = snapshot(&s);
+            let txn = s.db.begin_write().unwrap();
+            txn.delete_table(SERIES_SEEN).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT_VERSION, 2)
+                .unwrap();
+            txn.commit().unwrap();
+            expected
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(snapshot(&s), expected);
+        {
+            let txn = s.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 3);
+        }
+        assert_eq!(s.expire_series(before_upgrade).unwrap(), 0);
+        assert_eq!(s.series_count(), 1);
+        assert_eq!(s.expire_series(i64::MAX).unwrap(), 1);
     }
 
     #[test]
@@ -1202,7 +1608,7 @@ mod durable {
                 assert_eq!(read_all(&s, k, r), minutes_merged(&s, k, r), "{k} {r}");
             }
         }
-        // Upgraded once: the next open finds format 2 and changes nothing.
+        // Upgraded once: the next open finds format 3 and changes nothing.
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), expected);

@@ -1,0 +1,94 @@
+//! Aggregator ingest per shard: validated samples through the ingest carrier
+//! into one shard's delta map (histograms and counters over 1 000 series),
+//! measured until the shard has consumed everything submitted.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_carrier::Strategy;
+use strata_model::{Kind, SampleValue, SeriesKey, StateParams};
+use strata_server::pipeline::{Pipeline, PipelineSettings, Retention, SampleItem};
+use strata_server::sources::Sources;
+use strata_server::stats::Stats;
+use strata_store::{MemoryStore, StoreOptions};
+
+fn samples(n: usize, series: &[Arc<SeriesKey>]) -> Vec<SampleItem> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let s = &series[i % series.len()];
+            let histogram = s.metric() == "lat";
+            SampleItem {
+                series: s.clone(),
+                kind: if histogram {
+                    Kind::Histogram
+                } else {
+                    Kind::Counter
+                },
+                bucket_ms: 0,
+                ts_ms: 0,
+                value: SampleValue::Number(if histogram {
+                    1.0 + (x % 400_000) as f64 / 1000.0
+                } else {
+                    1.0
+                }),
+                apdex_threshold: 0.0,
+            }
+        })
+        .collect()
+}
+
+fn aggregator(c: &mut Criterion) {
+    let settings = PipelineSettings {
+        node_id: "bench".into(),
+        shards: 1,
+        params: StateParams::default(),
+        carrier_capacity: 1024,
+        carrier_strategy: Strategy::Blocking,
+        carrier_bulk_max: 64,
+        flush_interval: Duration::from_secs(3600),
+        forwarding: false,
+        retention: Retention::forever(),
+    };
+    let store = Arc::new(MemoryStore::new(StoreOptions::default()));
+    let sources = Arc::new(Sources::new(Vec::new(), Vec::new(), 0));
+    let (pipeline, threads) = Pipeline::start(settings, store, sources, Arc::new(Stats::default()))
+        .expect("pipeline starts");
+    let series: Vec<Arc<SeriesKey>> = (0..1_000)
+        .map(|i| {
+            let metric = if i % 2 == 0 { "lat" } else { "req" };
+            Arc::new(SeriesKey::new(metric, [("s".to_string(), format!("{i}"))]).expect("valid"))
+        })
+        .collect();
+    let batch = samples(10_000, &series);
+    let mut g = c.benchmark_group("aggregator");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("one_shard_10000_samples", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                // Requests of 1 000 samples, as the ingest APIs submit them.
+                for chunk in batch.chunks(1_000) {
+                    pipeline
+                        .submit(black_box(chunk.to_vec()), Vec::new(), None)
+                        .expect("running");
+                }
+            }
+            let stats = pipeline.carrier_stats();
+            while pipeline.carrier_stats().consumed < stats.produced {
+                std::hint::spin_loop();
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+    threads.stop();
+}
+
+criterion_group!(benches, aggregator);
+criterion_main!(benches);
