@@ -84,9 +84,10 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-fn init_tracing() {
+/// Logs to stderr; `STRATA_LOG` overrides the default filter.
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -156,7 +157,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, grace_s } => {
-            init_tracing();
+            init_tracing("info");
             let result =
                 runtime().and_then(|rt| rt.block_on(run(config, Duration::from_secs(grace_s))));
             exit(result)
@@ -170,7 +171,8 @@ fn main() -> ExitCode {
             batch,
             concurrency,
         } => {
-            init_tracing_quiet();
+            // The output is the figures: logs only for warnings.
+            init_tracing("warn");
             let opts = bench::BenchOptions {
                 duration: Duration::from_secs(duration),
                 edges: edges.max(1),
@@ -183,23 +185,13 @@ fn main() -> ExitCode {
             exit(result)
         }
         Command::Demo { duration_s } => {
-            init_tracing_quiet();
+            // The output is the table: logs only for warnings.
+            init_tracing("warn");
             let result = runtime()
                 .and_then(|rt| rt.block_on(demo::run(duration_s.map(Duration::from_secs))));
             exit(result)
         }
     }
-}
-
-/// Demo output is the table; logs only for warnings.
-fn init_tracing_quiet() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -68,17 +68,6 @@ impl Writer {
     }
 }
 
-/// A fresh HTTP client, like `util::agent()`: no pooled connection to a
-/// process that has been killed since survives into the next request.
-fn new_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .proxy(None)
-        .build()
-        .into()
-}
-
 /// One request of `edge`: counter lines with values 0..=5 or none (= 1), and
 /// as many histogram lines, over a few labelled series. Returns the body, its
 /// counter total and its histogram sample count.
@@ -117,7 +106,7 @@ fn build_request(edge: &str, base: i64, rng: &mut Rng) -> (String, u64, u64) {
 /// asked. `Err` on an answer whose effect is unknown.
 fn run_writer(w: &Writer, edge: &str, url: &str, base: i64, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let mut agent = new_agent();
+    let mut agent = util::new_agent();
     // The request being sent: retried as is until it is acknowledged.
     let mut pending: Option<(String, u64, u64)> = None;
     loop {
@@ -130,7 +119,7 @@ fn run_writer(w: &Writer, edge: &str, url: &str, base: i64, seed: u64) -> Result
             continue;
         }
         if w.paused.swap(false, Ordering::AcqRel) {
-            agent = new_agent();
+            agent = util::new_agent();
         }
         let (body, counter, histogram) = pending
             .get_or_insert_with(|| build_request(edge, base, &mut rng))

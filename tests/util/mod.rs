@@ -407,14 +407,18 @@ impl Drop for Node {
 /// The HTTP client of the tests: 4xx/5xx are answers, not errors.
 pub fn agent() -> &'static ureq::Agent {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .proxy(None)
-            .build()
-            .into()
-    })
+    AGENT.get_or_init(new_agent)
+}
+
+/// A fresh HTTP client with the same settings as [`agent`]: no pooled
+/// connection to a process that has been killed since survives into it.
+pub fn new_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .proxy(None)
+        .build()
+        .into()
 }
 
 pub fn get_text(url: &str) -> (u16, String) {

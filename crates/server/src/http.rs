@@ -474,31 +474,25 @@ async fn health_component(
 async fn prometheus(State(node): State<Arc<Node>>) -> Response {
     let c = node.pipeline.carrier_stats();
     let spool = node.pipeline.store.spool_stats();
-    let mut gauges = vec![
-        Gauge {
-            name: "queue_depth",
-            help: "items queued in a carrier",
-            labels: vec![("carrier", "shard".into())],
-            value: c.depth as f64,
-        },
-        Gauge {
-            name: "queue_capacity",
-            help: "capacity of a carrier",
-            labels: vec![("carrier", "shard".into())],
-            value: c.capacity as f64,
-        },
-        Gauge {
-            name: "queue_waits",
-            help: "producer waits on a full carrier",
-            labels: vec![("carrier", "shard".into())],
-            value: c.waits as f64,
-        },
-        Gauge {
-            name: "queue_dropped",
-            help: "items dropped by a drop_if_full carrier",
-            labels: vec![("carrier", "shard".into())],
-            value: c.dropped as f64,
-        },
+    let mut gauges: Vec<Gauge> = [
+        ("queue_depth", "items queued in a carrier", c.depth),
+        ("queue_capacity", "capacity of a carrier", c.capacity),
+        ("queue_waits", "producer waits on a full carrier", c.waits),
+        (
+            "queue_dropped",
+            "items dropped by a drop_if_full carrier",
+            c.dropped,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, help, value)| Gauge {
+        name,
+        help,
+        labels: vec![("carrier", "shard".into())],
+        value: value as f64,
+    })
+    .collect();
+    gauges.extend([
         Gauge {
             name: "spool_batches",
             help: "batches waiting for an upstream ack",
@@ -517,7 +511,7 @@ async fn prometheus(State(node): State<Arc<Node>>) -> Response {
             labels: vec![],
             value: node.pipeline.store.series_count() as f64,
         },
-    ];
+    ]);
     let now = now_ms();
     for s in node.pipeline.sources.all() {
         let wm = s.watermark_ms.load(Ordering::Relaxed);
