@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delivery::{Verdict, verdict};
-use crate::ingest::{IngestError, Ingestor, RawSample};
+use crate::ingest::{IngestError, Ingestor, RawPoint, RawSeries};
 use crate::pipeline::{Ticket, now_ms};
 use crate::sources::SourceLive;
 use crate::stats::Stats;
@@ -58,41 +58,43 @@ impl Ingest for IngestService {
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
         let req = request.into_inner();
-        let mut samples = Vec::new();
+        let mut input = Vec::with_capacity(req.series.len());
         let mut point = 0usize;
         for s in req.series {
             let kind = strata_proto::kind_from_wire(s.kind).map_err(|e| {
                 self.ingestor.count_rejected();
                 Status::invalid_argument(format!("series {:?}: {e}", s.metric))
             })?;
-            let labels: Vec<(String, String)> =
-                s.labels.into_iter().map(|l| (l.name, l.value)).collect();
-            let threshold = (s.apdex_threshold != 0.0).then_some(s.apdex_threshold);
-            for p in s.points {
-                point += 1;
-                let value = match kind {
-                    Kind::Percent => SampleValue::Flag(p.value != 0.0),
-                    Kind::Counter if p.value == 0.0 => SampleValue::Number(1.0),
-                    _ => SampleValue::Number(p.value),
-                };
-                samples.push((
-                    point,
-                    RawSample {
-                        metric: s.metric.clone(),
-                        kind,
-                        labels: labels.clone(),
+            let points = s
+                .points
+                .iter()
+                .map(|p| {
+                    point += 1;
+                    let value = match kind {
+                        Kind::Percent => SampleValue::Flag(p.value != 0.0),
+                        Kind::Counter if p.value == 0.0 => SampleValue::Number(1.0),
+                        _ => SampleValue::Number(p.value),
+                    };
+                    RawPoint {
+                        line: point,
                         ts_ms: (p.ts_ms != 0).then_some(p.ts_ms),
                         value,
-                        threshold,
-                    },
-                ));
-            }
+                    }
+                })
+                .collect();
+            input.push(RawSeries {
+                metric: s.metric,
+                kind,
+                labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+                threshold: (s.apdex_threshold != 0.0).then_some(s.apdex_threshold),
+                points,
+            });
         }
-        if samples.is_empty() {
+        if point == 0 {
             self.ingestor.count_rejected();
             return Err(Status::invalid_argument("no samples in request"));
         }
-        let items = self.ingestor.prepare(samples).map_err(|e| {
+        let items = self.ingestor.prepare(input).map_err(|e| {
             self.ingestor.count_rejected();
             // Points are numbered across the request, 1-based.
             match e {

@@ -6,6 +6,8 @@
 //! "busy, retry" instead of queueing without bound.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -16,17 +18,27 @@ use crate::pipeline::{Pipeline, SELF_PREFIX, SampleItem, Ticket, now_ms};
 use crate::registry::{Conflict, Registry};
 use crate::stats::Stats;
 
-/// One sample as an input read it, before validation.
+/// Samples of one series as an input read them, before validation. NDJSON
+/// gives one per line; native gRPC one per `SeriesSamples`, so the series key
+/// is built and checked once for all its points.
 #[derive(Clone, Debug)]
-pub struct RawSample {
+pub struct RawSeries {
     pub metric: String,
     pub kind: Kind,
     pub labels: Vec<(String, String)>,
+    /// Apdex threshold named by the input, if any.
+    pub threshold: Option<f64>,
+    pub points: Vec<RawPoint>,
+}
+
+/// One sample of a [`RawSeries`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawPoint {
+    /// What errors name: the NDJSON line or the request's point number (1-based).
+    pub line: usize,
     /// Event time; `None` means now.
     pub ts_ms: Option<i64>,
     pub value: SampleValue,
-    /// Apdex threshold named by the sample, if any.
-    pub threshold: Option<f64>,
 }
 
 /// Why a request was not taken.
@@ -77,14 +89,14 @@ struct Line {
     metric: String,
     kind: String,
     #[serde(default)]
-    labels: HashMap<String, String>,
+    labels: std::collections::BTreeMap<String, String>,
     ts_ms: Option<i64>,
     value: Option<serde_json::Value>,
     threshold: Option<f64>,
 }
 
 /// Parses an NDJSON body; blank lines are skipped. Any bad line fails the whole body.
-pub fn parse_ndjson(body: &[u8]) -> Result<Vec<(usize, RawSample)>, IngestError> {
+pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
     let text = std::str::from_utf8(body).map_err(|e| IngestError::Invalid {
         message: format!("body is not utf-8: {e}"),
         line: None,
@@ -120,17 +132,17 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<(usize, RawSample)>, IngestError>
                 ));
             }
         };
-        out.push((
-            line_no,
-            RawSample {
-                metric: line.metric,
-                kind,
-                labels: line.labels.into_iter().collect(),
+        out.push(RawSeries {
+            metric: line.metric,
+            kind,
+            labels: line.labels.into_iter().collect(),
+            threshold: line.threshold,
+            points: vec![RawPoint {
+                line: line_no,
                 ts_ms: line.ts_ms,
                 value,
-                threshold: line.threshold,
-            },
-        ));
+            }],
+        });
     }
     if out.is_empty() {
         return Err(IngestError::Invalid {
@@ -178,16 +190,19 @@ impl Ingestor {
 
     /// Checks every sample; registers new metrics only if all are valid.
     /// The `usize` of each sample is what errors name (line or point number).
-    pub fn prepare(
-        &self,
-        samples: Vec<(usize, RawSample)>,
-    ) -> Result<Vec<SampleItem>, IngestError> {
+    pub fn prepare(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
         let now = now_ms();
         let oldest_bucket_end = now - self.settings.allowed_lateness_ms;
-        let mut interned: HashMap<SeriesKey, Arc<SeriesKey>> = HashMap::new();
-        let mut items = Vec::with_capacity(samples.len());
-        let mut kinds: Vec<(usize, Kind, Option<f64>)> = Vec::new();
-        for (line, s) in samples {
+        let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
+        let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
+        // Per series: (line of its first point, series, kind, apdex threshold).
+        let mut wanted: Vec<(usize, Arc<SeriesKey>, Kind, Option<f64>)> =
+            Vec::with_capacity(input.len());
+        for s in input {
+            let Some(first) = s.points.first() else {
+                continue;
+            };
+            let line = first.line;
             if s.metric.starts_with(SELF_PREFIX) {
                 return Err(invalid(
                     line,
@@ -198,28 +213,6 @@ impl Ingestor {
             }
             let key =
                 SeriesKey::new(s.metric, s.labels).map_err(|e| invalid(line, e.to_string()))?;
-            State::validate_sample(s.kind, s.value).map_err(|e| invalid(line, e.to_string()))?;
-            let ts_ms = s.ts_ms.unwrap_or(now);
-            let bucket_ms = minute_start(ts_ms);
-            if bucket_ms + MINUTE_MS <= oldest_bucket_end {
-                Stats::add(&self.stats.late_samples_total, 1);
-                return Err(invalid(
-                    line,
-                    format!(
-                        "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
-                        self.settings.allowed_lateness_ms / 1000
-                    ),
-                ));
-            }
-            if ts_ms > now + self.settings.max_future_ms {
-                return Err(invalid(
-                    line,
-                    format!(
-                        "ts_ms {ts_ms} is more than {} s in the future",
-                        self.settings.max_future_ms / 1000
-                    ),
-                ));
-            }
             let threshold = match s.threshold {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
                     return Err(invalid(
@@ -249,36 +242,63 @@ impl Ingestor {
                     a
                 }
             };
-            kinds.push((
+            for p in &s.points {
+                State::validate_sample(s.kind, p.value)
+                    .map_err(|e| invalid(p.line, e.to_string()))?;
+                let ts_ms = p.ts_ms.unwrap_or(now);
+                let bucket_ms = minute_start(ts_ms);
+                if bucket_ms + MINUTE_MS <= oldest_bucket_end {
+                    Stats::add(&self.stats.late_samples_total, 1);
+                    return Err(invalid(
+                        p.line,
+                        format!(
+                            "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
+                            self.settings.allowed_lateness_ms / 1000
+                        ),
+                    ));
+                }
+                if ts_ms > now + self.settings.max_future_ms {
+                    return Err(invalid(
+                        p.line,
+                        format!(
+                            "ts_ms {ts_ms} is more than {} s in the future",
+                            self.settings.max_future_ms / 1000
+                        ),
+                    ));
+                }
+                items.push(SampleItem {
+                    series: series.clone(),
+                    kind: s.kind,
+                    bucket_ms,
+                    ts_ms,
+                    value: p.value,
+                    apdex_threshold,
+                });
+            }
+            wanted.push((
                 line,
+                series,
                 s.kind,
                 (s.kind == Kind::Apdex).then_some(apdex_threshold),
             ));
-            items.push(SampleItem {
-                series,
-                kind: s.kind,
-                bucket_ms,
-                ts_ms,
-                value: s.value,
-                apdex_threshold,
-            });
         }
-        let wanted = items
-            .iter()
-            .zip(&kinds)
-            .map(|(it, (_, k, t))| (it.series.metric(), *k, *t));
-        if let Err(conflict) = self.registry.admit(wanted) {
-            let line = items
+        let admitted = self.registry.admit(
+            wanted
                 .iter()
-                .zip(&kinds)
-                .find(|(it, _)| {
-                    it.series.metric() == conflict.metric()
+                .map(|(_, series, kind, t)| (series.metric(), *kind, *t)),
+        );
+        if let Err(conflict) = admitted {
+            // Name the first input that conflicts.
+            let line = wanted
+                .iter()
+                .find(|(_, series, kind, t)| {
+                    series.metric() == conflict.metric()
                         && match &conflict {
-                            Conflict::Kind { got, .. } => it.kind == *got,
-                            Conflict::ApdexThreshold { got, .. } => it.apdex_threshold == *got,
+                            Conflict::Kind { got, .. } => kind == got,
+                            Conflict::ApdexThreshold { got, .. } => *t == Some(*got),
                         }
                 })
-                .map(|(_, (l, _, _))| *l);
+                .map(|(line, ..)| *line);
             return Err(IngestError::Invalid {
                 message: conflict.to_string(),
                 line,
@@ -341,11 +361,12 @@ mod tests {
 "#;
         let parsed = parse_ndjson(body).unwrap();
         assert_eq!(parsed.len(), 3);
-        assert_eq!(parsed[0].0, 1);
-        assert_eq!(parsed[0].1.value, SampleValue::Number(12.5));
-        assert_eq!(parsed[1].0, 3);
-        assert_eq!(parsed[1].1.value, SampleValue::Number(1.0));
-        assert_eq!(parsed[2].1.value, SampleValue::Flag(true));
+        let point = |i: usize| parsed[i].points[0];
+        assert_eq!(point(0).line, 1);
+        assert_eq!(point(0).value, SampleValue::Number(12.5));
+        assert_eq!(point(1).line, 3);
+        assert_eq!(point(1).value, SampleValue::Number(1.0));
+        assert_eq!(point(2).value, SampleValue::Flag(true));
     }
 
     #[test]

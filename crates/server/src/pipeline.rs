@@ -175,7 +175,7 @@ impl Pipeline {
             },
             |i| Shard {
                 index: i,
-                delta: HashMap::new(),
+                delta: HashMap::default(),
                 params: settings.params,
                 source: settings.node_id.clone(),
                 stats: stats.clone(),
@@ -248,8 +248,19 @@ impl Pipeline {
     ) -> Result<(), Stopping> {
         let n = self.ingest.partitions();
         let mut sample_parts: Vec<Vec<SampleItem>> = (0..n).map(|_| Vec::new()).collect();
+        // Inputs hand over a series' samples together: hash each series once.
+        let mut last: Option<(*const SeriesKey, usize)> = None;
         for s in samples {
-            sample_parts[self.ingest.partition_for(s.series.hash64())].push(s);
+            let ptr = Arc::as_ptr(&s.series);
+            let shard = match last {
+                Some((p, shard)) if p == ptr => shard,
+                _ => {
+                    let shard = self.ingest.partition_for(s.series.hash64());
+                    last = Some((ptr, shard));
+                    shard
+                }
+            };
+            sample_parts[shard].push(s);
         }
         let mut inc_parts: Vec<Vec<Increment>> = (0..n).map(|_| Vec::new()).collect();
         for i in increments {
@@ -418,8 +429,9 @@ impl PipelineThreads {
 /// One aggregator shard: the only writer of its delta map.
 struct Shard {
     index: usize,
-    /// What changed since the last flush: the increment to hand on.
-    delta: HashMap<(Arc<SeriesKey>, i64), State>,
+    /// What changed since the last flush: the increment to hand on. A fast,
+    /// randomly seeded hasher: keys come from outside but cannot be aimed.
+    delta: HashMap<(Arc<SeriesKey>, i64), State, foldhash::fast::RandomState>,
     params: StateParams,
     /// Source name recorded by `latest` samples ingested here.
     source: String,
