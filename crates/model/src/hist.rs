@@ -109,6 +109,21 @@ impl Hist {
     /// Adds every count of `other` (bucket-wise, lossless). Refuses histograms with other
     /// significant digits. On error `self` is unchanged.
     pub fn merge(&mut self, other: &Hist) -> Result<(), ModelError> {
+        self.check_merge(other)?;
+        if other.inner.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .add(&other.inner)
+            .map_err(|e| ModelError::InvalidValue {
+                kind: Kind::Histogram,
+                reason: format!("cannot merge histograms: {e:?}"),
+            })
+    }
+
+    /// Whether [`Hist::merge`] would accept `other`: the same precision, and a
+    /// total count that stays within [`MAX_TOTAL_COUNT`]. Changes nothing.
+    pub fn check_merge(&self, other: &Hist) -> Result<(), ModelError> {
         if self.sigfig() != other.sigfig() {
             return Err(ModelError::PrecisionMismatch {
                 expected: self.sigfig(),
@@ -118,13 +133,7 @@ impl Hist {
         if other.inner.is_empty() {
             return Ok(());
         }
-        self.check_total(other.count())?;
-        self.inner
-            .add(&other.inner)
-            .map_err(|e| ModelError::InvalidValue {
-                kind: Kind::Histogram,
-                reason: format!("cannot merge histograms: {e:?}"),
-            })
+        self.check_total(other.count())
     }
 
     /// Refuses to grow the total count past [`MAX_TOTAL_COUNT`].

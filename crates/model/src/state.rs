@@ -458,6 +458,27 @@ impl State {
         Ok(())
     }
 
+    /// Whether [`State::merge`] would accept `other`, without changing anything:
+    /// the same checks, in the same order, with the same errors. Lets a caller
+    /// that must merge one state into several (or none) check them all first
+    /// instead of merging into copies.
+    pub fn check_merge(&self, other: &State) -> Result<(), ModelError> {
+        match (self, other) {
+            (State::Apdex(a), State::Apdex(b)) if a.threshold != b.threshold => {
+                Err(ModelError::ApdexThresholdMismatch {
+                    expected: a.threshold,
+                    found: b.threshold,
+                })
+            }
+            (State::Histogram(a), State::Histogram(b)) => a.check_merge(b),
+            (this, other) if this.kind() != other.kind() => Err(ModelError::KindMismatch {
+                expected: this.kind(),
+                found: other.kind(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this state equals the identity of its kind (for apdex: of its own
     /// threshold; for histograms: of its own precision), i.e. nothing was recorded.
     pub fn is_empty(&self) -> bool {

@@ -281,7 +281,10 @@ proptest! {
         let a = seeded_state(ka, &pa, seed_a);
         let b = seeded_state(kb, &pb, seed_b);
         let mut target = a.clone();
+        let checked = a.check_merge(&b);
         let result = target.merge(&b);
+        // check_merge answers exactly what merge does, without changing anything.
+        prop_assert_eq!(&checked, &result);
         let expected_err = if ka != kb {
             Some(ModelError::KindMismatch { expected: ka, found: kb })
         } else if ka == Kind::Histogram {

@@ -341,34 +341,18 @@ pub(crate) fn plan_commit(
 /// Merges `incoming` into every present slot, or into none: on the first
 /// refusal (in slot order) returns it with every slot unchanged.
 ///
-/// Only histogram and apdex merges (or a stored state of another kind) can be
-/// refused; those are tried on copies first, every other merge happens in
-/// place.
+/// Every slot is checked first with [`State::check_merge`] (the same checks
+/// `merge` makes), then merged in place: no state is copied, which matters for
+/// histograms of several kilobytes.
 fn merge_all<const N: usize>(
     mut slots: [Option<&mut State>; N],
     incoming: &State,
 ) -> Result<(), ModelError> {
-    let infallible = slots.iter().flatten().all(|state| {
-        state.kind() == incoming.kind() && !matches!(incoming.kind(), Kind::Histogram | Kind::Apdex)
-    });
-    if infallible {
-        for state in slots.iter_mut().flatten() {
-            state.merge(incoming)?;
-        }
-        return Ok(());
+    for state in slots.iter().flatten() {
+        state.check_merge(incoming)?;
     }
-    let mut merged: [Option<State>; N] = std::array::from_fn(|_| None);
-    for (slot, out) in slots.iter().zip(&mut merged) {
-        if let Some(state) = slot {
-            let mut trial = State::clone(state);
-            trial.merge(incoming)?;
-            *out = Some(trial);
-        }
-    }
-    for (slot, merged) in slots.iter_mut().zip(merged) {
-        if let (Some(state), Some(merged)) = (slot, merged) {
-            **state = merged;
-        }
+    for state in slots.iter_mut().flatten() {
+        state.merge(incoming)?;
     }
     Ok(())
 }
