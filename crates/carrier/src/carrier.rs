@@ -301,13 +301,9 @@ impl<T> Carrier<T> {
     pub fn produce_to(&self, partition: usize, item: T) -> Produced<T> {
         let lane = self.lane(partition);
         let _in_flight = InFlight::enter(&lane.counters.in_flight);
-        if self.is_closed() {
-            return Produced::Closed(item);
-        }
-        let item = match lane.tx.try_send(item) {
-            Ok(()) => return self.sent(lane),
-            Err(TrySendError::Disconnected(item)) => return Produced::Closed(item),
-            Err(TrySendError::Full(item)) => item,
+        let item = match self.try_produce(lane, item) {
+            Ok(done) => return done,
+            Err(full) => full,
         };
         match self.shared.strategy {
             Strategy::DropIfFull => {
@@ -332,13 +328,9 @@ impl<T> Carrier<T> {
     pub fn produce_timeout(&self, partition: usize, item: T, timeout: Duration) -> Produced<T> {
         let lane = self.lane(partition);
         let _in_flight = InFlight::enter(&lane.counters.in_flight);
-        if self.is_closed() {
-            return Produced::Closed(item);
-        }
-        let item = match lane.tx.try_send(item) {
-            Ok(()) => return self.sent(lane),
-            Err(TrySendError::Disconnected(item)) => return Produced::Closed(item),
-            Err(TrySendError::Full(item)) => item,
+        let item = match self.try_produce(lane, item) {
+            Ok(done) => return done,
+            Err(full) => full,
         };
         lane.counters.waits.fetch_add(1, Ordering::Relaxed);
         // A deadline too far away to represent is no deadline.
@@ -397,6 +389,19 @@ impl<T> Carrier<T> {
     fn lane(&self, partition: usize) -> &Lane<T> {
         let lanes = &self.shared.lanes;
         &lanes[partition % lanes.len()]
+    }
+
+    /// The fast path of every produce: `Err(item)` when the partition is full.
+    /// The caller holds the lane's in-flight guard.
+    fn try_produce(&self, lane: &Lane<T>, item: T) -> Result<Produced<T>, T> {
+        if self.is_closed() {
+            return Ok(Produced::Closed(item));
+        }
+        match lane.tx.try_send(item) {
+            Ok(()) => Ok(self.sent(lane)),
+            Err(TrySendError::Disconnected(item)) => Ok(Produced::Closed(item)),
+            Err(TrySendError::Full(item)) => Err(item),
+        }
     }
 
     fn sent(&self, lane: &Lane<T>) -> Produced<T> {

@@ -208,15 +208,9 @@ async fn events(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
     };
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "limit must be a number from 1 to 10000",
-            );
-        }
+    let limit = match limit_param(&params) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let store = node.pipeline.store.clone();
     match tokio::task::spawn_blocking(move || store.events(since, limit)).await {
@@ -238,21 +232,24 @@ async fn events(
     }
 }
 
+/// `?limit=`: 1 to 10 000, default 100.
+fn limit_param(params: &HashMap<String, String>) -> Result<usize, &'static str> {
+    match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => Ok(100),
+        Some(Ok(n)) if (1..=10_000).contains(&n) => Ok(n),
+        Some(_) => Err("limit must be a number from 1 to 10000"),
+    }
+}
+
 /// `GET /api/v1/alarms?limit=100`: firing alarm instances and the alarm
 /// history, newest first.
 async fn alarms(
     State(node): State<Arc<Node>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "limit must be a number from 1 to 10000",
-            );
-        }
+    let limit = match limit_param(&params) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let alarms = node.alarms.clone();
     match tokio::task::spawn_blocking(move || alarms.api_data(limit)).await {
@@ -524,4 +521,20 @@ async fn prometheus(State(node): State<Arc<Node>>) -> Response {
     }
     let text = render_prometheus(&node.id, &node.pipeline.stats, &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_defaults_to_100_and_refuses_out_of_range() {
+        let params = |v: &str| HashMap::from([("limit".to_string(), v.to_string())]);
+        assert_eq!(limit_param(&HashMap::new()), Ok(100));
+        assert_eq!(limit_param(&params("7")), Ok(7));
+        assert_eq!(limit_param(&params("10000")), Ok(10_000));
+        for bad in ["0", "10001", "-1", "many"] {
+            assert!(limit_param(&params(bad)).is_err(), "{bad}");
+        }
+    }
 }
