@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use parking_lot::RwLock;
 use strata_model::Kind;
 
@@ -46,7 +48,8 @@ impl Conflict {
 /// Metric name → kind, shared by every input of a node.
 #[derive(Debug, Default)]
 pub struct Registry {
-    metrics: RwLock<HashMap<String, MetricMeta>>,
+    /// Looked up for every series of every request: a fast, seeded hasher.
+    metrics: RwLock<HashMap<String, MetricMeta, RandomState>>,
 }
 
 impl Registry {
@@ -75,7 +78,7 @@ impl Registry {
         &self,
         wanted: impl IntoIterator<Item = (&'a str, Kind, Option<f64>)>,
     ) -> Result<(), Conflict> {
-        let mut fresh: HashMap<&str, MetricMeta> = HashMap::new();
+        let mut fresh: HashMap<&str, MetricMeta, RandomState> = HashMap::default();
         {
             let known = self.metrics.read();
             for (name, kind, threshold) in wanted {
