@@ -285,7 +285,9 @@ async fn freshness_probe(
     samples
 }
 
-fn percentile(values: &mut [f64], q: f64) -> f64 {
+/// The exact quantile as HdrHistogram defines it: the smallest value with at
+/// least ceil(q·n) values at or below it. NaN when there are none.
+pub(crate) fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -433,8 +435,8 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
         "samples_per_s": samples as f64 / load_secs,
         "busy_rejections": acked.rejected.load(Ordering::Relaxed),
         "increments_per_s_global": increments / drained_secs,
-        "freshness_p50_ms": percentile(&mut freshness, 0.5),
-        "freshness_p99_ms": percentile(&mut freshness, 0.99),
+        "freshness_p50_ms": exact_quantile(&mut freshness, 0.5),
+        "freshness_p99_ms": exact_quantile(&mut freshness, 0.99),
         "cpu_s_strata": cpu,
         "cpu_s_loadgen": loadgen_cpu,
         "cpu_s_per_million_samples": cpu / (samples as f64 / 1e6),

@@ -38,11 +38,9 @@ mod raw {
         /// The smallest sample with at least ceil(q·n) samples at or below it.
         pub fn quantile(&self, minute: i64, q: f64) -> Option<(f64, usize)> {
             let m = self.0.lock().ok()?;
-            let v = m.get(&minute)?;
-            let mut sorted = v.clone();
-            sorted.sort_by(f64::total_cmp);
-            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-            Some((sorted[rank - 1], sorted.len()))
+            let mut values = m.get(&minute)?.clone();
+            let n = values.len();
+            Some((crate::bench::exact_quantile(&mut values, q), n))
         }
     }
 }

@@ -50,12 +50,7 @@ fn sigterm_flushes_and_forwards_before_exit() {
     ingest_ok(&edge, &hist, false);
     edge.sigterm();
 
-    let status = edge.wait_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "edge exited with {status}; log:\n{}",
-        edge.log_tail(40)
-    );
+    edge.wait_clean_exit(Duration::from_secs(30));
     let log = edge.log();
     assert!(
         log.contains("upstream acknowledged everything"),
@@ -98,12 +93,7 @@ fn sigterm_with_upstream_down_keeps_the_spool_for_the_next_start() {
     let started = std::time::Instant::now();
     edge.sigterm();
     // Nobody acknowledges: the edge gives up after its 2 s grace and still exits 0.
-    let status = edge.wait_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "edge exited with {status}; log:\n{}",
-        edge.log_tail(40)
-    );
+    edge.wait_clean_exit(Duration::from_secs(30));
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "shutdown took {:?} with --grace-s 2",

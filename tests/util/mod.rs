@@ -288,6 +288,18 @@ impl Node {
         assert!(status.success(), "kill -{name} {pid} failed");
     }
 
+    /// Waits for the process to exit by itself with status 0, failing the test
+    /// (with the log tail) otherwise.
+    pub fn wait_clean_exit(&mut self, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{}",
+            self.id,
+            self.log_tail(40)
+        );
+    }
+
     /// Waits for the process to exit by itself, failing the test after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;

@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::poll;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -187,17 +190,6 @@ async fn get(tier: &RunningTier, path: &str) -> Value {
     })
     .await
     .unwrap()
-}
-
-async fn poll<F: FnMut() -> bool>(what: &str, mut done: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until the outbox is empty: everything queued was delivered.

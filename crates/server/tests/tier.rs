@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::poll;
+
 use std::time::Duration;
 
 use strata_server::Config;
@@ -157,32 +160,15 @@ async fn a_wrong_token_is_refused_and_nothing_is_merged() {
     assert_eq!(stored_total(&*global.node.pipeline.store), 0);
     // The refusal is in the global tier's event log.
     let store = global.node.pipeline.store.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let refused = || {
         let events = store.events(0, 100).unwrap();
-        if let Some(e) = events.iter().find(|e| e.kind == "source_refused") {
-            assert!(e.message.contains("bad token"), "{e:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no source_refused event in {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        events.into_iter().find(|e| e.kind == "source_refused")
+    };
+    poll("a source_refused event", || refused().is_some()).await;
+    let event = refused().unwrap();
+    assert!(event.message.contains("bad token"), "{event:?}");
     edge.shutdown(Duration::from_millis(200)).await.unwrap();
     global.shutdown(Duration::from_secs(5)).await.unwrap();
-}
-
-async fn poll<F: FnMut() -> bool>(what: &str, mut done: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
