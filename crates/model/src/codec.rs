@@ -84,7 +84,7 @@ impl State {
                 out.extend_from_slice(&a.total.to_le_bytes());
                 out.extend_from_slice(&a.threshold.to_le_bytes());
             }
-            State::Histogram(h) => out.extend_from_slice(&h.to_v2_bytes()),
+            State::Histogram(h) => h.write_v2(out),
         }
     }
 

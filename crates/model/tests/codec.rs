@@ -47,7 +47,11 @@ fn exercise(bytes: &[u8]) {
         let again = State::decode(&s.to_bytes()).expect("re-encoded state decodes");
         assert_eq!(again, s);
         let mut twice = s.clone();
-        twice.merge(&s).expect("a decoded state merges with itself");
+        // A decoded state merges with itself unless a total would overflow (a count over
+        // half the cap); a refused merge changes nothing.
+        if twice.merge(&s).is_err() {
+            assert_eq!(twice, s);
+        }
         let _ = s.values(1);
         let _ = s.is_empty();
     }

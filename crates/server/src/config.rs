@@ -107,6 +107,10 @@ pub struct StorageConfig {
     pub engine: String,
     /// Cap of the outgoing spool; at the cap the oldest batches are dropped (counted, logged).
     pub spool_max_bytes: u64,
+    /// Memory for the redb page cache. The hot working set is the current minute,
+    /// hour and day bucket of each active series; pages beyond the cache are read
+    /// back from the file (the OS page cache) when touched.
+    pub cache_bytes: u64,
     /// Minute buckets older than this are deleted.
     pub retention_minutes: u64,
     /// Hour rollups older than this are deleted.
@@ -238,6 +242,7 @@ impl Default for StorageConfig {
         StorageConfig {
             engine: "redb".into(),
             spool_max_bytes: 256 << 20,
+            cache_bytes: 64 << 20,
             retention_minutes: 7 * 24 * 60,
             retention_hours: 90 * 24,
             retention_days: 2 * 365,
@@ -438,6 +443,12 @@ impl Config {
             bad(
                 "storage.spool_max_bytes",
                 "must be at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if s.cache_bytes < 1 << 20 || s.cache_bytes > 1 << 40 {
+            bad(
+                "storage.cache_bytes",
+                "must be between 1048576 (1 MiB) and 1099511627776 (1 TiB)".into(),
             );
         }
         if s.retention_hours * 60 < s.retention_minutes {

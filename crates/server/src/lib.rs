@@ -129,6 +129,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     }
     let opts = StoreOptions {
         spool_max_bytes: config.storage.spool_max_bytes,
+        // Validated to at most 1 TiB.
+        cache_bytes: usize::try_from(config.storage.cache_bytes).unwrap_or(usize::MAX),
     };
     let store: Arc<dyn Store> = match config.storage.engine.as_str() {
         "memory" => Arc::new(MemoryStore::new(opts)),

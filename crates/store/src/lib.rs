@@ -316,12 +316,16 @@ pub struct StoreOptions {
     /// Cap on the spool's total encoded size; past it the oldest batches are
     /// dropped (counted and logged). Default 256 MiB.
     pub spool_max_bytes: u64,
+    /// Memory the durable store may use to cache database pages (read and write).
+    /// Default 64 MiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             spool_max_bytes: 256 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

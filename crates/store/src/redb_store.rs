@@ -168,7 +168,9 @@ impl RedbStore {
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(Self::FILE_NAME);
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(&path)
             .map_err(|e| StoreError::db(format_args!("open {}", path.display()), e))?;
         let epoch = initialize(&db)?;
 

@@ -442,6 +442,7 @@ fn spool_cap_drops_oldest(open: &Open) {
     };
     let f = open(StoreOptions {
         spool_max_bytes: 3 * one,
+        ..StoreOptions::default()
     });
     let s = &*f.store;
     for i in 0..3 {
@@ -883,7 +884,10 @@ fn event_retention(open: &Open) {
 }
 
 fn spool_overflow_appends_an_event(open: &Open) {
-    let f = open(StoreOptions { spool_max_bytes: 1 });
+    let f = open(StoreOptions {
+        spool_max_bytes: 1,
+        ..StoreOptions::default()
+    });
     let s = &*f.store;
     let commit = |now_ms| {
         s.commit(Commit {
@@ -919,6 +923,7 @@ fn spool_overflow_appends_an_event(open: &Open) {
     let one = s2.spool_stats().bytes / 3;
     let f = open(StoreOptions {
         spool_max_bytes: 3 * one,
+        ..StoreOptions::default()
     });
     let s2 = &*f.store;
     for i in 0..3 {
@@ -1551,7 +1556,10 @@ mod durable {
     #[test]
     fn spool_overflow_event_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = || StoreOptions { spool_max_bytes: 1 };
+        let opts = || StoreOptions {
+            spool_max_bytes: 1,
+            ..StoreOptions::default()
+        };
         {
             let s = RedbStore::open(dir.path(), opts()).unwrap();
             spool(&s, &[], 0);
@@ -1632,7 +1640,10 @@ mod durable {
     #[test]
     fn dropped_batches_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = || StoreOptions { spool_max_bytes: 1 };
+        let opts = || StoreOptions {
+            spool_max_bytes: 1,
+            ..StoreOptions::default()
+        };
         {
             let s = RedbStore::open(dir.path(), opts()).unwrap();
             for i in 0..4 {
