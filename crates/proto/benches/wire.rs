@@ -70,7 +70,29 @@ fn wire(c: &mut Criterion) {
             strata_proto::decode_batch(&msg).expect("valid")
         })
     });
+    // A stream's steady state: every series defined by an earlier batch.
+    let mut refs = strata_proto::SeriesRefs::default();
+    let first = refs.encode(1, 0, &incs);
+    let interned = refs.encode(2, 0, &incs).encode_to_vec();
+    let mut known = strata_proto::KnownSeries::default();
+    known.learn(&first).expect("in order");
+    g.bench_function("encode_batch_1000_increments_interned", |b| {
+        b.iter(|| black_box(refs.encode(2, 0, black_box(&incs))).encode_to_vec())
+    });
+    g.bench_function("decode_batch_1000_increments_interned", |b| {
+        b.iter(|| {
+            let msg =
+                strata_proto::v1::Batch::decode(black_box(interned.as_slice())).expect("decodes");
+            known.learn(&msg).expect("defines nothing");
+            known.decode(&msg).expect("valid")
+        })
+    });
     g.finish();
+    eprintln!(
+        "interned batch of {} increments: {} bytes on the wire",
+        incs.len(),
+        interned.len()
+    );
     eprintln!(
         "batch of {} increments: {} bytes on the wire",
         incs.len(),

@@ -10,7 +10,9 @@
 //! - [`v1`]: generated messages, `federation_client`/`federation_server`,
 //!   `ingest_client`/`ingest_server` (from `proto/strata/v1/*.proto`).
 //! - conversions: [`encode_batch`] / [`decode_batch`] group increments by series
-//!   so each series is named once per batch; `State` and `Kind` convert both ways.
+//!   so each series is named once per batch; on a federation stream,
+//!   [`SeriesRefs`] / [`KnownSeries`] name each series once per stream and refer
+//!   to it by number after that. `State` and `Kind` convert both ways.
 //!
 //! # Example
 //! ```
@@ -42,6 +44,10 @@ pub enum ConvertError {
     UnknownKind(i32),
     #[error("series {series}: {source}")]
     Series { series: String, source: ModelError },
+    #[error("series ref {0} was not defined on this stream")]
+    UnknownSeriesRef(u32),
+    #[error("series ref {0} was defined as an invalid series")]
+    InvalidSeriesRef(u32),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -213,14 +219,42 @@ pub fn series_from_wire(metric: &str, labels: &[v1::Label]) -> Result<SeriesKey,
 
 /// Encodes one outgoing batch, naming each series once.
 pub fn encode_batch(seq: u64, watermark_ms: i64, increments: &[Increment]) -> v1::Batch {
+    encode(seq, watermark_ms, increments, None)
+}
+
+/// Decodes every increment of a batch that interns no series; any invalid part
+/// fails the whole batch.
+pub fn decode_batch(batch: &v1::Batch) -> Result<Vec<Increment>, ConvertError> {
+    KnownSeries::default().decode(batch)
+}
+
+fn encode(
+    seq: u64,
+    watermark_ms: i64,
+    increments: &[Increment],
+    mut refs: Option<&mut SeriesRefs>,
+) -> v1::Batch {
     let mut index: HashMap<&SeriesKey, usize> = HashMap::new();
     let mut series: Vec<v1::SeriesIncrements> = Vec::new();
     for inc in increments {
         let slot = *index.entry(&*inc.series).or_insert_with(|| {
+            let (series_ref, named) = match refs.as_deref_mut() {
+                Some(refs) => refs.lookup(&inc.series),
+                None => (0, true),
+            };
             series.push(v1::SeriesIncrements {
-                metric: inc.series.metric().to_string(),
-                labels: labels_to_wire(&inc.series),
+                metric: if named {
+                    inc.series.metric().to_string()
+                } else {
+                    String::new()
+                },
+                labels: if named {
+                    labels_to_wire(&inc.series)
+                } else {
+                    Vec::new()
+                },
                 buckets: Vec::new(),
+                series_ref,
             });
             series.len() - 1
         });
@@ -237,31 +271,155 @@ pub fn encode_batch(seq: u64, watermark_ms: i64, increments: &[Increment]) -> v1
     }
 }
 
-/// Decodes every increment of a batch; any invalid part fails the whole batch.
-pub fn decode_batch(batch: &v1::Batch) -> Result<Vec<Increment>, ConvertError> {
-    let mut out = Vec::with_capacity(batch.series.iter().map(|s| s.buckets.len()).sum());
-    for s in &batch.series {
-        let series = Arc::new(series_from_wire(&s.metric, &s.labels)?);
-        for b in &s.buckets {
-            let wire = b
-                .state
-                .as_ref()
-                .ok_or(ConvertError::Missing("bucket.state"))?;
-            let state = State::try_from(wire).map_err(|e| match e {
-                ConvertError::Model(source) => ConvertError::Series {
-                    series: series.to_string(),
-                    source,
-                },
-                other => other,
-            })?;
-            out.push(Increment {
-                series: series.clone(),
-                bucket_ms: b.bucket_ms,
-                state,
-            });
+/// Most series one federation stream defines (refs `1..=MAX_SERIES_REFS`); past it the
+/// sender names further series in full. Bounds the receiver's table per stream.
+pub const MAX_SERIES_REFS: u32 = 1 << 22;
+
+/// The sending side of series interning on one federation stream: a series is
+/// named in full the first time the stream carries it, then by a number. Create one
+/// per stream; a new stream starts afresh.
+#[derive(Debug)]
+pub struct SeriesRefs {
+    refs: HashMap<Arc<SeriesKey>, u32>,
+    /// Most refs to hand out: [`MAX_SERIES_REFS`] (lower in tests).
+    limit: u32,
+}
+
+impl Default for SeriesRefs {
+    fn default() -> Self {
+        SeriesRefs {
+            refs: HashMap::new(),
+            limit: MAX_SERIES_REFS,
         }
     }
-    Ok(out)
+}
+
+impl SeriesRefs {
+    /// Encodes one outgoing batch on this stream: each series is named once per
+    /// stream, then referred to by number.
+    pub fn encode(&mut self, seq: u64, watermark_ms: i64, increments: &[Increment]) -> v1::Batch {
+        encode(seq, watermark_ms, increments, Some(self))
+    }
+
+    /// Series defined on this stream so far.
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Whether no series was defined yet.
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    /// The ref to send for `series` and whether to name it (a new definition, or no
+    /// ref left).
+    fn lookup(&mut self, series: &Arc<SeriesKey>) -> (u32, bool) {
+        if let Some(&r) = self.refs.get(&**series) {
+            return (r, false);
+        }
+        let Ok(next) = u32::try_from(self.refs.len() + 1) else {
+            return (0, true);
+        };
+        if next > self.limit {
+            return (0, true);
+        }
+        self.refs.insert(series.clone(), next);
+        (next, true)
+    }
+}
+
+/// The receiving side of series interning on one federation stream: the series the
+/// stream defined, by ref. Create one per stream; [`KnownSeries::learn`] must see
+/// every batch of the stream in order, duplicates included.
+#[derive(Debug, Default)]
+pub struct KnownSeries {
+    /// Ref `n` at index `n - 1`; `None` for a definition that named no valid series
+    /// (batches using it are rejected, naming the problem).
+    defined: Vec<Option<Arc<SeriesKey>>>,
+}
+
+/// A stream whose series definitions are out of order: the sender and receiver no
+/// longer agree on what a ref means, so the stream must end.
+#[derive(Debug, thiserror::Error)]
+#[error("series definition {found} out of order: expected {expected}")]
+pub struct RefOutOfOrder {
+    pub expected: u64,
+    pub found: u32,
+}
+
+impl KnownSeries {
+    /// Records the series `batch` defines.
+    pub fn learn(&mut self, batch: &v1::Batch) -> Result<(), RefOutOfOrder> {
+        for s in &batch.series {
+            if s.series_ref == 0 || s.metric.is_empty() {
+                continue;
+            }
+            let expected = self.defined.len() as u64 + 1;
+            if u64::from(s.series_ref) != expected || s.series_ref > MAX_SERIES_REFS {
+                return Err(RefOutOfOrder {
+                    expected,
+                    found: s.series_ref,
+                });
+            }
+            self.defined
+                .push(series_from_wire(&s.metric, &s.labels).ok().map(Arc::new));
+        }
+        Ok(())
+    }
+
+    /// Series defined on this stream so far.
+    pub fn len(&self) -> usize {
+        self.defined.len()
+    }
+
+    /// Whether no series was defined yet.
+    pub fn is_empty(&self) -> bool {
+        self.defined.is_empty()
+    }
+
+    /// The series `s` names, through its ref when it has one.
+    fn series(&self, s: &v1::SeriesIncrements) -> Result<Arc<SeriesKey>, ConvertError> {
+        if s.series_ref == 0 {
+            return Ok(Arc::new(series_from_wire(&s.metric, &s.labels)?));
+        }
+        match self.defined.get(s.series_ref as usize - 1) {
+            Some(Some(series)) => Ok(series.clone()),
+            // Defined, but not as a valid series: the definition names the problem.
+            Some(None) if !s.metric.is_empty() => Err(series_from_wire(&s.metric, &s.labels)
+                .err()
+                .unwrap_or(ConvertError::InvalidSeriesRef(s.series_ref))),
+            Some(None) => Err(ConvertError::InvalidSeriesRef(s.series_ref)),
+            None => Err(ConvertError::UnknownSeriesRef(s.series_ref)),
+        }
+    }
+
+    /// Decodes every increment of a batch, after [`KnownSeries::learn`] saw it; any
+    /// invalid part (an unknown ref too) fails the whole batch.
+    pub fn decode(&self, batch: &v1::Batch) -> Result<Vec<Increment>, ConvertError> {
+        let mut out = Vec::with_capacity(batch.series.iter().map(|s| s.buckets.len()).sum());
+        for s in &batch.series {
+            let series = self.series(s)?;
+            for b in &s.buckets {
+                let wire = b
+                    .state
+                    .as_ref()
+                    .ok_or(ConvertError::Missing("bucket.state"))?;
+                let state = State::try_from(wire).map_err(|e| match e {
+                    ConvertError::Model(source) => ConvertError::Series {
+                        series: series.to_string(),
+                        source,
+                    },
+                    other => other,
+                })?;
+                out.push(Increment {
+                    series: series.clone(),
+                    bucket_ms: b.bucket_ms,
+                    state,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +471,105 @@ mod tests {
         let batch = encode_batch(1, 0, &incs);
         assert_eq!(batch.series.len(), 1);
         assert_eq!(batch.series[0].buckets.len(), 5);
+    }
+
+    fn counter(series: &Arc<SeriesKey>, n: u64) -> Increment {
+        Increment {
+            series: series.clone(),
+            bucket_ms: 60_000,
+            state: State::Counter(n),
+        }
+    }
+
+    /// What a receiver makes of `batch`: learn, then decode.
+    fn receive(known: &mut KnownSeries, batch: &v1::Batch) -> Result<Vec<Increment>, ConvertError> {
+        known.learn(batch).unwrap();
+        known.decode(batch)
+    }
+
+    #[test]
+    fn a_series_is_named_once_per_stream() {
+        let (a, b, c) = (
+            key("requests", "checkout"),
+            key("requests", "cart"),
+            key("latency", "checkout"),
+        );
+        let mut refs = SeriesRefs::default();
+        let mut known = KnownSeries::default();
+        let first = vec![counter(&a, 1), counter(&b, 2)];
+        let second = vec![counter(&b, 3), counter(&c, 4), counter(&a, 5)];
+        let w1 = refs.encode(1, 0, &first);
+        let w2 = refs.encode(2, 0, &second);
+        // The first batch names both; the second names only the new series.
+        let named = |w: &v1::Batch| w.series.iter().filter(|s| !s.metric.is_empty()).count();
+        assert_eq!((named(&w1), named(&w2)), (2, 1));
+        assert!(w2.series.iter().all(|s| s.series_ref > 0));
+        assert_eq!(receive(&mut known, &w1).unwrap(), first);
+        assert_eq!(receive(&mut known, &w2).unwrap(), second);
+        assert_eq!((refs.len(), known.len()), (3, 3));
+        // Refs mean nothing on another stream.
+        let w3 = refs.encode(3, 0, &first);
+        assert_eq!(named(&w3), 0);
+        assert!(matches!(
+            receive(&mut KnownSeries::default(), &w3),
+            Err(ConvertError::UnknownSeriesRef(1))
+        ));
+    }
+
+    #[test]
+    fn definitions_out_of_order_end_the_stream() {
+        let a = key("requests", "checkout");
+        let mut refs = SeriesRefs::default();
+        let w1 = refs.encode(1, 0, &[counter(&a, 1)]);
+        let mut known = KnownSeries::default();
+        known.learn(&w1).unwrap();
+        // The same definition again (ref 1 when 2 is next).
+        let err = known.learn(&w1).unwrap_err();
+        assert_eq!((err.expected, err.found), (2, 1));
+    }
+
+    #[test]
+    fn an_invalid_definition_rejects_the_batches_using_it() {
+        let mut known = KnownSeries::default();
+        let bad = v1::Batch {
+            seq: 1,
+            watermark_ms: 0,
+            series: vec![v1::SeriesIncrements {
+                metric: "bad name!".into(),
+                labels: vec![],
+                buckets: vec![],
+                series_ref: 1,
+            }],
+            follows_dropped: false,
+        };
+        let err = receive(&mut known, &bad).unwrap_err().to_string();
+        assert!(err.contains("bad name!"), "{err}");
+        let mut later = bad.clone();
+        later.series[0].metric.clear();
+        let err = known.decode(&later).unwrap_err().to_string();
+        assert_eq!(err, "series ref 1 was defined as an invalid series");
+    }
+
+    #[test]
+    fn refs_run_out_into_full_names() {
+        let mut refs = SeriesRefs {
+            limit: 2,
+            ..SeriesRefs::default()
+        };
+        let incs: Vec<_> = (0..3)
+            .map(|i| counter(&key("requests", &format!("s{i}")), 1))
+            .collect();
+        let w = refs.encode(1, 0, &incs);
+        let sent: Vec<_> = w.series.iter().map(|s| s.series_ref).collect();
+        assert_eq!(sent, [1, 2, 0]);
+        assert_eq!(w.series[2].metric, "requests");
+        let mut known = KnownSeries::default();
+        assert_eq!(receive(&mut known, &w).unwrap(), incs);
+        // Still by number, or in full, in the next batch.
+        let w = refs.encode(2, 0, &incs);
+        let named = w.series.iter().filter(|s| !s.metric.is_empty()).count();
+        assert_eq!(named, 1);
+        assert_eq!(receive(&mut known, &w).unwrap(), incs);
     }
 
     #[test]

@@ -147,6 +147,8 @@ impl Forwarder {
         }
         tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = spooled, "connected upstream, resuming");
         let mut last_ack = tokio::time::Instant::now();
+        // Series are named once per stream, then referred to by number.
+        let mut refs = strata_proto::SeriesRefs::default();
         loop {
             // Fill the window from the spool.
             let room = window.room(max_inflight);
@@ -166,7 +168,7 @@ impl Forwarder {
                     last_ack = tokio::time::Instant::now();
                 }
                 for b in batches {
-                    let mut wire = strata_proto::encode_batch(b.seq, b.watermark_ms, &b.increments);
+                    let mut wire = refs.encode(b.seq, b.watermark_ms, &b.increments);
                     wire.follows_dropped = window.on_send(b.seq);
                     if wire.follows_dropped {
                         tracing::warn!(

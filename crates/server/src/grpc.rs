@@ -236,6 +236,7 @@ impl Federation for FederationService {
             epoch: hello.epoch,
             histogram_sigfig: self.histogram_sigfig,
             out: out_tx,
+            known: strata_proto::KnownSeries::default(),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -255,10 +256,12 @@ struct Session {
     epoch: u64,
     histogram_sigfig: u8,
     out: mpsc::Sender<Result<v1::UpstreamMessage, Status>>,
+    /// The series this stream defined, by ref.
+    known: strata_proto::KnownSeries,
 }
 
 impl Session {
-    async fn run(self, mut inbound: Streaming<v1::SourceMessage>, shutdown: CancellationToken) {
+    async fn run(mut self, mut inbound: Streaming<v1::SourceMessage>, shutdown: CancellationToken) {
         // Sized well above any source's in-flight window: acks are never dropped.
         let (ack_tx, mut ack_rx) =
             mpsc::channel::<Result<u64, String>>(crate::config::MAX_INFLIGHT_BATCHES + 16);
@@ -308,13 +311,20 @@ impl Session {
     }
 
     async fn on_batch(
-        &self,
+        &mut self,
         batch: v1::Batch,
         ack_tx: &mpsc::Sender<Result<u64, String>>,
     ) -> Result<(), Status> {
+        let seq = batch.seq;
+        // Every batch the stream carries defines series, duplicates included.
+        if let Err(e) = self.known.learn(&batch) {
+            return Err(Status::invalid_argument(format!(
+                "source {:?}, batch {seq}: {e}",
+                self.live.id
+            )));
+        }
         let stats = &self.ingestor.pipeline.stats;
         let live = &self.live;
-        let seq = batch.seq;
         live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
         match verdict(
             live.committed(),
@@ -397,7 +407,7 @@ impl Session {
     /// merged: one region's conflicting metric must not cost every other
     /// series of that region.
     fn validate(&self, batch: &v1::Batch) -> Result<Vec<strata_model::Increment>, String> {
-        let increments = strata_proto::decode_batch(batch).map_err(|e| e.to_string())?;
+        let increments = self.known.decode(batch).map_err(|e| e.to_string())?;
         let stats = &self.ingestor.pipeline.stats;
         let mut refused_metrics: HashMap<String, String> = HashMap::new();
         let mut checked: HashSet<(String, Kind)> = HashSet::new();
