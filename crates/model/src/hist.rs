@@ -647,8 +647,14 @@ impl Hist {
                     } else if zeros > 1 {
                         at += put_varint(&mut buf[at..], zig_zag(-i64::from(zeros)));
                     }
-                    // Counts are <= i64::MAX by the total invariant.
-                    at += put_varint(&mut buf[at..], c << 1);
+                    // Counts are <= i64::MAX by the total invariant; most fit one byte.
+                    let encoded = c << 1;
+                    if encoded < 0x80 {
+                        buf[at] = encoded as u8;
+                        at += 1;
+                    } else {
+                        at += put_varint(&mut buf[at..], encoded);
+                    }
                     next = index + 1;
                 }
             });
