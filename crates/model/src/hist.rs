@@ -232,6 +232,11 @@ fn grown_capacity(len: usize, n: usize) -> usize {
     len + n + len / 8
 }
 
+/// Allocated bytes of a vector.
+fn capacity_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
 /// Re-stores `src` in a vector of another element type (values known to fit).
 fn convert<A: Count, B: Count>(src: &[A]) -> Vec<B> {
     src.iter().map(|&c| B::narrow(c.wide())).collect()
@@ -266,7 +271,7 @@ impl Counts {
     }
 
     fn heap_bytes(&self) -> usize {
-        with_counts!(self, v => v.capacity() * std::mem::size_of_val(&v.first().copied().unwrap_or_default()))
+        with_counts!(self, v => capacity_bytes(v))
     }
 
     /// Re-stores the column at least `width` wide.

@@ -399,7 +399,6 @@ impl Session {
         Ok(())
     }
 
-    /// Decodes and checks a batch; any problem rejects it whole.
     /// Decodes and checks a batch. A batch that does not decode is rejected
     /// whole. Increments this node cannot merge (a metric of another kind, a
     /// histogram of another precision, an apdex of another threshold) are
