@@ -31,6 +31,11 @@ enum Command {
         /// Seconds to finish forwarding at shutdown before leaving the rest in the spool.
         #[arg(long, default_value_t = 10)]
         grace_s: u64,
+        /// If the store file cannot be read (empty, not a store, failing its
+        /// checksums), move it aside to strata.redb.corrupt-<unix ms> and start a
+        /// new, empty store with a new epoch. A readable store is left alone.
+        #[arg(long)]
+        reset_store: bool,
     },
     /// Start a local multi-tier topology with synthetic traffic and show it working.
     Demo {
@@ -156,10 +161,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, grace_s } => {
+        Command::Run {
+            config,
+            grace_s,
+            reset_store,
+        } => {
             init_tracing("info");
-            let result =
-                runtime().and_then(|rt| rt.block_on(run(config, Duration::from_secs(grace_s))));
+            let result = runtime().and_then(|rt| {
+                let result = rt.block_on(run(config, Duration::from_secs(grace_s), reset_store));
+                // A thread stuck after a failure must not keep the process alive.
+                rt.shutdown_timeout(Duration::from_secs(5));
+                result
+            });
             exit(result)
         }
         Command::Bench {
@@ -212,14 +225,30 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 #[allow(clippy::print_stdout)]
-async fn run(path: PathBuf, grace: Duration) -> anyhow::Result<()> {
+async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Result<()> {
     let config = strata_server::Config::load(&path)?;
-    let tier = strata_server::start(config).await?;
+    let options = strata_server::StartOptions {
+        reset_store,
+        ..Default::default()
+    };
+    let tier = strata_server::start_with(config, options).await?;
     // One machine-readable line with the bound addresses (port 0 resolves here).
     println!(
         "{}",
         serde_json::json!({"event": "listening", "node": tier.node.id, "http": tier.http_addr.to_string(), "grpc": tier.grpc_addr.to_string()})
     );
-    shutdown_signal().await;
-    tier.shutdown(grace).await
+    // A panic in a pipeline thread stops the node like a signal does, then
+    // exits non-zero.
+    let fatal = tokio::select! {
+        _ = shutdown_signal() => None,
+        what = tier.stopped_by() => Some(what),
+    };
+    if let Some(what) = &fatal {
+        tracing::error!(error = %what, "stopping the node: a pipeline thread failed");
+    }
+    let stopped = tier.shutdown(grace).await;
+    match fatal {
+        Some(what) => Err(anyhow::anyhow!("the node stopped because {what}")),
+        None => stopped,
+    }
 }

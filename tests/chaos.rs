@@ -359,16 +359,15 @@ fn per_edge(node: &Node, base: i64) -> String {
         .join("; ")
 }
 
-/// Epoch of `source` at `upstream` once it is connected.
-fn connected_epoch(upstream: &Node, source: &str) -> u64 {
+/// Epoch (its fingerprint) of `source` at `upstream` once it is connected.
+fn connected_epoch(upstream: &Node, source: &str) -> String {
     wait_for(&format!("{source} connected to {}", upstream.id), |last| {
         let s = upstream.source(source);
         *last = format!("{s:?}");
         let s = s?;
         (s["connected"] == true)
-            .then(|| s["epoch"].as_u64())
+            .then(|| s["epoch_fingerprint"].as_str().map(str::to_owned))
             .flatten()
-            .filter(|&e| e > 0)
     })
 }
 

@@ -121,7 +121,7 @@ fn upstream_restart_does_not_double_count() {
         .source("edge")
         .expect("edge in /api/v1/sources after restart");
     assert_eq!(
-        restored["epoch"], before["epoch"],
+        restored["epoch_fingerprint"], before["epoch_fingerprint"],
         "before {before}, after {restored}"
     );
     assert!(
@@ -167,12 +167,13 @@ fn edge_restart_resumes_from_its_spool() {
     }
     // Killed right after the last commit: its batch is in the spool, most
     // likely not yet acknowledged by the global tier.
-    let epoch = global.source("edge").expect("edge in /api/v1/sources")["epoch"].clone();
+    let epoch =
+        global.source("edge").expect("edge in /api/v1/sources")["epoch_fingerprint"].clone();
     edge.kill();
     edge.restart();
     assert_settles_exactly(&global, &edge, "restart_edge_requests", base, accepted);
     // Same durable state, same epoch: the edge resumed, it did not start over.
-    assert_eq!(global.source("edge").unwrap()["epoch"], epoch);
+    assert_eq!(global.source("edge").unwrap()["epoch_fingerprint"], epoch);
 
     // The restarted edge goes on where it was.
     for r in 8..12 {

@@ -66,6 +66,11 @@ pub struct NodeConfig {
     pub downstream: Vec<(String, String)>,
     /// Extra arguments of `strata run`, e.g. `--grace-s 2`.
     pub run_args: Vec<String>,
+    /// Extra `key = value` lines per section (`"grpc"`, `"storage"`, …), see
+    /// [`NodeConfig::set`].
+    pub extra: Vec<(String, String)>,
+    /// Extra environment variables of the process, see [`NodeConfig::env`].
+    pub env: Vec<(String, String)>,
 }
 
 /// The token a source named `id` presents (and its upstream expects).
@@ -84,7 +89,32 @@ impl NodeConfig {
             upstream: None,
             downstream: Vec::new(),
             run_args: Vec::new(),
+            extra: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Adds `line` (`key = value`, TOML) to `section` of the config, e.g.
+    /// `.set("grpc", "max_message_bytes = 65536")`.
+    pub fn set(mut self, section: &str, line: &str) -> NodeConfig {
+        self.extra.push((section.to_string(), line.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the node's process, e.g. the debug
+    /// builds' fault-injection hook `STRATA_FAULT_INJECT`.
+    pub fn env(mut self, name: &str, value: &str) -> NodeConfig {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The extra lines of `section`, each ending in a newline.
+    fn extra_lines(&self, section: &str) -> String {
+        self.extra
+            .iter()
+            .filter(|(s, _)| s == section)
+            .map(|(_, line)| format!("{line}\n"))
+            .collect()
     }
 
     /// Forwards to `upstream` with this node's token.
@@ -113,28 +143,64 @@ impl NodeConfig {
 
     pub fn to_toml(&self) -> String {
         let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
-        let mut t = String::new();
-        t += &format!(
-            "[node]\nid = {}\ndata_dir = {}\n\n",
-            q(&self.id),
-            q(&self.data_dir.to_string_lossy())
-        );
-        t += &format!("[http]\nlisten = {}\n\n", q(&self.http_listen));
-        t += &format!("[grpc]\nlisten = {}\n\n", q(&self.grpc_listen));
-        t += &format!("[aggregation]\nflush_interval_ms = {FLUSH_INTERVAL_MS}\n\n");
-        t += "[storage]\nengine = \"redb\"\n\n";
+        let mut sections: Vec<(&str, String)> = vec![
+            (
+                "node",
+                format!(
+                    "id = {}\ndata_dir = {}\n",
+                    q(&self.id),
+                    q(&self.data_dir.to_string_lossy())
+                ),
+            ),
+            ("http", format!("listen = {}\n", q(&self.http_listen))),
+            ("grpc", format!("listen = {}\n", q(&self.grpc_listen))),
+            (
+                "aggregation",
+                format!("flush_interval_ms = {FLUSH_INTERVAL_MS}\n"),
+            ),
+            ("storage", "engine = \"redb\"\n".to_string()),
+        ];
         if let Some((endpoint, token)) = &self.upstream {
-            t += &format!(
-                "[upstream]\nendpoint = {}\ntoken = {}\nmin_backoff_ms = 50\nmax_backoff_ms = 500\n\n",
-                q(endpoint),
-                q(token)
-            );
+            sections.push((
+                "upstream",
+                format!(
+                    "endpoint = {}\ntoken = {}\nmin_backoff_ms = 50\nmax_backoff_ms = 500\n",
+                    q(endpoint),
+                    q(token)
+                ),
+            ));
+        }
+        for (section, _) in &self.extra {
+            if !sections.iter().any(|(s, _)| s == section) {
+                sections.push((section, String::new()));
+            }
+        }
+        let mut t = String::new();
+        for (section, body) in &sections {
+            t += &format!("[{section}]\n{body}{}\n", self.extra_lines(section));
         }
         for (id, token) in &self.downstream {
             t += &format!("[[downstream]]\nid = {}\ntoken = {}\n\n", q(id), q(token));
         }
         t
     }
+}
+
+/// The first line `child` prints on its piped stdout (its `listening` line),
+/// delivered once printed; the sender is dropped if stdout closes first (the
+/// process is exiting). Keeps draining stdout so the child never blocks on a
+/// full pipe.
+pub fn first_stdout_line(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
 }
 
 /// A running `strata run` process; killed (SIGKILL) when dropped.
@@ -201,21 +267,13 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("STRATA_LOG").is_none() {
             cmd.env("STRATA_LOG", "info,strata_server=debug");
         }
         let mut child = cmd.spawn().expect("spawning strata");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
+        let rx = first_stdout_line(&mut child);
         self.child = Some(child);
         let line = match rx.recv_timeout(DEADLINE) {
             Ok(line) => line,
@@ -721,4 +779,179 @@ pub fn u(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
         .unwrap_or_else(|| panic!("field {field} is not an unsigned integer in {v}"))
+}
+
+/// Writes `config` beside its data dir as `<name>-<suffix>.toml` and returns the path.
+pub fn write_config(config: &NodeConfig, suffix: &str) -> PathBuf {
+    let parent = config.data_dir.parent().expect("data_dir has a parent");
+    std::fs::create_dir_all(parent).expect("creating the config dir");
+    let name = config
+        .data_dir
+        .file_name()
+        .expect("data_dir has a name")
+        .to_string_lossy();
+    let path = parent.join(format!("{name}-{suffix}.toml"));
+    std::fs::write(&path, config.to_toml()).expect("writing the config");
+    path
+}
+
+/// `strata check-config` of `config`: whether it passed, and stdout + stderr.
+pub fn check_config_of(config: &NodeConfig) -> (bool, String) {
+    let path = write_config(config, "check");
+    let out = Command::new(strata_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("running strata check-config");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `strata run` of a config it must refuse: waits (up to `DEADLINE`) for the
+/// process to exit and returns its status and stdout + stderr. A process
+/// still running at the deadline is killed and the test fails.
+pub fn run_refused(config: &NodeConfig) -> (ExitStatus, String) {
+    let path = write_config(config, "run");
+    let mut child = Command::new(strata_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("spawning strata");
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > DEADLINE => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("strata run accepted {} and kept running", path.display());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("waiting for strata: {e}"),
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut text)
+            .expect("reading strata stdout");
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut text)
+            .expect("reading strata stderr");
+    }
+    (status, text)
+}
+
+/// A federation stream driven by hand, as a (possibly hostile) downstream
+/// source would: Hello, then whatever batches the test forges.
+pub struct FedStream {
+    rt: tokio::runtime::Runtime,
+    tx: tokio::sync::mpsc::Sender<strata_proto::v1::SourceMessage>,
+    rx: tonic::Streaming<strata_proto::v1::UpstreamMessage>,
+    /// What the upstream answered the Hello with.
+    pub welcome: strata_proto::v1::Welcome,
+}
+
+impl FedStream {
+    /// Opens a stream to `upstream` as `source_id` with `epoch` and `token`;
+    /// `Err` with the status if the upstream refuses it.
+    pub fn open(
+        upstream: &Node,
+        source_id: &str,
+        epoch: u64,
+        token: &str,
+    ) -> Result<FedStream, tonic::Status> {
+        use strata_proto::v1::{self, source_message, upstream_message};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a test runtime");
+        let endpoint = format!("http://{}", upstream.grpc);
+        let (tx, rx_out) = tokio::sync::mpsc::channel(16);
+        let hello = v1::SourceMessage {
+            msg: Some(source_message::Msg::Hello(v1::Hello {
+                source_id: source_id.into(),
+                epoch,
+                token: token.into(),
+            })),
+        };
+        let (rx, first) = rt.block_on(async {
+            let mut client = v1::federation_client::FederationClient::connect(endpoint)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            tx.send(hello).await.expect("the request stream is open");
+            let out = tokio_stream::wrappers::ReceiverStream::new(rx_out);
+            let mut rx = client.stream(out).await?.into_inner();
+            let first = tokio::time::timeout(DEADLINE, rx.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no welcome"))??;
+            Ok::<_, tonic::Status>((rx, first))
+        })?;
+        let welcome = match first.and_then(|m| m.msg) {
+            Some(upstream_message::Msg::Welcome(w)) => w,
+            other => panic!("expected a welcome, got {other:?}"),
+        };
+        Ok(FedStream {
+            rt,
+            tx,
+            rx,
+            welcome,
+        })
+    }
+
+    /// Sends one batch.
+    pub fn send(&mut self, batch: strata_proto::v1::Batch) {
+        let msg = strata_proto::v1::SourceMessage {
+            msg: Some(strata_proto::v1::source_message::Msg::Batch(batch)),
+        };
+        self.rt
+            .block_on(self.tx.send(msg))
+            .expect("the request stream is open");
+    }
+
+    /// The upstream's next message (`Ok(None)`: the stream ended cleanly),
+    /// within [`DEADLINE`].
+    pub fn recv(
+        &mut self,
+    ) -> Result<Option<strata_proto::v1::upstream_message::Msg>, tonic::Status> {
+        let rx = &mut self.rx;
+        self.rt.block_on(async {
+            match tokio::time::timeout(DEADLINE, rx.message()).await {
+                Ok(m) => m.map(|m| m.and_then(|m| m.msg)),
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+            }
+        })
+    }
+}
+
+/// One forwarded increment of `state` for `metric` (no labels) in the minute
+/// starting at `bucket_ms`, as a batch with `seq`.
+pub fn forged_batch(
+    seq: u64,
+    metric: &str,
+    bucket_ms: i64,
+    state: strata_proto::v1::state::Kind,
+) -> strata_proto::v1::Batch {
+    use strata_proto::v1;
+    v1::Batch {
+        seq,
+        watermark_ms: bucket_ms,
+        series: vec![v1::SeriesIncrements {
+            metric: metric.into(),
+            buckets: vec![v1::BucketState {
+                bucket_ms,
+                state: Some(v1::State { kind: Some(state) }),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }

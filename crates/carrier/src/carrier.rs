@@ -21,14 +21,19 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, SendError, Sender, TrySendError, bounded};
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, Select, SendError, Sender, TrySendError, bounded,
+};
 
 use crate::config::{CarrierConfig, CarrierError, Strategy};
-use crate::consumer::{CarrierThreads, Consumer, PartitionWorker};
+use crate::consumer::{
+    CarrierThreads, Consumer, ConsumerPanic, PanicHook, PartitionWorker, panic_message,
+};
 
 /// The outcome of one `produce` call. Every variant but `Sent` gives the item back.
 #[must_use = "a dropped or closed item is handed back and would otherwise be lost silently"]
@@ -104,6 +109,9 @@ pub(crate) struct LaneCounters {
     /// Producers currently inside a `produce` call for this partition; the consumer's
     /// final drain waits for it to reach zero (see the module docs).
     pub(crate) in_flight: AtomicUsize,
+    /// Set once the partition's consumer panicked: producers get `Closed`, and the
+    /// consumer thread drops what is queued (see `start_with_panic_hook`).
+    pub(crate) dead: AtomicBool,
     pub(crate) produced: AtomicU64,
     pub(crate) waits: AtomicU64,
     pub(crate) dropped: AtomicU64,
@@ -177,6 +185,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What a partition thread keeps to empty its queue after its consumer panicked.
+struct Leftovers<T> {
+    rx: Receiver<T>,
+    counters: Arc<LaneCounters>,
+}
+
+impl<T> Leftovers<T> {
+    /// Refuses new items and drops every queued one, including those of producers
+    /// already inside `produce` (the same handshake as the final drain of `close`).
+    fn drop_all(self) {
+        self.counters.dead.store(true, Ordering::SeqCst);
+        loop {
+            let quiet = self.counters.in_flight.load(Ordering::SeqCst) == 0;
+            while self.rx.try_recv().is_ok() {}
+            if quiet {
+                return;
+            }
+            match self.rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
 /// How a wait for space in a full partition ended.
 enum Waited<T> {
     Sent,
@@ -190,9 +223,30 @@ impl<T: Send + 'static> Carrier<T> {
     ///
     /// Fails if `partitions`, `capacity` or `bulk_max` is zero, or if a thread cannot be
     /// spawned (threads already started are then closed and joined first).
+    ///
+    /// A consumer that panics stops its partition, logged; use
+    /// [`Carrier::start_with_panic_hook`] to be told.
     pub fn start<C: Consumer<T>>(
         config: CarrierConfig,
+        make_consumer: impl FnMut(usize) -> C,
+    ) -> Result<(Carrier<T>, CarrierThreads), CarrierError> {
+        Self::start_with_panic_hook(config, make_consumer, Arc::new(|_: &ConsumerPanic| {}))
+    }
+
+    /// [`Carrier::start`], calling `on_panic` when a consumer panics.
+    ///
+    /// A consumer that panics is not called again: the panic is caught and
+    /// logged with `tracing::error!`, `on_panic` runs on the partition's
+    /// thread, and the partition stops. From then on producers get
+    /// [`Produced::Closed`] instead of waiting on it forever, and the items
+    /// still queued (and any a producer already inside `produce` adds) are
+    /// dropped rather than kept, so whatever they hold (reply channels, say)
+    /// is released. Whoever owns the process decides, in `on_panic`, whether
+    /// it goes on without that partition or stops.
+    pub fn start_with_panic_hook<C: Consumer<T>>(
+        config: CarrierConfig,
         mut make_consumer: impl FnMut(usize) -> C,
+        on_panic: PanicHook,
     ) -> Result<(Carrier<T>, CarrierThreads), CarrierError> {
         config.validate()?;
         let (close_tx, close_rx) = bounded::<Never>(0);
@@ -221,6 +275,10 @@ impl<T: Send + 'static> Carrier<T> {
             handles: Vec::with_capacity(config.partitions),
         };
         for (partition, (rx, counters)) in workers.into_iter().enumerate() {
+            let leftovers = Leftovers {
+                rx: rx.clone(),
+                counters: Arc::clone(&counters),
+            };
             let worker = PartitionWorker {
                 consumer: make_consumer(partition),
                 rx,
@@ -230,12 +288,32 @@ impl<T: Send + 'static> Carrier<T> {
             };
             let thread = format!("{}-{partition}", config.name);
             let name = config.name.clone();
+            let on_panic = Arc::clone(&on_panic);
             let spawned = std::thread::Builder::new()
                 .name(thread.clone())
                 .spawn(move || {
                     tracing::debug!(carrier = %name, partition, "carrier consumer started");
-                    worker.run();
-                    tracing::debug!(carrier = %name, partition, "carrier consumer stopped");
+                    // The worker (and its queue) is dropped while unwinding.
+                    match std::panic::catch_unwind(AssertUnwindSafe(move || worker.run())) {
+                        Ok(()) => {
+                            tracing::debug!(carrier = %name, partition, "carrier consumer stopped");
+                        }
+                        Err(payload) => {
+                            let report = ConsumerPanic {
+                                carrier: name,
+                                partition,
+                                message: panic_message(payload.as_ref()).to_owned(),
+                            };
+                            tracing::error!(
+                                carrier = %report.carrier,
+                                partition,
+                                panic = %report.message,
+                                "carrier consumer panicked: its partition stopped"
+                            );
+                            on_panic(&report);
+                            leftovers.drop_all();
+                        }
+                    }
                 });
             match spawned {
                 Ok(handle) => threads.handles.push(handle),
@@ -394,7 +472,7 @@ impl<T> Carrier<T> {
     /// The fast path of every produce: `Err(item)` when the partition is full.
     /// The caller holds the lane's in-flight guard.
     fn try_produce(&self, lane: &Lane<T>, item: T) -> Result<Produced<T>, T> {
-        if self.is_closed() {
+        if self.is_closed() || lane.counters.dead.load(Ordering::SeqCst) {
             return Ok(Produced::Closed(item));
         }
         match lane.tx.try_send(item) {

@@ -156,8 +156,22 @@ impl fmt::Debug for CarrierThreads {
     }
 }
 
+/// A consumer that panicked, as reported to the carrier's panic hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerPanic {
+    /// The carrier's configured name.
+    pub carrier: String,
+    pub partition: usize,
+    /// The panic's message, when it has one.
+    pub message: String,
+}
+
+/// Called on the consumer's own thread after its consumer panicked; see
+/// [`Carrier::start_with_panic_hook`](crate::Carrier::start_with_panic_hook).
+pub type PanicHook = std::sync::Arc<dyn Fn(&ConsumerPanic) + Send + Sync>;
+
 /// The text of a panic payload, when it has one.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -16,6 +16,9 @@
 //!   `produce_timeout`, `stats`, `close`).
 //! - [`Consumer`]: what runs on each partition thread (`consume` a bulk, `on_stop` once).
 //! - [`CarrierThreads`]: owns the consumer threads; `join` after `close`.
+//! - [`ConsumerPanic`], [`PanicHook`]: a consumer that panicked stops its
+//!   partition and is reported to the hook given to
+//!   [`Carrier::start_with_panic_hook`].
 //! - [`CarrierConfig`], [`Strategy`], [`Produced`], [`CarrierStats`], [`CarrierError`].
 //!
 //! Shutdown: [`Carrier::close`] works while other clones are still alive. Every item
@@ -75,4 +78,4 @@ mod tests;
 
 pub use carrier::{Carrier, CarrierStats, Produced};
 pub use config::{CarrierConfig, CarrierError, ParseStrategyError, Strategy};
-pub use consumer::{CarrierThreads, Consumer};
+pub use consumer::{CarrierThreads, Consumer, ConsumerPanic, PanicHook};

@@ -614,6 +614,70 @@ fn a_panicked_consumer_closes_its_partition_and_join_still_returns() {
 }
 
 #[test]
+fn a_panicked_consumer_is_reported_to_the_panic_hook_once() {
+    let (tx, rx) = bounded::<crate::ConsumerPanic>(4);
+    let hook: crate::PanicHook = Arc::new(move |report: &crate::ConsumerPanic| {
+        let _ = tx.try_send(report.clone());
+    });
+    let (carrier, threads) = Carrier::start_with_panic_hook(
+        config(2, 4, Strategy::Blocking, 4),
+        |p| {
+            let alive = p == 0;
+            move |items: &mut Vec<u64>| {
+                assert!(alive, "consumer exploded on purpose");
+                items.clear();
+            }
+        },
+        hook,
+    )
+    .expect("carrier starts");
+    assert!(carrier.produce_to(1, 7).is_sent());
+    let report = rx.recv_timeout(DEADLINE).expect("the hook is called");
+    assert_eq!(report.carrier, "test");
+    assert_eq!(report.partition, 1);
+    assert!(report.message.contains("exploded on purpose"), "{report:?}");
+    // The other partition keeps consuming; the dead one refuses.
+    assert!(carrier.produce_to(0, 1).is_sent());
+    wait_until("the dead partition to refuse", || {
+        matches!(carrier.produce_to(1, 8), Produced::Closed(8))
+    });
+    carrier.close();
+    join_within_deadline(threads);
+    assert!(rx.try_recv().is_err(), "reported once");
+}
+
+#[test]
+fn items_queued_behind_a_panicked_consumer_are_dropped_not_kept() {
+    let (gate_tx, gate_rx) = bounded::<()>(0);
+    let (carrier, threads) = Carrier::start(config(1, 4, Strategy::Blocking, 1), move |_| {
+        let gate_rx = gate_rx.clone();
+        move |_: &mut Vec<Sender<()>>| {
+            // Held until the test has queued more behind this item.
+            let _ = gate_rx.recv();
+            panic!("consumer exploded on purpose");
+        }
+    })
+    .expect("carrier starts");
+    let mut waiting: Vec<Receiver<()>> = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = bounded::<()>(1);
+        assert!(carrier.produce_to(0, tx).is_sent());
+        waiting.push(rx);
+    }
+    gate_tx.send(()).expect("the consumer is waiting");
+    // Each item's sender is dropped: nobody waits on a reply forever.
+    for rx in &waiting {
+        assert_eq!(
+            rx.recv_timeout(DEADLINE),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+    }
+    let (tx, _rx) = bounded::<()>(1);
+    assert!(matches!(carrier.produce_to(0, tx), Produced::Closed(_)));
+    join_within_deadline(threads);
+}
+
+#[test]
 fn zero_sizes_are_rejected_by_name() {
     for (field, cfg) in [
         ("partitions", config(0, 1, Strategy::Blocking, 1)),

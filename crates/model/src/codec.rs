@@ -16,8 +16,8 @@
 //! the end of the input.
 //!
 //! Decoding checks every byte: the version, the tag, exact length, and the invariants a
-//! real state keeps (no NaN, `matched <= total`, a finite threshold, ...). Garbage gives
-//! [`ModelError::Decode`], never a panic.
+//! real state keeps ([`State::validate`]: finite totals, `matched <= total`, a finite
+//! threshold, ...). Garbage gives [`ModelError::Decode`], never a panic.
 
 use crate::error::ModelError;
 use crate::hist::Hist;
@@ -114,32 +114,14 @@ impl State {
             Kind::Avg => {
                 let sum = r.sum()?;
                 let count = r.u64("avg count")?;
-                if count == 0 && sum != Sum::default() {
-                    return Err(decode_err("avg with count 0 has a non-zero sum"));
-                }
                 State::Avg(Avg { sum, count })
             }
-            Kind::Max => {
-                let v = r.f64("max")?;
-                if v.is_nan() || v == f64::INFINITY {
-                    return Err(decode_err(format!("max {v} is not a sample value")));
-                }
-                State::Max(v)
-            }
-            Kind::Min => {
-                let v = r.f64("min")?;
-                if v.is_nan() || v == f64::NEG_INFINITY {
-                    return Err(decode_err(format!("min {v} is not a sample value")));
-                }
-                State::Min(v)
-            }
+            Kind::Max => State::Max(r.f64("max")?),
+            Kind::Min => State::Min(r.f64("min")?),
             Kind::Latest => match r.u8("latest presence")? {
                 0 => State::Latest(None),
                 1 => {
                     let value = r.f64("latest value")?;
-                    if !value.is_finite() {
-                        return Err(decode_err(format!("latest value {value} is not finite")));
-                    }
                     let ts_ms = r.i64("latest ts_ms")?;
                     let len = r.u32("latest source length")? as usize;
                     let source = std::str::from_utf8(r.take(len, "latest source")?)
@@ -153,34 +135,15 @@ impl State {
                 }
                 other => return Err(decode_err(format!("latest presence byte {other}"))),
             },
-            Kind::Percent => {
-                let matched = r.u64("percent matched")?;
-                let total = r.u64("percent total")?;
-                if matched > total {
-                    return Err(decode_err(format!(
-                        "percent matched {matched} > total {total}"
-                    )));
-                }
-                State::Percent { matched, total }
-            }
+            Kind::Percent => State::Percent {
+                matched: r.u64("percent matched")?,
+                total: r.u64("percent total")?,
+            },
             Kind::Apdex => {
                 let satisfied = r.u64("apdex satisfied")?;
                 let tolerating = r.u64("apdex tolerating")?;
                 let total = r.u64("apdex total")?;
                 let threshold = r.f64("apdex threshold")?;
-                if satisfied
-                    .checked_add(tolerating)
-                    .is_none_or(|st| st > total)
-                {
-                    return Err(decode_err(format!(
-                        "apdex satisfied {satisfied} + tolerating {tolerating} > total {total}"
-                    )));
-                }
-                if !(threshold.is_finite() && threshold >= 0.0) {
-                    return Err(decode_err(format!(
-                        "apdex threshold {threshold} is invalid"
-                    )));
-                }
                 State::Apdex(Apdex {
                     satisfied,
                     tolerating,
@@ -196,6 +159,7 @@ impl State {
                 r.bytes.len()
             )));
         }
+        state.validate().map_err(|e| decode_err(e.to_string()))?;
         Ok(state)
     }
 }
@@ -261,9 +225,6 @@ impl<'a> Reader<'a> {
     fn sum(&mut self) -> Result<Sum, ModelError> {
         let sum = self.f64("sum")?;
         let compensation = self.f64("sum compensation")?;
-        if sum.is_nan() || compensation.is_nan() {
-            return Err(decode_err("sum is NaN"));
-        }
         Ok(Sum { sum, compensation })
     }
 }
@@ -348,6 +309,28 @@ mod tests {
         reject(State::Sum(Sum {
             sum: f64::NAN,
             compensation: 0.0,
+        }));
+        // What +1e308 twice used to store, and what it then merged with -inf into.
+        reject(State::Sum(Sum {
+            sum: f64::INFINITY,
+            compensation: 0.0,
+        }));
+        reject(State::Sum(Sum {
+            sum: f64::MAX,
+            compensation: f64::MAX,
+        }));
+        reject(State::Avg(Avg {
+            sum: Sum {
+                sum: f64::NEG_INFINITY,
+                compensation: 0.0,
+            },
+            count: 2,
+        }));
+        reject(State::Apdex(Apdex {
+            satisfied: 0,
+            tolerating: 0,
+            total: 0,
+            threshold: f64::INFINITY,
         }));
         reject(State::Avg(Avg {
             sum: Sum {

@@ -2,8 +2,9 @@
 //!
 //! Callers branch on the variant: the ingest path turns `InvalidValue`, `InvalidName` and
 //! `UnknownKind` into a 400 for the offending line; the aggregator and the federation
-//! receiver count `KindMismatch`, `PrecisionMismatch` and `ApdexThresholdMismatch` as
-//! rejected merges; the store treats `Decode` as corruption.
+//! receiver count `KindMismatch`, `PrecisionMismatch`, `ApdexThresholdMismatch` and
+//! `Overflow` as rejected merges; decoders return `InvalidState` for a state no records
+//! could have made; the store treats `Decode` and `InvalidState` as corruption.
 
 use crate::kind::Kind;
 
@@ -47,6 +48,27 @@ pub enum ModelError {
         kind: Kind,
         /// Lowercase explanation naming the kind and the offending value, e.g.
         /// `counter value must be a non-negative integer, got -1`.
+        reason: String,
+    },
+    /// A record or merge whose result the state cannot hold: a float total that would
+    /// overflow to ±infinity (or NaN), an integer count past `u64::MAX`. Refused rather
+    /// than saturated, so every stored state stays finite and exact.
+    #[error("overflow: {reason}")]
+    Overflow {
+        /// The kind of the state that refused.
+        kind: Kind,
+        /// Lowercase explanation naming the values, e.g.
+        /// `sum 1e308 + 1e308 is not finite`.
+        reason: String,
+    },
+    /// A state whose fields are not ones any sequence of records and merges could
+    /// produce (a NaN or infinite total, an average of no samples with a non-zero sum,
+    /// more matched flags than flags, ...). Decoders refuse such states.
+    #[error("invalid {kind} state: {reason}")]
+    InvalidState {
+        /// The kind of the refused state.
+        kind: Kind,
+        /// Lowercase explanation naming the offending field and value.
         reason: String,
     },
     /// A metric or label name that does not follow the Prometheus naming rules, or a

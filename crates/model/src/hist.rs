@@ -387,6 +387,17 @@ impl Hist {
         })
     }
 
+    /// Upper bound of [`Hist::to_v2_bytes`]'s length for any histogram of `sigfig`
+    /// digits (1..=5; others are clamped): the header, then every bucket up to the one
+    /// of [`Hist::MAX_VALUE`] non-zero, each count at most 9 bytes, and the run of zeros
+    /// before the window at most 4. About 50 KB at 2 digits, 376 KB at 3, 40 MB at 5:
+    /// what a node's message limit must leave room for (it bounds one increment).
+    pub fn max_v2_len(sigfig: u8) -> usize {
+        let geo = Geometry::new(sigfig.clamp(1, 5));
+        let buckets = geo.index_for((Self::MAX_VALUE * Self::SCALE) as u64) + 1;
+        V2_HEADER_LEN + 9 * buckets as usize + 4
+    }
+
     /// Significant decimal digits kept; only histograms with equal digits merge.
     pub fn sigfig(&self) -> u8 {
         self.geo.sigfig
@@ -1050,6 +1061,28 @@ mod tests {
             assert!(h.high <= MAX_TRACKABLE_UNITS, "sigfig {sigfig}: {}", h.high);
             assert_eq!(Hist::from_v2_bytes(&h.to_v2_bytes()).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn max_v2_len_bounds_the_fullest_histogram() {
+        for sigfig in 1..=2u8 {
+            let geo = Geometry::new(sigfig);
+            let top = geo.index_for((Hist::MAX_VALUE * Hist::SCALE) as u64);
+            // Every bucket non-zero, with counts as large as the total allows.
+            let count = MAX_TOTAL_COUNT / (top + 1);
+            let mut h = Hist::new(sigfig).unwrap();
+            for index in 0..=top {
+                let value = geo.value_for(index) as f64 / Hist::SCALE;
+                h.record_n(value.min(Hist::MAX_VALUE), count).unwrap();
+            }
+            let (len, max) = (h.to_v2_bytes().len(), Hist::max_v2_len(sigfig));
+            assert!(
+                len <= max && len * 10 >= max * 8,
+                "sigfig {sigfig}: {len} of {max}"
+            );
+        }
+        assert!(Hist::max_v2_len(2) < 60_000);
+        assert!(Hist::max_v2_len(5) < 64 << 20);
     }
 
     #[test]

@@ -7,7 +7,13 @@
 //!
 //! Float kinds are exact as long as the float additions are (Sum and Avg use Neumaier
 //! compensated summation, so in general they agree to within a few ulps of the sum of
-//! magnitudes). Integer totals saturate at `u64::MAX` instead of wrapping.
+//! magnitudes).
+//!
+//! **Every state is valid by construction** ([`State::validate`]): a record or merge
+//! whose result a state cannot hold — a float total that would overflow to ±infinity or
+//! become NaN, an integer count past `u64::MAX` — is refused with
+//! [`ModelError::Overflow`] and leaves the state unchanged, like any other merge
+//! conflict. Decoders check [`State::validate`], so a forged state never enters.
 
 use crate::error::ModelError;
 use crate::hist::Hist;
@@ -84,25 +90,87 @@ impl Sum {
         self.sum + self.compensation
     }
 
-    /// Adds one value.
-    pub fn add(&mut self, x: f64) {
-        let t = self.sum + x;
-        // Once the sum overflows, the error term is meaningless (inf - inf = NaN); keep it.
-        if t.is_finite() {
-            if self.sum.abs() >= x.abs() {
-                self.compensation += (self.sum - t) + x;
-            } else {
-                self.compensation += (x - t) + self.sum;
-            }
-        }
-        self.sum = t;
+    /// Whether the running sum, its error term and the total are all finite: the
+    /// invariant every stored sum keeps.
+    pub fn is_finite(&self) -> bool {
+        self.sum.is_finite() && self.compensation.is_finite() && self.value().is_finite()
     }
 
-    /// Adds another compensated sum.
-    pub fn merge(&mut self, other: &Sum) {
-        self.add(other.sum);
-        self.compensation += other.compensation;
+    /// `self + x`, compensated; may be non-finite (callers check).
+    fn plus(&self, x: f64) -> Sum {
+        let t = self.sum + x;
+        let mut compensation = self.compensation;
+        // Past an overflow the error term is meaningless (inf - inf = NaN); the caller
+        // refuses the result anyway.
+        if t.is_finite() {
+            if self.sum.abs() >= x.abs() {
+                compensation += (self.sum - t) + x;
+            } else {
+                compensation += (x - t) + self.sum;
+            }
+        }
+        Sum {
+            sum: t,
+            compensation,
+        }
     }
+
+    /// `self + other`; may be non-finite (callers check).
+    fn merged(&self, other: &Sum) -> Sum {
+        let mut t = self.plus(other.sum);
+        t.compensation += other.compensation;
+        t
+    }
+
+    /// Adds one value; refuses (unchanged) if the total would not be finite.
+    pub fn add(&mut self, x: f64) -> Result<(), ModelError> {
+        *self = Self::finite(self.plus(x), Kind::Sum, || {
+            format!("{} + {x}", self.value())
+        })?;
+        Ok(())
+    }
+
+    /// Adds another compensated sum; refuses (unchanged) if the total would not be
+    /// finite.
+    pub fn merge(&mut self, other: &Sum) -> Result<(), ModelError> {
+        *self = self.checked_merge(other, Kind::Sum)?;
+        Ok(())
+    }
+
+    /// `self + other` if finite, else the overflow error of a `kind` state.
+    fn checked_merge(&self, other: &Sum, kind: Kind) -> Result<Sum, ModelError> {
+        Self::finite(self.merged(other), kind, || {
+            format!("{} + {}", self.value(), other.value())
+        })
+    }
+
+    /// `sum` if finite, else the overflow error for `kind`, described by `what`.
+    fn finite(sum: Sum, kind: Kind, what: impl FnOnce() -> String) -> Result<Sum, ModelError> {
+        if sum.is_finite() {
+            Ok(sum)
+        } else {
+            Err(ModelError::Overflow {
+                kind,
+                reason: format!("{kind} {} is not finite", what()),
+            })
+        }
+    }
+}
+
+/// `(matched, total)` of two percent states added, or the overflow error.
+fn percent_merged(a: (u64, u64), b: (u64, u64)) -> Result<(u64, u64), ModelError> {
+    Ok((
+        add_count(a.0, b.0, Kind::Percent, "matched")?,
+        add_count(a.1, b.1, Kind::Percent, "total")?,
+    ))
+}
+
+/// `a + b`, or the overflow error naming `what` of `kind`.
+fn add_count(a: u64, b: u64, kind: Kind, what: &str) -> Result<u64, ModelError> {
+    a.checked_add(b).ok_or_else(|| ModelError::Overflow {
+        kind,
+        reason: format!("{kind} {what} {a} + {b} exceeds {}", u64::MAX),
+    })
 }
 
 /// Sum and count of float samples; the average is derived at query time.
@@ -115,16 +183,29 @@ pub struct Avg {
 }
 
 impl Avg {
-    /// Records one sample.
-    pub fn add(&mut self, x: f64) {
-        self.sum.add(x);
-        self.count = self.count.saturating_add(1);
+    /// Records one sample; refuses (unchanged) if the sum would not be finite or the
+    /// count would overflow.
+    pub fn add(&mut self, x: f64) -> Result<(), ModelError> {
+        let count = add_count(self.count, 1, Kind::Avg, "count")?;
+        let sum = Sum::finite(self.sum.plus(x), Kind::Avg, || {
+            format!("{} + {x}", self.sum.value())
+        })?;
+        *self = Avg { sum, count };
+        Ok(())
     }
 
-    /// Adds another average's sum and count.
-    pub fn merge(&mut self, other: &Avg) {
-        self.sum.merge(&other.sum);
-        self.count = self.count.saturating_add(other.count);
+    /// Adds another average's sum and count; refuses (unchanged) on overflow.
+    pub fn merge(&mut self, other: &Avg) -> Result<(), ModelError> {
+        *self = self.merged(other)?;
+        Ok(())
+    }
+
+    /// `self + other`, or the overflow error.
+    fn merged(&self, other: &Avg) -> Result<Avg, ModelError> {
+        Ok(Avg {
+            sum: self.sum.checked_merge(&other.sum, Kind::Avg)?,
+            count: add_count(self.count, other.count, Kind::Avg, "count")?,
+        })
     }
 
     /// The mean, NaN when nothing was recorded.
@@ -211,19 +292,42 @@ impl Apdex {
         }
     }
 
-    /// Records one latency.
-    pub fn record(&mut self, latency: f64) {
-        if latency <= self.threshold {
-            self.satisfied = self.satisfied.saturating_add(1);
+    /// Records one latency; refuses (unchanged) if the total would overflow.
+    pub fn record(&mut self, latency: f64) -> Result<(), ModelError> {
+        let one = if latency <= self.threshold {
+            Apdex {
+                satisfied: 1,
+                tolerating: 0,
+                total: 1,
+                threshold: self.threshold,
+            }
         } else if latency <= 4.0 * self.threshold {
-            self.tolerating = self.tolerating.saturating_add(1);
-        }
-        self.total = self.total.saturating_add(1);
+            Apdex {
+                satisfied: 0,
+                tolerating: 1,
+                total: 1,
+                threshold: self.threshold,
+            }
+        } else {
+            Apdex {
+                satisfied: 0,
+                tolerating: 0,
+                total: 1,
+                threshold: self.threshold,
+            }
+        };
+        self.merge(&one)
     }
 
-    /// Adds another state's counts; refuses a different threshold, leaving `self`
-    /// unchanged.
+    /// Adds another state's counts; refuses a different threshold or a count past
+    /// `u64::MAX`, leaving `self` unchanged.
     pub fn merge(&mut self, other: &Apdex) -> Result<(), ModelError> {
+        *self = self.merged(other)?;
+        Ok(())
+    }
+
+    /// `self + other`, or why they do not merge.
+    fn merged(&self, other: &Apdex) -> Result<Apdex, ModelError> {
         // Exact on purpose: T is configuration, not a measurement.
         if self.threshold != other.threshold {
             return Err(ModelError::ApdexThresholdMismatch {
@@ -231,10 +335,12 @@ impl Apdex {
                 found: other.threshold,
             });
         }
-        self.satisfied = self.satisfied.saturating_add(other.satisfied);
-        self.tolerating = self.tolerating.saturating_add(other.tolerating);
-        self.total = self.total.saturating_add(other.total);
-        Ok(())
+        Ok(Apdex {
+            total: add_count(self.total, other.total, Kind::Apdex, "total")?,
+            satisfied: add_count(self.satisfied, other.satisfied, Kind::Apdex, "satisfied")?,
+            tolerating: add_count(self.tolerating, other.tolerating, Kind::Apdex, "tolerating")?,
+            threshold: self.threshold,
+        })
     }
 
     /// `(satisfied + tolerating / 2) / total`, in 0..=1; NaN when empty.
@@ -379,9 +485,11 @@ impl State {
         Self::validate_sample(kind, value)?;
         match (self, value) {
             // `validate_sample` guarantees an integer in 0..=2^53, so the cast is exact.
-            (State::Counter(c), SampleValue::Number(v)) => *c = c.saturating_add(v as u64),
-            (State::Sum(s), SampleValue::Number(v)) => s.add(v),
-            (State::Avg(a), SampleValue::Number(v)) => a.add(v),
+            (State::Counter(c), SampleValue::Number(v)) => {
+                *c = add_count(*c, v as u64, Kind::Counter, "total")?
+            }
+            (State::Sum(s), SampleValue::Number(v)) => s.add(v)?,
+            (State::Avg(a), SampleValue::Number(v)) => a.add(v)?,
             (State::Max(m), SampleValue::Number(v)) => {
                 if v > *m {
                     *m = v;
@@ -394,10 +502,9 @@ impl State {
             }
             (State::Latest(slot), SampleValue::Number(v)) => Latest::offer(slot, v, ts_ms, source),
             (State::Percent { matched, total }, SampleValue::Flag(b)) => {
-                *matched = matched.saturating_add(u64::from(b));
-                *total = total.saturating_add(1);
+                (*matched, *total) = percent_merged((*matched, *total), (u64::from(b), 1))?;
             }
-            (State::Apdex(a), SampleValue::Number(v)) => a.record(v),
+            (State::Apdex(a), SampleValue::Number(v)) => a.record(v)?,
             (State::Histogram(h), SampleValue::Number(v)) => h.record(v)?,
             // Excluded by `validate_sample`; an error rather than a panic all the same.
             (_, value) => {
@@ -413,14 +520,17 @@ impl State {
     /// The add-function: folds `other` into `self`.
     ///
     /// Refuses a different kind ([`ModelError::KindMismatch`]), histograms of different
-    /// precision ([`ModelError::PrecisionMismatch`]) and apdex states with a different T
-    /// ([`ModelError::ApdexThresholdMismatch`]). On error `self` is unchanged. Never
-    /// panics.
+    /// precision ([`ModelError::PrecisionMismatch`]), apdex states with a different T
+    /// ([`ModelError::ApdexThresholdMismatch`]) and results the state cannot hold
+    /// ([`ModelError::Overflow`]: a float total that would not be finite, a count past
+    /// `u64::MAX`). On error `self` is unchanged. Never panics.
     pub fn merge(&mut self, other: &State) -> Result<(), ModelError> {
         match (&mut *self, other) {
-            (State::Counter(a), State::Counter(b)) => *a = a.saturating_add(*b),
-            (State::Sum(a), State::Sum(b)) => a.merge(b),
-            (State::Avg(a), State::Avg(b)) => a.merge(b),
+            (State::Counter(a), State::Counter(b)) => {
+                *a = add_count(*a, *b, Kind::Counter, "total")?
+            }
+            (State::Sum(a), State::Sum(b)) => a.merge(b)?,
+            (State::Avg(a), State::Avg(b)) => a.merge(b)?,
             (State::Max(a), State::Max(b)) => {
                 if *b > *a {
                     *a = *b;
@@ -443,8 +553,8 @@ impl State {
                     total: other_total,
                 },
             ) => {
-                *matched = matched.saturating_add(*other_matched);
-                *total = total.saturating_add(*other_total);
+                (*matched, *total) =
+                    percent_merged((*matched, *total), (*other_matched, *other_total))?;
             }
             (State::Apdex(a), State::Apdex(b)) => a.merge(b)?,
             (State::Histogram(a), State::Histogram(b)) => a.merge(b)?,
@@ -464,17 +574,80 @@ impl State {
     /// instead of merging into copies.
     pub fn check_merge(&self, other: &State) -> Result<(), ModelError> {
         match (self, other) {
-            (State::Apdex(a), State::Apdex(b)) if a.threshold != b.threshold => {
-                Err(ModelError::ApdexThresholdMismatch {
-                    expected: a.threshold,
-                    found: b.threshold,
-                })
+            (State::Counter(a), State::Counter(b)) => {
+                add_count(*a, *b, Kind::Counter, "total").map(drop)
             }
+            (State::Sum(a), State::Sum(b)) => a.checked_merge(b, Kind::Sum).map(drop),
+            (State::Avg(a), State::Avg(b)) => a.merged(b).map(drop),
+            (
+                State::Percent { matched, total },
+                State::Percent {
+                    matched: other_matched,
+                    total: other_total,
+                },
+            ) => percent_merged((*matched, *total), (*other_matched, *other_total)).map(drop),
+            (State::Apdex(a), State::Apdex(b)) => a.merged(b).map(drop),
             (State::Histogram(a), State::Histogram(b)) => a.check_merge(b),
             (this, other) if this.kind() != other.kind() => Err(ModelError::KindMismatch {
                 expected: this.kind(),
                 found: other.kind(),
             }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the invariants every state built by records and merges keeps, so a
+    /// decoder can refuse a forged or corrupt one ([`ModelError::InvalidState`]):
+    ///
+    /// - sum, avg: finite running sum, error term and total; an avg of no samples has
+    ///   a zero sum
+    /// - max / min: a sample value or the identity (`-inf` / `+inf`), never NaN or
+    ///   the opposite infinity
+    /// - latest: a finite value
+    /// - percent: `matched <= total`
+    /// - apdex: `satisfied + tolerating <= total`, a finite threshold `>= 0`
+    ///
+    /// Counters hold any `u64`; histograms are checked by their own decoder.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let kind = self.kind();
+        let invalid = |reason: String| Err(ModelError::InvalidState { kind, reason });
+        match self {
+            State::Sum(s) if !s.is_finite() => invalid(format!(
+                "sum {} (error term {}) is not finite",
+                s.sum, s.compensation
+            )),
+            State::Avg(a) if !a.sum.is_finite() => invalid(format!(
+                "sum {} (error term {}) is not finite",
+                a.sum.sum, a.sum.compensation
+            )),
+            State::Avg(a) if a.count == 0 && a.sum != Sum::default() => {
+                invalid(format!("sum {} with count 0", a.sum.value()))
+            }
+            State::Max(v) if v.is_nan() || *v == f64::INFINITY => {
+                invalid(format!("max {v} is not a sample value"))
+            }
+            State::Min(v) if v.is_nan() || *v == f64::NEG_INFINITY => {
+                invalid(format!("min {v} is not a sample value"))
+            }
+            State::Latest(Some(l)) if !l.value.is_finite() => {
+                invalid(format!("latest value {} is not finite", l.value))
+            }
+            State::Percent { matched, total } if matched > total => {
+                invalid(format!("matched {matched} exceeds total {total}"))
+            }
+            State::Apdex(a)
+                if a.satisfied
+                    .checked_add(a.tolerating)
+                    .is_none_or(|st| st > a.total) =>
+            {
+                invalid(format!(
+                    "satisfied {} + tolerating {} exceeds total {}",
+                    a.satisfied, a.tolerating, a.total
+                ))
+            }
+            State::Apdex(a) if !(a.threshold.is_finite() && a.threshold >= 0.0) => invalid(
+                format!("threshold {} is not a finite number >= 0", a.threshold),
+            ),
             _ => Ok(()),
         }
     }
@@ -704,10 +877,56 @@ mod tests {
     }
 
     #[test]
-    fn counter_saturates_instead_of_wrapping() {
+    fn counter_overflow_is_refused_and_changes_nothing() {
         let mut s = State::Counter(u64::MAX - 1);
-        s.merge(&State::Counter(5)).unwrap();
+        assert!(matches!(
+            s.check_merge(&State::Counter(5)),
+            Err(ModelError::Overflow {
+                kind: Kind::Counter,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.merge(&State::Counter(5)),
+            Err(ModelError::Overflow {
+                kind: Kind::Counter,
+                ..
+            })
+        ));
+        assert_eq!(s, State::Counter(u64::MAX - 1));
+        s.merge(&State::Counter(1)).unwrap();
         assert_eq!(s, State::Counter(u64::MAX));
+        assert!(s.record(num(1.0), 0, "src").is_err());
+        assert_eq!(s, State::Counter(u64::MAX));
+    }
+
+    #[test]
+    fn count_overflow_is_refused_for_every_counting_kind() {
+        let percent = State::Percent {
+            matched: 1,
+            total: u64::MAX,
+        };
+        let mut p = percent.clone();
+        assert!(p.record(SampleValue::Flag(true), 0, "src").is_err());
+        assert!(p.merge(&percent).is_err());
+        assert_eq!(p, percent);
+        let apdex = State::Apdex(Apdex {
+            satisfied: 0,
+            tolerating: 0,
+            total: u64::MAX,
+            threshold: 100.0,
+        });
+        let mut a = apdex.clone();
+        assert!(a.record(num(1.0), 0, "src").is_err());
+        assert!(a.check_merge(&apdex).is_err());
+        assert_eq!(a, apdex);
+        let avg = State::Avg(Avg {
+            sum: Sum::default(),
+            count: u64::MAX,
+        });
+        let mut g = avg.clone();
+        assert!(g.record(num(0.0), 0, "src").is_err());
+        assert_eq!(g, avg);
     }
 
     #[test]
@@ -732,9 +951,65 @@ mod tests {
     }
 
     #[test]
-    fn sum_overflow_stays_infinite_not_nan() {
-        let s = state(Kind::Sum, &[f64::MAX, f64::MAX, 1.0]);
-        assert_eq!(values(&s)[0].1, f64::INFINITY);
+    fn float_overflow_is_refused_and_changes_nothing() {
+        // The attack: +1e308 twice, then -1e308 twice, merged into one bucket.
+        for kind in [Kind::Sum, Kind::Avg] {
+            let mut s = state(kind, &[1e308]);
+            let before = s.clone();
+            let err = s.record(num(1e308), 0, "src").unwrap_err();
+            assert!(
+                matches!(err, ModelError::Overflow { kind: k, .. } if k == kind),
+                "{err}"
+            );
+            assert!(err.to_string().contains("not finite"), "{err}");
+            assert_eq!(s, before);
+            let up = state(kind, &[1e308]);
+            assert!(s.check_merge(&up).is_err());
+            assert!(s.merge(&up).is_err());
+            assert_eq!(s, before);
+            // Opposite signs cancel instead of making inf - inf = NaN.
+            s.merge(&state(kind, &[-1e308])).unwrap();
+            assert!(s.validate().is_ok());
+            assert_eq!(values(&s)[0].1, 0.0);
+        }
+        let mut s = state(Kind::Sum, &[f64::MAX]);
+        assert!(s.record(num(f64::MAX), 0, "src").is_err());
+        assert_eq!(values(&s)[0].1, f64::MAX);
+    }
+
+    #[test]
+    fn validate_accepts_what_records_make_and_names_what_they_cannot() {
+        for kind in Kind::ALL {
+            assert!(State::empty(kind, &P).validate().is_ok(), "{kind}");
+        }
+        let bad = [
+            State::Sum(Sum {
+                sum: f64::NAN,
+                compensation: 0.0,
+            }),
+            State::Max(f64::NAN),
+            State::Min(f64::NEG_INFINITY),
+            State::Avg(Avg {
+                sum: Sum {
+                    sum: 5.0,
+                    compensation: 0.0,
+                },
+                count: 0,
+            }),
+            State::Apdex(Apdex {
+                satisfied: 0,
+                tolerating: 0,
+                total: 0,
+                threshold: f64::INFINITY,
+            }),
+        ];
+        for s in bad {
+            let err = s.validate().unwrap_err();
+            assert!(
+                matches!(err, ModelError::InvalidState { kind, .. } if kind == s.kind()),
+                "{s:?}: {err}"
+            );
+        }
     }
 
     #[test]

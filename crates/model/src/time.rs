@@ -15,6 +15,34 @@ pub const HOUR_MS: i64 = 60 * MINUTE_MS;
 /// Milliseconds in a (UTC, leap-second-free) day.
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// Earliest timestamp the APIs accept: 0001-01-01T00:00:00Z (RFC 3339's first instant).
+pub const MIN_TS_MS: i64 = -62_135_596_800_000;
+/// Latest timestamp the APIs accept: 9999-12-31T23:59:59.999Z (RFC 3339's last instant).
+/// Far from `i64::MAX`, so bucket and range arithmetic on accepted times cannot overflow.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+
+/// Whether `ts_ms` is within [`MIN_TS_MS`]`..=`[`MAX_TS_MS`].
+pub fn in_range(ts_ms: i64) -> bool {
+    (MIN_TS_MS..=MAX_TS_MS).contains(&ts_ms)
+}
+
+/// `count` units of `unit_ms` milliseconds, saturating at `i64::MAX`: converts a
+/// configured duration (seconds, minutes, days) into milliseconds without the
+/// wrap-around that would turn a huge retention into a negative one.
+///
+/// ```
+/// use strata_model::time::{DAY_MS, span_ms};
+/// assert_eq!(span_ms(2, DAY_MS), 172_800_000);
+/// assert_eq!(span_ms(9_999_999_999_999, DAY_MS), i64::MAX);
+/// assert_eq!(span_ms(u64::MAX, 1), i64::MAX);
+/// ```
+pub fn span_ms(count: u64, unit_ms: i64) -> i64 {
+    i64::try_from(count)
+        .ok()
+        .and_then(|c| c.checked_mul(unit_ms.max(0)))
+        .unwrap_or(i64::MAX)
+}
+
 /// Start of the UTC minute containing `ts_ms` (floor, also for timestamps before 1970).
 ///
 /// ```
@@ -139,6 +167,28 @@ mod tests {
         assert_eq!(minute_start(i64::MIN), i64::MIN);
         assert_eq!(minute_start(i64::MAX) % MINUTE_MS, 0);
         assert_eq!(Step::Day.bucket_start(i64::MIN + 1), i64::MIN);
+    }
+
+    #[test]
+    fn span_ms_saturates_instead_of_wrapping() {
+        assert_eq!(span_ms(0, DAY_MS), 0);
+        assert_eq!(span_ms(30, 1_000), 30_000);
+        // 10^16 s is 10^19 ms: more than i64::MAX, which used to wrap negative.
+        assert_eq!(span_ms(10_000_000_000_000_000, 1_000), i64::MAX);
+        assert_eq!(span_ms(u64::MAX, MINUTE_MS), i64::MAX);
+        assert_eq!(span_ms(i64::MAX as u64, 1), i64::MAX);
+    }
+
+    #[test]
+    fn accepted_time_range_leaves_room_for_bucket_arithmetic() {
+        assert!(in_range(0) && in_range(MIN_TS_MS) && in_range(MAX_TS_MS));
+        assert!(!in_range(MAX_TS_MS + 1) && !in_range(MIN_TS_MS - 1));
+        assert!(!in_range(i64::MAX) && !in_range(i64::MIN));
+        for step in [Step::Minute, Step::Hour, Step::Day] {
+            let width = step.width_ms().unwrap_or(0);
+            assert!(step.bucket_start(MAX_TS_MS).checked_add(width).is_some());
+            assert!(step.bucket_start(MIN_TS_MS) > i64::MIN);
+        }
     }
 
     #[test]

@@ -347,3 +347,52 @@ fn exact_sum(xs: &[f64]) -> f64 {
     }
     partials.iter().rev().sum()
 }
+
+/// Finite floats biased towards the edges where totals overflow.
+fn edge_float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        prop::sample::select(vec![f64::MAX, -f64::MAX, 1e308, -1e308, 8.9e307, -8.9e307]),
+        any_finite(),
+        dyadic(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever is recorded and merged, in any order: each step either keeps a state
+    /// that [`State::validate`] accepts (and that survives its encoding), or is refused
+    /// and changes nothing. So no stored or forwarded state is ever NaN or infinite.
+    #[test]
+    fn records_and_merges_never_make_an_invalid_state(
+        kind in prop::sample::select(vec![Kind::Sum, Kind::Avg, Kind::Max, Kind::Min, Kind::Latest]),
+        steps in prop::collection::vec((any::<bool>(), prop::collection::vec(edge_float(), 1..4)), 1..12),
+    ) {
+        let params = StateParams::default();
+        let mut s = State::empty(kind, &params);
+        for (merge, xs) in steps {
+            let before = s.clone();
+            let result = if merge {
+                let mut other = State::empty(kind, &params);
+                for x in &xs {
+                    // A refused record leaves `other` as it was: checked just below.
+                    let _ = other.record(SampleValue::Number(*x), 0, "b");
+                }
+                prop_assert!(other.validate().is_ok(), "{other:?}");
+                s.merge(&other).map_err(|e| e.to_string())
+            } else {
+                s.record(SampleValue::Number(xs[0]), 0, "a").map_err(|e| e.to_string())
+            };
+            match result {
+                Ok(()) => {
+                    prop_assert!(s.validate().is_ok(), "{s:?}");
+                    prop_assert_eq!(State::decode(&s.to_bytes()).unwrap(), s.clone());
+                }
+                Err(e) => {
+                    prop_assert!(e.contains("overflow"), "{}", e);
+                    prop_assert_eq!(&s, &before);
+                }
+            }
+        }
+    }
+}

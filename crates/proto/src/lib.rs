@@ -13,6 +13,9 @@
 //!   so each series is named once per batch; on a federation stream,
 //!   [`SeriesRefs`] / [`KnownSeries`] name each series once per stream and refer
 //!   to it by number after that. `State` and `Kind` convert both ways.
+//! - batch parts: [`SeriesRefs::encode_parts`] cuts a batch too large for one message
+//!   into parts sharing its seq; [`max_increment_message_len`] is what one increment
+//!   alone needs, so inputs can refuse what could never be forwarded.
 //!
 //! # Example
 //! ```
@@ -27,6 +30,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use prost::Message as _;
 use strata_model::{Apdex, Avg, Hist, Increment, Kind, Latest, ModelError, SeriesKey, State, Sum};
 
 /// Generated code for package `strata.v1`.
@@ -137,61 +141,44 @@ impl From<&State> for v1::State {
 impl TryFrom<&v1::State> for State {
     type Error = ConvertError;
 
+    /// Refuses what [`State::validate`] refuses (NaN or infinite totals, an average of
+    /// no samples with a sum, an infinite apdex threshold, ...): a forged state never
+    /// reaches a merge.
     fn try_from(wire: &v1::State) -> Result<Self, Self::Error> {
         use v1::state::Kind as W;
-        Ok(
-            match wire
-                .kind
-                .as_ref()
-                .ok_or(ConvertError::Missing("state.kind"))?
-            {
-                W::Counter(n) => State::Counter(*n),
-                W::Sum(s) => State::Sum(sum_from_wire(Some(s))),
-                W::Avg(a) => State::Avg(Avg {
-                    sum: sum_from_wire(a.sum.as_ref()),
-                    count: a.count,
-                }),
-                W::Max(v) => State::Max(*v),
-                W::Min(v) => State::Min(*v),
-                W::Latest(l) if !l.present => State::Latest(None),
-                W::Latest(l) => State::Latest(Some(Latest {
-                    value: l.value,
-                    ts_ms: l.ts_ms,
-                    source: l.source.clone(),
-                })),
-                W::Percent(p) => {
-                    if p.matched > p.total {
-                        return Err(ConvertError::Model(ModelError::InvalidValue {
-                            kind: Kind::Percent,
-                            reason: format!("matched {} exceeds total {}", p.matched, p.total),
-                        }));
-                    }
-                    State::Percent {
-                        matched: p.matched,
-                        total: p.total,
-                    }
-                }
-                W::Apdex(a) => {
-                    if a.satisfied.saturating_add(a.tolerating) > a.total
-                        || a.threshold.is_nan()
-                        || a.threshold < 0.0
-                    {
-                        return Err(ConvertError::Model(ModelError::InvalidValue {
-                            kind: Kind::Apdex,
-                            reason: "satisfied + tolerating exceeds total or threshold invalid"
-                                .into(),
-                        }));
-                    }
-                    State::Apdex(Apdex {
-                        satisfied: a.satisfied,
-                        tolerating: a.tolerating,
-                        total: a.total,
-                        threshold: a.threshold,
-                    })
-                }
-                W::Histogram(bytes) => State::Histogram(Hist::from_v2_bytes(bytes)?),
+        let state = match wire
+            .kind
+            .as_ref()
+            .ok_or(ConvertError::Missing("state.kind"))?
+        {
+            W::Counter(n) => State::Counter(*n),
+            W::Sum(s) => State::Sum(sum_from_wire(Some(s))),
+            W::Avg(a) => State::Avg(Avg {
+                sum: sum_from_wire(a.sum.as_ref()),
+                count: a.count,
+            }),
+            W::Max(v) => State::Max(*v),
+            W::Min(v) => State::Min(*v),
+            W::Latest(l) if !l.present => State::Latest(None),
+            W::Latest(l) => State::Latest(Some(Latest {
+                value: l.value,
+                ts_ms: l.ts_ms,
+                source: l.source.clone(),
+            })),
+            W::Percent(p) => State::Percent {
+                matched: p.matched,
+                total: p.total,
             },
-        )
+            W::Apdex(a) => State::Apdex(Apdex {
+                satisfied: a.satisfied,
+                tolerating: a.tolerating,
+                total: a.total,
+                threshold: a.threshold,
+            }),
+            W::Histogram(bytes) => State::Histogram(Hist::from_v2_bytes(bytes)?),
+        };
+        state.validate()?;
+        Ok(state)
     }
 }
 
@@ -232,43 +219,199 @@ fn encode(
     seq: u64,
     watermark_ms: i64,
     increments: &[Increment],
-    mut refs: Option<&mut SeriesRefs>,
+    refs: Option<&mut SeriesRefs>,
 ) -> v1::Batch {
+    // No limit: always exactly one part, nothing oversized.
+    let mut parts = encode_parts(seq, watermark_ms, increments, usize::MAX, refs);
+    parts.batches.pop().unwrap_or_default()
+}
+
+/// Room a message needs besides its series entries: the `SourceMessage` and `Batch`
+/// framing, `seq`, `watermark_ms`, `follows_dropped`, `part` and `more_parts` at their
+/// largest (38 bytes), rounded up.
+pub const BATCH_OVERHEAD: usize = 64;
+
+/// Upper bound of an encoded `State` of any kind but histogram (the largest, a `latest`
+/// naming a 64-character source, is 90 bytes).
+const MAX_FIXED_STATE_LEN: usize = 96;
+
+/// Encoded length of a length-delimited field (tag below 16) of `len` bytes.
+fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Encoded length of a `series_ref` field (absent when 0).
+fn ref_len(series_ref: u32) -> usize {
+    match series_ref {
+        0 => 0,
+        r => 1 + prost::encoding::encoded_len_varint(u64::from(r)),
+    }
+}
+
+/// Encoded length of a `SeriesIncrements` naming `series` in full, before its buckets.
+fn named_entry_len(series: &SeriesKey, series_ref: u32) -> usize {
+    let labels: usize = series
+        .labels()
+        .iter()
+        .map(|(name, value)| field_len(field_len(name.len()) + field_len(value.len())))
+        .sum();
+    field_len(series.metric().len()) + labels + ref_len(series_ref)
+}
+
+/// Upper bound of the message carrying one increment of `series` alone, the series
+/// named in full and its state as large as `kind` allows (a histogram of
+/// `histogram_sigfig` digits: [`Hist::max_v2_len`]). An increment is forwardable
+/// through any link whose smaller `max_message_bytes` is at least this.
+pub fn max_increment_message_len(series: &SeriesKey, kind: Kind, histogram_sigfig: u8) -> usize {
+    let state = match kind {
+        Kind::Histogram => field_len(Hist::max_v2_len(histogram_sigfig)),
+        _ => MAX_FIXED_STATE_LEN,
+    };
+    // `bucket_ms` (at most 11 bytes) and the state.
+    let bucket = 11 + field_len(state);
+    BATCH_OVERHEAD + field_len(named_entry_len(series, u32::MAX) + field_len(bucket))
+}
+
+/// One outgoing batch cut into parts that each fit one message (see
+/// [`SeriesRefs::encode_parts`]).
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// In sending order, numbered and flagged (`part`, `more_parts`): one for a batch
+    /// that fits whole, or that carries no increments.
+    pub batches: Vec<v1::Batch>,
+    /// Increments left out because even alone they do not fit in one message.
+    pub oversized: Vec<Oversized>,
+}
+
+/// An increment too large for one message even alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Oversized {
+    pub series: Arc<SeriesKey>,
+    pub bucket_ms: i64,
+    /// The message it alone would need.
+    pub bytes: usize,
+}
+
+/// Cuts `increments` into batches whose `SourceMessage` encodes to at most
+/// `max_message_bytes`, grouping each part's increments by series. A series whose
+/// buckets do not fit in one part goes on in the next (by ref once defined). With
+/// `refs`, series are interned: a ref is defined only by an entry actually sent, so an
+/// oversized increment left out never leaves a gap in the numbering.
+fn encode_parts(
+    seq: u64,
+    watermark_ms: i64,
+    increments: &[Increment],
+    max_message_bytes: usize,
+    mut refs: Option<&mut SeriesRefs>,
+) -> Parts {
+    // Group by series, in order of first appearance.
     let mut index: HashMap<&SeriesKey, usize> = HashMap::new();
-    let mut series: Vec<v1::SeriesIncrements> = Vec::new();
+    let mut groups: Vec<(&Arc<SeriesKey>, Vec<v1::BucketState>)> = Vec::new();
     for inc in increments {
         let slot = *index.entry(&*inc.series).or_insert_with(|| {
-            let (series_ref, named) = match refs.as_deref_mut() {
-                Some(refs) => refs.lookup(&inc.series),
-                None => (0, true),
-            };
-            series.push(v1::SeriesIncrements {
-                metric: if named {
-                    inc.series.metric().to_string()
-                } else {
-                    String::new()
-                },
-                labels: if named {
-                    labels_to_wire(&inc.series)
-                } else {
-                    Vec::new()
-                },
-                buckets: Vec::new(),
-                series_ref,
-            });
-            series.len() - 1
+            groups.push((&inc.series, Vec::new()));
+            groups.len() - 1
         });
-        series[slot].buckets.push(v1::BucketState {
+        groups[slot].1.push(v1::BucketState {
             bucket_ms: inc.bucket_ms,
             state: Some(v1::State::from(&inc.state)),
         });
     }
-    v1::Batch {
-        seq,
-        watermark_ms,
-        series,
-        follows_dropped: false,
+    let budget = max_message_bytes.saturating_sub(BATCH_OVERHEAD);
+    let mut out = Parts::default();
+    // Finished parts, then the one being filled.
+    let mut cut: Vec<Vec<v1::SeriesIncrements>> = Vec::new();
+    let mut part: Vec<v1::SeriesIncrements> = Vec::new();
+    let mut part_len = 0usize;
+    for (series, buckets) in groups {
+        // The series' entry in the current part and its length.
+        let mut entry: Option<(v1::SeriesIncrements, usize)> = None;
+        for bucket in buckets {
+            let bucket_len = field_len(bucket.encoded_len());
+            if let Some((open, len)) = entry.as_mut() {
+                let grown = field_len(*len + bucket_len) - field_len(*len);
+                if part_len + grown <= budget {
+                    open.buckets.push(bucket);
+                    *len += bucket_len;
+                    part_len += grown;
+                    continue;
+                }
+            }
+            if let Some((open, _)) = entry.take() {
+                // The part is full: the series goes on in the next one.
+                part.push(open);
+                cut.push(std::mem::take(&mut part));
+                part_len = 0;
+            }
+            let (series_ref, named) = match refs.as_deref() {
+                Some(refs) => match refs.refs.get(&**series) {
+                    Some(&r) => (r, false),
+                    None => (refs.next_ref(), true),
+                },
+                None => (0, true),
+            };
+            let header_len = if named {
+                named_entry_len(series, series_ref)
+            } else {
+                ref_len(series_ref)
+            };
+            let need = field_len(header_len + bucket_len);
+            if part_len + need > budget && !part.is_empty() {
+                cut.push(std::mem::take(&mut part));
+                part_len = 0;
+            }
+            if need > budget {
+                out.oversized.push(Oversized {
+                    series: series.clone(),
+                    bucket_ms: bucket.bucket_ms,
+                    bytes: need.saturating_add(BATCH_OVERHEAD),
+                });
+                continue;
+            }
+            if named
+                && series_ref > 0
+                && let Some(refs) = refs.as_deref_mut()
+            {
+                refs.refs.insert(series.clone(), series_ref);
+            }
+            let open = v1::SeriesIncrements {
+                metric: if named {
+                    series.metric().to_string()
+                } else {
+                    String::new()
+                },
+                labels: if named {
+                    labels_to_wire(series)
+                } else {
+                    Vec::new()
+                },
+                buckets: vec![bucket],
+                series_ref,
+            };
+            entry = Some((open, header_len + bucket_len));
+            part_len += need;
+        }
+        if let Some((open, _)) = entry {
+            part.push(open);
+        }
     }
+    if !part.is_empty() || cut.is_empty() {
+        cut.push(part);
+    }
+    let n = cut.len();
+    out.batches = cut
+        .into_iter()
+        .enumerate()
+        .map(|(i, series)| v1::Batch {
+            seq,
+            watermark_ms,
+            series,
+            follows_dropped: false,
+            part: i as u32,
+            more_parts: i + 1 < n,
+        })
+        .collect();
+    out
 }
 
 /// Most series one federation stream defines (refs `1..=MAX_SERIES_REFS`); past it the
@@ -301,6 +444,20 @@ impl SeriesRefs {
         encode(seq, watermark_ms, increments, Some(self))
     }
 
+    /// [`SeriesRefs::encode`] cut into parts whose `SourceMessage` each encodes to at
+    /// most `max_message_bytes` (see `Batch.part` in the protocol). Increments that do
+    /// not fit even alone are left out and listed in [`Parts::oversized`]; a series is
+    /// defined by the part that first carries it.
+    pub fn encode_parts(
+        &mut self,
+        seq: u64,
+        watermark_ms: i64,
+        increments: &[Increment],
+        max_message_bytes: usize,
+    ) -> Parts {
+        encode_parts(seq, watermark_ms, increments, max_message_bytes, Some(self))
+    }
+
     /// Series defined on this stream so far.
     pub fn len(&self) -> usize {
         self.refs.len()
@@ -311,20 +468,13 @@ impl SeriesRefs {
         self.refs.is_empty()
     }
 
-    /// The ref to send for `series` and whether to name it (a new definition, or no
-    /// ref left).
-    fn lookup(&mut self, series: &Arc<SeriesKey>) -> (u32, bool) {
-        if let Some(&r) = self.refs.get(&**series) {
-            return (r, false);
+    /// The ref the next new series is defined as; 0 when none is left (it is named in
+    /// full).
+    fn next_ref(&self) -> u32 {
+        match u32::try_from(self.refs.len() + 1) {
+            Ok(next) if next <= self.limit => next,
+            _ => 0,
         }
-        let Ok(next) = u32::try_from(self.refs.len() + 1) else {
-            return (0, true);
-        };
-        if next > self.limit {
-            return (0, true);
-        }
-        self.refs.insert(series.clone(), next);
-        (next, true)
     }
 }
 
@@ -540,7 +690,7 @@ mod tests {
                 buckets: vec![],
                 series_ref: 1,
             }],
-            follows_dropped: false,
+            ..v1::Batch::default()
         };
         let err = receive(&mut known, &bad).unwrap_err().to_string();
         assert!(err.contains("bad name!"), "{err}");
@@ -548,6 +698,147 @@ mod tests {
         later.series[0].metric.clear();
         let err = known.decode(&later).unwrap_err().to_string();
         assert_eq!(err, "series ref 1 was defined as an invalid series");
+    }
+
+    /// The `SourceMessage` carrying `batch`, as the forwarder sends it.
+    fn message_len(batch: &v1::Batch) -> usize {
+        v1::SourceMessage {
+            msg: Some(v1::source_message::Msg::Batch(batch.clone())),
+        }
+        .encoded_len()
+    }
+
+    /// What a receiver reassembles from `parts`, checking their numbering.
+    fn receive_parts(known: &mut KnownSeries, parts: &[v1::Batch]) -> Vec<Increment> {
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!((p.part, p.more_parts), (i as u32, i + 1 < parts.len()));
+            out.extend(receive(known, p).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_batch_is_cut_into_parts_that_each_fit() {
+        let limit = 4096;
+        // 300 series of 3 minutes each, grouped by series as a flush produces them.
+        let incs: Vec<_> = (0..300)
+            .flat_map(|i| {
+                let s = key("requests", &format!("service-{i:04}"));
+                (0..3).map(move |m| Increment {
+                    series: s.clone(),
+                    bucket_ms: m * 60_000,
+                    state: State::Counter(i as u64 + 1),
+                })
+            })
+            .collect();
+        let mut refs = SeriesRefs::default();
+        let mut known = KnownSeries::default();
+        let parts = refs.encode_parts(9, 77, &incs, limit);
+        assert!(parts.oversized.is_empty());
+        assert!(parts.batches.len() > 3, "{} parts", parts.batches.len());
+        for p in &parts.batches {
+            assert!(message_len(p) <= limit, "part of {} bytes", message_len(p));
+            assert_eq!((p.seq, p.watermark_ms), (9, 77));
+        }
+        assert_eq!(receive_parts(&mut known, &parts.batches), incs);
+        // Each series was defined once, by the part that first carried it.
+        assert_eq!((refs.len(), known.len()), (300, 300));
+        // The next batch refers to them by number, in fewer parts.
+        let again = refs.encode_parts(10, 78, &incs, limit);
+        assert!(again.batches.len() < parts.batches.len());
+        assert_eq!(receive_parts(&mut known, &again.batches), incs);
+    }
+
+    #[test]
+    fn a_series_with_many_buckets_goes_on_in_the_next_part() {
+        let s = key("requests", "checkout");
+        let incs: Vec<_> = (0..2000)
+            .map(|m| Increment {
+                series: s.clone(),
+                bucket_ms: m * 60_000,
+                state: State::Counter(1),
+            })
+            .collect();
+        let mut refs = SeriesRefs::default();
+        let parts = refs.encode_parts(1, 0, &incs, 2048);
+        assert!(parts.batches.len() > 2);
+        let named = parts
+            .batches
+            .iter()
+            .flat_map(|p| &p.series)
+            .filter(|e| !e.metric.is_empty())
+            .count();
+        assert_eq!(named, 1, "defined once, then by ref");
+        for p in &parts.batches {
+            assert!(message_len(p) <= 2048);
+        }
+        assert_eq!(
+            receive_parts(&mut KnownSeries::default(), &parts.batches),
+            incs
+        );
+        // Without refs every part names it again.
+        let plain = encode_parts(1, 0, &incs, 2048, None);
+        assert_eq!(
+            receive_parts(&mut KnownSeries::default(), &plain.batches),
+            incs
+        );
+    }
+
+    #[test]
+    fn an_increment_too_large_alone_is_left_out_without_a_gap_in_refs() {
+        let huge =
+            Arc::new(SeriesKey::new("requests", [("blob".to_string(), "x".repeat(5000))]).unwrap());
+        let (a, b) = (key("requests", "a"), key("requests", "b"));
+        let incs = vec![counter(&a, 1), counter(&huge, 2), counter(&b, 3)];
+        let mut refs = SeriesRefs::default();
+        let parts = refs.encode_parts(1, 0, &incs, 4096);
+        assert_eq!(parts.oversized.len(), 1);
+        assert_eq!(parts.oversized[0].series, huge);
+        assert!(parts.oversized[0].bytes > 4096);
+        assert!(parts.oversized[0].bytes <= max_increment_message_len(&huge, Kind::Counter, 2));
+        let mut known = KnownSeries::default();
+        assert_eq!(
+            receive_parts(&mut known, &parts.batches),
+            vec![counter(&a, 1), counter(&b, 3)]
+        );
+        assert_eq!(refs.len(), 2);
+        // Nothing at all: one empty part still carries the seq and watermark.
+        let empty = refs.encode_parts(2, 5, &[], 4096);
+        assert_eq!(empty.batches.len(), 1);
+        assert!(!empty.batches[0].more_parts);
+    }
+
+    #[test]
+    fn the_bound_of_one_increment_covers_its_encoding() {
+        let params = StateParams::default();
+        let s = key("latency", "checkout");
+        for kind in Kind::ALL {
+            let mut state = State::empty(kind, &params);
+            let value = match kind {
+                Kind::Percent => SampleValue::Flag(true),
+                _ => SampleValue::Number(1e9),
+            };
+            state.record(value, i64::MIN, &"n".repeat(64)).unwrap();
+            let inc = Increment {
+                series: s.clone(),
+                bucket_ms: i64::MIN,
+                state,
+            };
+            let mut refs = SeriesRefs::default();
+            let batch = refs
+                .encode_parts(u64::MAX, i64::MIN, &[inc], usize::MAX)
+                .batches;
+            let mut whole = batch[0].clone();
+            whole.follows_dropped = true;
+            whole.part = u32::MAX;
+            let bound = max_increment_message_len(&s, kind, params.histogram_sigfig);
+            assert!(
+                message_len(&whole) <= bound,
+                "{kind}: {} > {bound}",
+                message_len(&whole)
+            );
+        }
     }
 
     #[test]

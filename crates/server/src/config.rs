@@ -12,6 +12,23 @@ use serde::Deserialize;
 /// Most batches a source may have unacknowledged: an upstream buffers this many acks per stream.
 pub const MAX_INFLIGHT_BATCHES: usize = 1024;
 
+/// Smallest `grpc.max_message_bytes`: 64 KiB.
+pub const MIN_MESSAGE_BYTES: usize = 64 << 10;
+
+/// Largest `grpc.max_message_bytes`: 1 GiB (batches larger than the limit go in parts).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Longest retention, TTL or alarm duration a config may set: 100 years of 365
+/// days. Far below what overflows when converted to milliseconds (`i64`), and
+/// longer than any store will live.
+pub const MAX_RETENTION_S: u64 = 100 * 365 * 86_400;
+
+/// Longest allowed lateness and future skew of samples: 7 days.
+pub const MAX_SKEW_S: u64 = 7 * 86_400;
+
+/// Longest upstream reconnect backoff: 1 hour.
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+
 /// A whole node configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -58,8 +75,13 @@ pub struct HttpConfig {
 pub struct GrpcConfig {
     /// Native ingest and the federation receiver.
     pub listen: String,
-    /// Largest gRPC message accepted or sent.
+    /// Largest gRPC message accepted or sent. Federation batches larger than the
+    /// smaller of this and the upstream's limit are sent in parts.
     pub max_message_bytes: usize,
+    /// Largest federation batch accepted from a source, summed over the parts it
+    /// comes in: a batch is committed whole, so its parts are held in memory until
+    /// the last one arrives.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -201,6 +223,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             listen: "127.0.0.1:11800".into(),
             max_message_bytes: 64 << 20,
+            max_batch_bytes: 256 << 20,
         }
     }
 }
@@ -377,8 +400,45 @@ impl Config {
                 format!("{:?} is not an ip:port address", self.grpc.listen),
             );
         }
-        if self.grpc.max_message_bytes < 64 << 10 {
-            bad("grpc.max_message_bytes", "must be at least 65536".into());
+        let g = &self.grpc;
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&g.max_message_bytes) {
+            bad(
+                "grpc.max_message_bytes",
+                format!(
+                    "{} is outside {MIN_MESSAGE_BYTES}..={MAX_MESSAGE_BYTES} (64 KiB to 1 GiB)",
+                    g.max_message_bytes
+                ),
+            );
+        } else {
+            // One histogram increment must fit in a message, whatever its spread.
+            let sigfig = self.aggregation.histogram_significant_digits;
+            let histogram = strata_model::SeriesKey::new("h", [])
+                .map(|key| {
+                    strata_proto::max_increment_message_len(
+                        &key,
+                        strata_model::Kind::Histogram,
+                        sigfig,
+                    )
+                })
+                .unwrap_or(0);
+            if g.max_message_bytes < histogram {
+                bad(
+                    "grpc.max_message_bytes",
+                    format!(
+                        "{} cannot hold one histogram at aggregation.histogram_significant_digits = {sigfig}, which takes up to {histogram} bytes",
+                        g.max_message_bytes
+                    ),
+                );
+            }
+        }
+        if g.max_batch_bytes < g.max_message_bytes {
+            bad(
+                "grpc.max_batch_bytes",
+                format!(
+                    "{} is less than grpc.max_message_bytes ({})",
+                    g.max_batch_bytes, g.max_message_bytes
+                ),
+            );
         }
         if let Some(otlp) = &self.otlp
             && otlp.listen.parse::<SocketAddr>().is_err()
@@ -395,7 +455,7 @@ impl Config {
                 format!("{} is outside 10..=600000", a.flush_interval_ms),
             );
         }
-        if a.allowed_lateness_s > 7 * 24 * 3600 {
+        if a.allowed_lateness_s > MAX_SKEW_S {
             bad(
                 "aggregation.allowed_lateness_s",
                 "must be at most 604800 (7 days)".into(),
@@ -451,13 +511,14 @@ impl Config {
                 "must be between 1048576 (1 MiB) and 1099511627776 (1 TiB)".into(),
             );
         }
-        if s.retention_hours * 60 < s.retention_minutes {
+        // Widened: a huge value must be reported as out of range, not overflow here.
+        if u128::from(s.retention_hours) * 60 < u128::from(s.retention_minutes) {
             bad(
                 "storage.retention_hours",
                 "must cover at least storage.retention_minutes".into(),
             );
         }
-        if s.retention_days * 24 < s.retention_hours {
+        if u128::from(s.retention_days) * 24 < u128::from(s.retention_hours) {
             bad(
                 "storage.retention_days",
                 "must cover at least storage.retention_hours".into(),
@@ -515,8 +576,26 @@ impl Config {
                 );
             }
         }
+        for (key, value, max, what) in self.duration_bounds() {
+            if value > max {
+                bad(&key, format!("{value} is more than {max} ({what})"));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
+        // A token is its source's identity: shared, it would let one source
+        // claim the other's id.
+        let mut tokens: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
         for (i, d) in self.downstream.iter().enumerate() {
+            if !d.token.is_empty()
+                && let Some(other) = tokens.insert(d.token.as_str(), d.id.as_str())
+            {
+                bad(
+                    &format!("downstream[{i}].token"),
+                    format!(
+                        "is also the token of {other:?}: each source needs its own, or one could claim the other's id"
+                    ),
+                );
+            }
             if !valid_id(&d.id) {
                 bad(
                     &format!("downstream[{i}].id"),
@@ -587,6 +666,15 @@ impl Config {
             if r.count == 0 || r.count > r.period_minutes {
                 bad(&key("count"), "must be between 1 and period_minutes".into());
             }
+            if u64::from(r.period_minutes) > s.retention_minutes {
+                bad(
+                    &key("period_minutes"),
+                    format!(
+                        "{} is longer than storage.retention_minutes ({}): older minutes are deleted",
+                        r.period_minutes, s.retention_minutes
+                    ),
+                );
+            }
             for (j, w) in r.webhooks.iter().enumerate() {
                 if !w.starts_with("http://") {
                     bad(
@@ -597,6 +685,80 @@ impl Config {
             }
         }
         p
+    }
+
+    /// `(key, value, upper bound, the bound in words)` of every duration key
+    /// without a tighter check of its own: each is converted to milliseconds
+    /// and meets timestamps, so each is bounded (see docs/OPERATIONS.md).
+    fn duration_bounds(&self) -> Vec<(String, u64, u64, &'static str)> {
+        const YEARS: &str = "100 years";
+        let (a, s) = (&self.aggregation, &self.storage);
+        let mut out = vec![
+            (
+                "aggregation.max_future_s".to_string(),
+                a.max_future_s,
+                MAX_SKEW_S,
+                "7 days",
+            ),
+            (
+                "aggregation.source_ttl_s".into(),
+                a.source_ttl_s,
+                MAX_RETENTION_S,
+                YEARS,
+            ),
+            (
+                "storage.retention_minutes".into(),
+                s.retention_minutes,
+                MAX_RETENTION_S / 60,
+                YEARS,
+            ),
+            (
+                "storage.retention_hours".into(),
+                s.retention_hours,
+                MAX_RETENTION_S / 3600,
+                YEARS,
+            ),
+            (
+                "storage.retention_days".into(),
+                s.retention_days,
+                MAX_RETENTION_S / 86_400,
+                YEARS,
+            ),
+            (
+                "storage.event_retention_days".into(),
+                s.event_retention_days,
+                MAX_RETENTION_S / 86_400,
+                YEARS,
+            ),
+            (
+                "storage.series_ttl_s".into(),
+                s.series_ttl_s,
+                MAX_RETENTION_S,
+                YEARS,
+            ),
+        ];
+        if let Some(u) = &self.upstream {
+            for (key, value) in [
+                ("upstream.min_backoff_ms", u.min_backoff_ms),
+                ("upstream.max_backoff_ms", u.max_backoff_ms),
+            ] {
+                out.push((key.into(), value, MAX_BACKOFF_MS, "1 hour"));
+            }
+        }
+        for (i, r) in self.alarm.iter().enumerate() {
+            for (field, value) in [
+                ("period_minutes", r.period_minutes),
+                ("silence_minutes", r.silence_minutes),
+            ] {
+                out.push((
+                    format!("alarm[{i}].{field}"),
+                    u64::from(value),
+                    MAX_RETENTION_S / 60,
+                    YEARS,
+                ));
+            }
+        }
+        out
     }
 
     /// Aggregator shard count with `0` resolved to the CPU count.
@@ -699,10 +861,167 @@ mod tests {
         assert_eq!(Config::default().storage.series_ttl_s, 2_592_000);
     }
 
+    fn keys_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid(problems)) => problems.into_iter().map(|p| p.key).collect(),
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_retentions_are_refused_naming_the_key() {
+        assert_eq!(
+            keys_of("[storage]\nseries_ttl_s = 10000000000000000\n"),
+            ["storage.series_ttl_s"]
+        );
+        assert_eq!(
+            keys_of("[storage]\nretention_days = 9999999999999\n"),
+            ["storage.retention_days"]
+        );
+        // Large enough to overflow `retention_hours * 60` in the coverage check.
+        let keys = keys_of(
+            "[storage]\nretention_hours = 18446744073709551615\nretention_days = 18446744073709551615\n",
+        );
+        assert_eq!(keys, ["storage.retention_hours", "storage.retention_days"]);
+        let err = Config::from_toml("[storage]\nseries_ttl_s = 10000000000000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "storage.series_ttl_s: 10000000000000000 is more than 3153600000 (100 years)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_duration_key_has_an_upper_bound() {
+        let text = r#"
+            [aggregation]
+            max_future_s = 604801
+            source_ttl_s = 3153600001
+            [storage]
+            retention_minutes = 52560001
+            retention_hours = 876001
+            retention_days = 36501
+            event_retention_days = 36501
+            series_ttl_s = 3153600001
+            [upstream]
+            endpoint = "http://127.0.0.1:1"
+            min_backoff_ms = 3600001
+            max_backoff_ms = 3600001
+            [[alarm]]
+            name = "a"
+            metric = "m"
+            field = "p99"
+            period_minutes = 4294967295
+            count = 1
+            silence_minutes = 4294967295
+        "#;
+        assert_eq!(
+            keys_of(text),
+            [
+                "aggregation.max_future_s",
+                "aggregation.source_ttl_s",
+                "storage.retention_minutes",
+                "storage.retention_hours",
+                "storage.retention_days",
+                "storage.event_retention_days",
+                "storage.series_ttl_s",
+                "upstream.min_backoff_ms",
+                "upstream.max_backoff_ms",
+                "alarm[0].period_minutes",
+                "alarm[0].silence_minutes",
+                // Also longer than the minutes kept.
+                "alarm[0].period_minutes",
+            ]
+        );
+        // Every bound itself is accepted.
+        let text = r#"
+            [aggregation]
+            max_future_s = 604800
+            allowed_lateness_s = 604800
+            source_ttl_s = 3153600000
+            [storage]
+            retention_minutes = 52560000
+            retention_hours = 876000
+            retention_days = 36500
+            event_retention_days = 36500
+            series_ttl_s = 3153600000
+            [upstream]
+            endpoint = "http://127.0.0.1:1"
+            min_backoff_ms = 3600000
+            max_backoff_ms = 3600000
+            [[alarm]]
+            name = "a"
+            metric = "m"
+            field = "p99"
+            period_minutes = 52560000
+            count = 1
+            silence_minutes = 52560000
+        "#;
+        assert_eq!(
+            Config::from_toml(text)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn message_limits_must_hold_a_histogram_and_bound_batches() {
+        let problems = |text: &str| match Config::from_toml(text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            problems("[grpc]\nmax_message_bytes = 65536\n"),
+            Vec::<String>::new()
+        );
+        let p = problems("[grpc]\nmax_message_bytes = 1000\n");
+        assert!(
+            p[0].starts_with("grpc.max_message_bytes: 1000 is outside"),
+            "{p:?}"
+        );
+        let p = problems("[grpc]\nmax_message_bytes = 4294967296\nmax_batch_bytes = 4294967296\n");
+        assert!(p[0].starts_with("grpc.max_message_bytes"), "{p:?}");
+        // Three digits take up to 376 KB per histogram.
+        let p = problems(
+            "[grpc]\nmax_message_bytes = 65536\n[aggregation]\nhistogram_significant_digits = 3\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("grpc.max_message_bytes: 65536 cannot hold one histogram at aggregation.histogram_significant_digits = 3"),
+            "{p:?}"
+        );
+        assert_eq!(
+            problems(
+                "[grpc]\nmax_message_bytes = 1048576\n[aggregation]\nhistogram_significant_digits = 3\n"
+            ),
+            Vec::<String>::new()
+        );
+        let p = problems("[grpc]\nmax_message_bytes = 1048576\nmax_batch_bytes = 65536\n");
+        assert_eq!(
+            p,
+            ["grpc.max_batch_bytes: 65536 is less than grpc.max_message_bytes (1048576)"]
+        );
+    }
+
     #[test]
     fn duplicate_downstream_ids_are_refused() {
         let text = "[[downstream]]\nid = \"a\"\ntoken = \"t\"\n[[downstream]]\nid = \"a\"\ntoken = \"u\"\n";
         let err = Config::from_toml(text).unwrap_err().to_string();
         assert!(err.contains("downstream[1].id"), "{err}");
+    }
+
+    #[test]
+    fn a_token_shared_by_two_downstreams_is_refused() {
+        let text = "[[downstream]]\nid = \"a\"\ntoken = \"t\"\n[[downstream]]\nid = \"b\"\ntoken = \"t\"\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            err.contains("downstream[1].token") && err.contains("\"a\""),
+            "{err}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The federation receiver and the forwarder call these functions; the
 //! model-based test below drives them through lost, duplicated and reordered
-//! batches and acks and crashes of either side, against a reference that
-//! counts exactly.
+//! batches and acks, spool drops at the cap, crashes of either side and forged
+//! batches, against a reference that counts exactly.
 //!
 //! Receiver, per source: `committed` is the highest seq durable in the store
 //! (restored on restart), `received` the highest seq handed to the
@@ -12,31 +12,92 @@
 //!
 //! Sender: the spool holds every batch not yet acknowledged; after the
 //! welcome it drops the batches the upstream has and sends the rest in order.
+//!
+//! What a batch's seq may be (docs/PROTOCOL.md, "Sequence rules"): at or
+//! below `committed` (a resend: acked again, merged no second time), or
+//! exactly `received + 1`. The one exception is the first batch of a stream
+//! flagged `follows_dropped`: the sender's spool dropped the batches between
+//! the welcome's `committed` and it at its cap, so it may skip up to
+//! [`MAX_DROPPED_GAP`] seqs. No seq is ever above [`MAX_SEQ`]. Anything else
+//! ends the stream and merges nothing, so no stream can move a source's
+//! committed seq past what the source itself will send.
+
+/// The highest seq a batch may carry. A source spools at most one batch per
+/// flush (at least 10 ms apart), so 2^48 is 89 000 years of flushes; a seq
+/// above it can only be forged, and refusing it keeps every seq arithmetic
+/// far from overflow.
+pub const MAX_SEQ: u64 = 1 << 48;
+
+/// The most seqs one `follows_dropped` batch may skip: more batches than a
+/// spool can drop in one outage (2^32 flushes are 497 days at the minimum
+/// 10 ms flush interval, 136 years at the default 1 s).
+pub const MAX_DROPPED_GAP: u64 = 1 << 32;
+
+/// What the receiver knows about one incoming batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub seq: u64,
+    /// The sender says its spool dropped the batches before this one.
+    pub follows_dropped: bool,
+    /// No batch has been judged on this stream before this one.
+    pub first_on_stream: bool,
+}
 
 /// What the receiver does with one batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Already committed: ack it again, merge nothing.
     Duplicate,
-    /// The next batch: merge it, ack after commit.
-    Accept,
+    /// The next batch: merge it, ack after commit. `lost` seqs before it
+    /// were dropped by the source's spool at its cap (0: none).
+    Accept { lost: u64 },
     /// A gap or a repeat of an uncommitted batch: end the stream so the
     /// source resumes from the committed seq.
     OutOfOrder { expected: u64 },
+    /// A seq no correct source sends: end the stream, merge nothing.
+    Refused(Refusal),
 }
 
-/// Judges batch `seq` given the source's committed and received seqs.
-/// `follows_dropped` marks the first batch after the source's spool dropped
-/// batches at its cap: a gap before it is accepted (those batches are gone).
-pub fn verdict(committed: u64, received: u64, seq: u64, follows_dropped: bool) -> Verdict {
+/// Why a seq is refused outright.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("seq {seq} is above the largest seq a source can reach ({MAX_SEQ})")]
+    BeyondMaxSeq { seq: u64 },
+    #[error(
+        "seq {seq} skips {gap} seqs after {received} but is not the first batch of its stream: only a stream's first batch may follow dropped batches"
+    )]
+    GapMidStream { seq: u64, received: u64, gap: u64 },
+    #[error(
+        "seq {seq} skips {gap} seqs after {received}, more than a spool can drop ({MAX_DROPPED_GAP})"
+    )]
+    GapTooLarge { seq: u64, received: u64, gap: u64 },
+}
+
+/// Judges one batch given the source's committed and received seqs.
+pub fn verdict(committed: u64, received: u64, batch: Incoming) -> Verdict {
+    let seq = batch.seq;
     if seq <= committed {
-        Verdict::Duplicate
-    } else if seq == received + 1 || (follows_dropped && seq > received + 1) {
-        Verdict::Accept
+        return Verdict::Duplicate;
+    }
+    if seq > MAX_SEQ {
+        return Verdict::Refused(Refusal::BeyondMaxSeq { seq });
+    }
+    // `received` may exceed MAX_SEQ only in a record written before the
+    // limit existed (the receiver resets such a record at the Hello).
+    let expected = received.saturating_add(1);
+    if seq == expected {
+        return Verdict::Accept { lost: 0 };
+    }
+    if seq < expected || !batch.follows_dropped {
+        return Verdict::OutOfOrder { expected };
+    }
+    let gap = seq - expected;
+    if !batch.first_on_stream {
+        Verdict::Refused(Refusal::GapMidStream { seq, received, gap })
+    } else if gap > MAX_DROPPED_GAP {
+        Verdict::Refused(Refusal::GapTooLarge { seq, received, gap })
     } else {
-        Verdict::OutOfOrder {
-            expected: received + 1,
-        }
+        Verdict::Accept { lost: gap }
     }
 }
 
@@ -113,17 +174,98 @@ impl SendWindow {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+    fn first(seq: u64, follows_dropped: bool) -> Incoming {
+        Incoming {
+            seq,
+            follows_dropped,
+            first_on_stream: true,
+        }
+    }
+
+    fn later(seq: u64, follows_dropped: bool) -> Incoming {
+        Incoming {
+            first_on_stream: false,
+            ..first(seq, follows_dropped)
+        }
+    }
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(5, 5, 3, false), Verdict::Duplicate);
-        assert_eq!(verdict(5, 5, 5, false), Verdict::Duplicate);
-        assert_eq!(verdict(5, 5, 6, false), Verdict::Accept);
-        assert_eq!(verdict(5, 7, 8, false), Verdict::Accept);
-        assert_eq!(verdict(5, 7, 7, false), Verdict::OutOfOrder { expected: 8 });
-        assert_eq!(verdict(5, 7, 9, false), Verdict::OutOfOrder { expected: 8 });
-        assert_eq!(verdict(5, 5, 9, true), Verdict::Accept);
+        assert_eq!(verdict(5, 5, later(3, false)), Verdict::Duplicate);
+        assert_eq!(verdict(5, 5, later(5, false)), Verdict::Duplicate);
+        assert_eq!(verdict(5, 5, later(5, true)), Verdict::Duplicate);
+        assert_eq!(verdict(5, 5, later(6, false)), Verdict::Accept { lost: 0 });
+        assert_eq!(verdict(5, 7, later(8, false)), Verdict::Accept { lost: 0 });
+        assert_eq!(
+            verdict(5, 7, later(7, false)),
+            Verdict::OutOfOrder { expected: 8 }
+        );
+        assert_eq!(
+            verdict(5, 7, later(9, false)),
+            Verdict::OutOfOrder { expected: 8 }
+        );
+        assert_eq!(verdict(5, 5, first(9, true)), Verdict::Accept { lost: 3 });
+        assert_eq!(
+            verdict(5, 5, first(9, false)),
+            Verdict::OutOfOrder { expected: 6 }
+        );
+    }
+
+    #[test]
+    fn a_gap_must_be_the_first_batch_of_its_stream_and_bounded() {
+        assert_eq!(
+            verdict(5, 7, later(9, true)),
+            Verdict::Refused(Refusal::GapMidStream {
+                seq: 9,
+                received: 7,
+                gap: 1
+            })
+        );
+        let largest = 5 + 1 + MAX_DROPPED_GAP;
+        assert_eq!(
+            verdict(5, 5, first(largest, true)),
+            Verdict::Accept {
+                lost: MAX_DROPPED_GAP
+            }
+        );
+        assert_eq!(
+            verdict(5, 5, first(largest + 1, true)),
+            Verdict::Refused(Refusal::GapTooLarge {
+                seq: largest + 1,
+                received: 5,
+                gap: MAX_DROPPED_GAP + 1
+            })
+        );
+    }
+
+    #[test]
+    fn the_poisoning_seq_is_refused_whatever_its_flags() {
+        let poison = u64::MAX - 1;
+        for batch in [
+            first(poison, true),
+            later(poison, true),
+            first(poison, false),
+        ] {
+            assert_eq!(
+                verdict(5, 5, batch),
+                Verdict::Refused(Refusal::BeyondMaxSeq { seq: poison })
+            );
+        }
+        assert_eq!(
+            verdict(0, 0, first(MAX_SEQ + 1, true)),
+            Verdict::Refused(Refusal::BeyondMaxSeq { seq: MAX_SEQ + 1 })
+        );
+        // A record poisoned before the limit existed does not overflow.
+        assert_eq!(
+            verdict(u64::MAX, u64::MAX, first(7, true)),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            verdict(3, u64::MAX, later(7, false)),
+            Verdict::OutOfOrder { expected: u64::MAX }
+        );
     }
 
     #[test]
@@ -171,6 +313,15 @@ mod tests {
         CrashUpstream,
         /// The source crashes: its window state is lost, its spool is not.
         CrashSource,
+        /// The source's spool reaches its cap and drops its oldest batch
+        /// (never the newest), whether or not it was sent.
+        SpoolDrop,
+        /// While the source is disconnected, a client holding its token and
+        /// epoch opens a stream and sends a batch no correct source sends.
+        Forge {
+            kind: u8,
+            by: u8,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -185,6 +336,8 @@ mod tests {
             1 => Just(Step::Disconnect),
             1 => Just(Step::CrashUpstream),
             1 => Just(Step::CrashSource),
+            1 => Just(Step::SpoolDrop),
+            1 => (any::<u8>(), any::<u8>()).prop_map(|(kind, by)| Step::Forge { kind, by }),
         ]
     }
 
@@ -200,24 +353,35 @@ mod tests {
         // Upstream: durable.
         committed: u64,
         total: u64,
+        /// Times each seq was merged into `total`.
+        merged: BTreeMap<u64, u32>,
         // Upstream: volatile (merged, not yet committed).
         received: u64,
         pending: Vec<(u64, u64)>,
         acks_to_send: Vec<u64>,
+        /// No batch judged yet on the current stream.
+        first_on_stream: bool,
         // Network of the current stream (reordering allowed by `pick`).
         to_upstream: VecDeque<(u64, u64, bool)>,
         to_source: VecDeque<u64>,
         connected: bool,
-        // Reference: every value ever produced, by seq.
+        // Reference: every value ever produced, by seq, and the seqs the
+        // source's spool dropped at its cap.
         produced: BTreeMap<u64, u64>,
+        dropped: BTreeSet<u64>,
     }
 
     impl World {
-        fn connect(&mut self) {
-            // A new stream is welcomed only when nothing is in flight.
+        /// A new stream reaches the upstream: welcomed once nothing is in flight.
+        fn open_stream(&mut self) {
             if self.received != self.committed {
                 self.commit();
             }
+            self.first_on_stream = true;
+        }
+
+        fn connect(&mut self) {
+            self.open_stream();
             let w = SendWindow::resume(self.committed, self.acked, self.last_seq).expect("welcome");
             self.spool.retain(|s, _| *s > w.acked);
             self.acked = w.acked;
@@ -236,6 +400,7 @@ mod tests {
         fn commit(&mut self) {
             for (seq, v) in self.pending.drain(..) {
                 self.total += v;
+                *self.merged.entry(seq).or_default() += 1;
                 self.committed = seq;
                 if self.connected {
                     self.acks_to_send.push(seq);
@@ -264,19 +429,61 @@ mod tests {
             }
         }
 
+        /// The receiver judges one batch of the current stream; false ends it.
         fn receive(&mut self, seq: u64, v: u64, follows_dropped: bool) -> bool {
-            match verdict(self.committed, self.received, seq, follows_dropped) {
+            let incoming = Incoming {
+                seq,
+                follows_dropped,
+                first_on_stream: self.first_on_stream,
+            };
+            self.first_on_stream = false;
+            match verdict(self.committed, self.received, incoming) {
                 Verdict::Duplicate => {
                     self.to_source.push_back(seq);
                     true
                 }
-                Verdict::Accept => {
+                Verdict::Accept { lost } => {
+                    // A gap only ever skips batches the source's spool dropped.
+                    for s in self.received + 1..seq {
+                        assert!(
+                            self.dropped.contains(&s),
+                            "gap skipped seq {s}, never dropped"
+                        );
+                    }
+                    assert_eq!(lost, seq - self.received - 1);
                     self.received = seq;
                     self.pending.push((seq, v));
                     true
                 }
-                Verdict::OutOfOrder { .. } => false,
+                Verdict::OutOfOrder { .. } | Verdict::Refused(_) => false,
             }
+        }
+
+        /// A forged batch on the attacker's own stream: it must be refused
+        /// and change nothing at the upstream.
+        fn forge(&mut self, kind: u8, by: u8) {
+            self.disconnect();
+            self.open_stream();
+            let by = u64::from(by);
+            let before = (self.committed, self.received, self.pending.len());
+            let forged = match kind % 4 {
+                0 => Some((MAX_SEQ + 1 + by, true)),
+                1 => Some((u64::MAX - 1 - by, by % 2 == 0)),
+                2 => Some((self.received + 2 + MAX_DROPPED_GAP + by, true)),
+                // A gap after a first (duplicate) batch: only with something to duplicate.
+                _ => (self.committed > 0).then(|| {
+                    assert!(self.receive(self.committed, 0, false), "a resend is acked");
+                    (self.received + 2 + by, true)
+                }),
+            };
+            if let Some((seq, follows_dropped)) = forged {
+                assert!(
+                    !self.receive(seq, 1_000_000, follows_dropped),
+                    "forged seq {seq} (follows_dropped {follows_dropped}) was accepted"
+                );
+            }
+            assert_eq!(before, (self.committed, self.received, self.pending.len()));
+            self.disconnect();
         }
 
         fn apply(&mut self, step: &Step) {
@@ -339,9 +546,25 @@ mod tests {
                     // Restart: acked is what the spool says (batches before it are gone).
                     self.acked = self.spool.keys().next().map_or(self.last_seq, |s| s - 1);
                 }
+                Step::SpoolDrop => {
+                    if self.spool.len() > 1
+                        && let Some((seq, _)) = self.spool.pop_first()
+                    {
+                        self.dropped.insert(seq);
+                    }
+                }
+                Step::Forge { kind, by } => self.forge(*kind, *by),
             }
-            // Invariant at every step: nothing counted twice.
-            let reference: u64 = self.produced.range(..=self.committed).map(|(_, v)| v).sum();
+            self.check();
+        }
+
+        /// At every step: no batch counted twice, and the total is exactly
+        /// the batches merged.
+        fn check(&self) {
+            if let Some((seq, n)) = self.merged.iter().find(|(_, n)| **n > 1) {
+                panic!("seq {seq} merged {n} times");
+            }
+            let reference: u64 = self.merged.keys().map(|s| self.produced[s]).sum();
             assert_eq!(
                 self.total, reference,
                 "committed total diverged at seq {}",
@@ -388,9 +611,12 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-        /// Random loss, duplication and reordering of batches and acks, and
-        /// crashes of either side: the upstream's total equals the reference
-        /// at every step (never double) and, once faults stop, exactly.
+        /// Random loss, duplication and reordering of batches and acks,
+        /// spool drops at the cap, crashes of either side and forged batches:
+        /// at every step no batch is counted twice and the upstream's total
+        /// is exactly what it merged; once faults stop, every batch the spool
+        /// did not drop is merged exactly once, and a forged seq never moved
+        /// the upstream.
         #[test]
         fn delivery_is_exactly_once_in_effect(steps in prop::collection::vec(step(), 1..300)) {
             let mut world = World::default();
@@ -398,9 +624,16 @@ mod tests {
                 world.apply(s);
             }
             world.settle();
-            let expected: u64 = world.produced.values().sum();
-            prop_assert_eq!(world.total, expected);
+            world.check();
             prop_assert_eq!(world.committed, world.last_seq);
+            for (seq, value) in &world.produced {
+                let merged = world.merged.get(seq).copied().unwrap_or(0);
+                prop_assert!(
+                    merged == 1 || (merged == 0 && world.dropped.contains(seq)),
+                    "seq {} (value {}) merged {} times, dropped: {}",
+                    seq, value, merged, world.dropped.contains(seq)
+                );
+            }
         }
     }
 }

@@ -3,33 +3,152 @@
 //! Every commit appends the flush's increments to the spool with the next
 //! `seq`. The forwarder keeps one bidirectional stream to the upstream: it
 //! says hello with this node's id and epoch, learns the highest seq the
-//! upstream has committed, drops those from the spool, and sends the rest in
-//! order with at most `max_inflight_batches` unacknowledged. Acks delete
-//! batches from the spool. Any break reconnects with exponential backoff and
-//! jitter, and resumes from what the upstream says it has.
+//! upstream has committed and the largest message it accepts, drops those
+//! from the spool, and sends the rest in order with at most
+//! `max_inflight_batches` unacknowledged. Acks delete batches from the spool.
+//! Any break reconnects with exponential backoff and jitter, and resumes from
+//! what the upstream says it has.
+//!
+//! **Batch parts.** A spooled batch whose encoding is larger than the smaller
+//! of this node's and the upstream's `grpc.max_message_bytes` goes out as
+//! several messages sharing its seq (`part`, `more_parts`). The upstream
+//! commits a seq only whole and acks it once, so a spool batch stays the unit
+//! of exactly-once delivery: a crash or a break mid-batch leaves it unacked and
+//! it is sent again, whole, cut for the limits of the next stream. An
+//! increment that does not fit in one message even alone (inputs refuse such
+//! series, so only a limit lowered after admission gets here) is left out,
+//! counted and logged, so it cannot hold back everything behind it.
+//!
+//! **Health.** A stream that ends in an error before the upstream acknowledged
+//! anything new marks the forwarder as failing: `/health` shows it Degraded
+//! with the reason, and KO once it has failed for [`ForwarderState::ko_after`].
+//! An ack that advances, or an upstream that has everything, ends it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prost::Message as _;
 use rand::Rng;
 use strata_proto::v1::{
     self, federation_client::FederationClient, source_message, upstream_message,
 };
-use strata_store::Store;
+use strata_store::{SpoolBatch, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
 use crate::delivery::SendWindow;
+use crate::limits::MessageLimits;
+use crate::pipeline::Pipeline;
 use crate::stats::Stats;
 
 /// What the forwarder shows to health checks and the API.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ForwarderState {
     pub connected: bool,
     pub upstream_id: String,
+    /// Why the last stream failed (kept while failing, for `/health`).
     pub last_error: Option<String>,
+    /// Since when streams keep failing without progress; `None` while delivering.
+    pub failing_since: Option<Instant>,
+    /// Streams that failed since `failing_since`.
+    pub failures: u64,
+    /// How long failing may last before health says KO: three attempts at the
+    /// longest backoff, and at least 10 s.
+    pub ko_after: Duration,
+    /// The last increment left out as too large for one message, and when.
+    pub last_oversized: Option<(Instant, String)>,
+}
+
+/// What `/health` makes of the forwarder (see [`ForwarderState::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwarderHealth {
+    Ok,
+    Degraded,
+    Ko,
+}
+
+/// How long a left-out oversized increment keeps the forwarder Degraded.
+const OVERSIZED_DEGRADED_FOR: Duration = Duration::from_secs(600);
+
+impl ForwarderState {
+    pub fn new(config: &UpstreamConfig) -> ForwarderState {
+        ForwarderState {
+            connected: false,
+            upstream_id: String::new(),
+            last_error: None,
+            failing_since: None,
+            failures: 0,
+            ko_after: Duration::from_millis(config.max_backoff_ms.saturating_mul(3))
+                .max(Duration::from_secs(10)),
+            last_oversized: None,
+        }
+    }
+
+    /// Status and detail for `/health`, given the spooled batches.
+    pub fn check(&self, spooled: u64, now: Instant) -> (ForwarderHealth, String) {
+        if let Some(since) = self.failing_since {
+            let failing_for = now.saturating_duration_since(since);
+            let error = self.last_error.as_deref().unwrap_or("unknown error");
+            let detail = format!(
+                "failing for {} s ({} failed streams, {}): {error}; {spooled} batches spooled",
+                failing_for.as_secs(),
+                self.failures,
+                if self.connected {
+                    "connected again"
+                } else {
+                    "disconnected"
+                },
+            );
+            let status = if failing_for >= self.ko_after {
+                ForwarderHealth::Ko
+            } else {
+                ForwarderHealth::Degraded
+            };
+            return (status, detail);
+        }
+        if !self.connected {
+            return (
+                ForwarderHealth::Degraded,
+                format!("connecting, {spooled} batches spooled"),
+            );
+        }
+        if let Some((at, what)) = &self.last_oversized
+            && now.saturating_duration_since(*at) < OVERSIZED_DEGRADED_FOR
+        {
+            return (
+                ForwarderHealth::Degraded,
+                format!(
+                    "connected to {}, {spooled} batches spooled; {} s ago {what}",
+                    self.upstream_id,
+                    now.saturating_duration_since(*at).as_secs()
+                ),
+            );
+        }
+        (
+            ForwarderHealth::Ok,
+            format!(
+                "connected to {}, {spooled} batches spooled",
+                self.upstream_id
+            ),
+        )
+    }
+
+    /// Records a failed stream.
+    fn failed(&mut self, error: String) {
+        self.connected = false;
+        self.last_error = Some(error);
+        self.failures += 1;
+        self.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Records progress: the upstream acknowledged more, or has everything.
+    fn delivering(&mut self) {
+        self.failing_since = None;
+        self.failures = 0;
+        self.last_error = None;
+    }
 }
 
 /// A running forwarder.
@@ -37,9 +156,13 @@ pub struct Forwarder {
     pub config: UpstreamConfig,
     pub node_id: String,
     pub epoch: u64,
-    pub max_message_bytes: usize,
+    /// This node's message limit; the upstream's is recorded here at each Welcome
+    /// (inputs check new series against both).
+    pub limits: Arc<MessageLimits>,
     pub store: Arc<dyn Store>,
     pub stats: Arc<Stats>,
+    /// For the `increments_oversized` event.
+    pub pipeline: Arc<Pipeline>,
     /// Last committed spool seq.
     pub spool_seq: watch::Receiver<u64>,
     /// Highest seq the upstream acknowledged.
@@ -70,44 +193,42 @@ impl Forwarder {
         let max = Duration::from_millis(self.config.max_backoff_ms);
         let mut backoff = min;
         while !stop.is_cancelled() {
-            let result = self.session(&stop).await;
+            let Err(e) = self.session(&stop).await else {
+                return;
+            };
             {
                 let mut st = self.state.lock();
-                st.connected = false;
-                if let Err(e) = &result {
-                    st.last_error = Some(e.to_string());
+                // A stream that delivered something starts the backoff afresh.
+                if st.failing_since.is_none() {
+                    backoff = min;
                 }
+                st.failed(e.to_string());
             }
-            match result {
-                Ok(true) => backoff = min,
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::warn!(upstream = %self.config.endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "upstream stream failed");
-                }
-            }
+            tracing::warn!(upstream = %self.config.endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "upstream stream failed");
             // Full jitter over the upper half keeps many sources from reconnecting in step.
             let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(jittered) => {}
             }
-            backoff = (backoff * 2).min(max);
+            backoff = backoff.saturating_mul(2).min(max);
         }
     }
 
-    /// One stream. `Ok(false)`: stopped; `Ok(true)`: ended cleanly, reconnect.
-    async fn session(&mut self, stop: &CancellationToken) -> Result<bool, SessionError> {
+    /// One stream, until it fails; `Ok` when stopped.
+    async fn session(&mut self, stop: &CancellationToken) -> Result<(), SessionError> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20));
         let channel = tokio::select! {
-            _ = stop.cancelled() => return Ok(false),
+            _ = stop.cancelled() => return Ok(()),
             c = endpoint.connect() => c?,
         };
+        let own_limit = self.limits.own();
         let mut client = FederationClient::new(channel)
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes);
+            .max_decoding_message_size(own_limit)
+            .max_encoding_message_size(own_limit);
         let max_inflight = self.config.max_inflight_batches;
         let (tx, rx) = mpsc::channel::<v1::SourceMessage>(max_inflight + 1);
         let hello = v1::Hello {
@@ -125,7 +246,7 @@ impl Forwarder {
             .await?
             .into_inner();
         let welcome = tokio::select! {
-            _ = stop.cancelled() => return Ok(false),
+            _ = stop.cancelled() => return Ok(()),
             m = tokio::time::timeout(Duration::from_secs(60), inbound.message()) => match m {
                 Ok(Ok(Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Welcome(w)) }))) => w,
                 Ok(Err(status)) => return Err(status.into()),
@@ -136,16 +257,26 @@ impl Forwarder {
         let committed = welcome.committed_seq;
         let spooled = *self.spool_seq.borrow();
         let mut window = SendWindow::resume(committed, *self.acked.borrow(), spooled)
-            .map_err(|e| SessionError::Protocol(format!("{e} (epoch {})", self.epoch)))?;
+            // Shown on /health/forwarder: the epoch by fingerprint only (PROTOCOL.md).
+            .map_err(|e| {
+                let epoch = crate::sources::epoch_fingerprint(self.epoch);
+                SessionError::Protocol(format!("{e} (epoch {epoch})"))
+            })?;
         self.ack(window.acked).await?;
+        // An upstream that announces no limit predates batch parts: whole batches only.
+        let upstream_limit = usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX);
+        self.limits.set_upstream(upstream_limit);
+        let wire_limit = (upstream_limit != 0).then(|| self.limits.link());
         Stats::add(&self.stats.forward_connects_total, 1);
         {
             let mut st = self.state.lock();
             st.connected = true;
             st.upstream_id = welcome.upstream_id.clone();
-            st.last_error = None;
+            if committed >= spooled {
+                st.delivering();
+            }
         }
-        tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = spooled, "connected upstream, resuming");
+        tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = spooled, upstream_max_message_bytes = upstream_limit, "connected upstream, resuming");
         let mut last_ack = tokio::time::Instant::now();
         // Series are named once per stream, then referred to by number.
         let mut refs = strata_proto::SeriesRefs::default();
@@ -168,24 +299,42 @@ impl Forwarder {
                     last_ack = tokio::time::Instant::now();
                 }
                 for b in batches {
-                    let mut wire = refs.encode(b.seq, b.watermark_ms, &b.increments);
-                    wire.follows_dropped = window.on_send(b.seq);
-                    if wire.follows_dropped {
+                    let mut parts = self.encode(&mut refs, &b, wire_limit)?;
+                    let follows_dropped = window.on_send(b.seq);
+                    if follows_dropped {
                         tracing::warn!(
                             first_missing = sent + 1,
                             seq = b.seq,
                             "spool dropped batches before this one"
                         );
                     }
-                    tracing::debug!(seq = b.seq, increments = b.increments.len(), "batch sent");
-                    if tx
-                        .send(v1::SourceMessage {
-                            msg: Some(source_message::Msg::Batch(wire)),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return Err(SessionError::Protocol("stream closed while sending".into()));
+                    let n = parts.len();
+                    tracing::debug!(
+                        seq = b.seq,
+                        increments = b.increments.len(),
+                        parts = n,
+                        "batch sent"
+                    );
+                    if n > 1 {
+                        Stats::add(&self.stats.forward_batches_split_total, 1);
+                    }
+                    for mut wire in parts.drain(..) {
+                        wire.follows_dropped = follows_dropped;
+                        if tx
+                            .send(v1::SourceMessage {
+                                msg: Some(source_message::Msg::Batch(wire)),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            // The upstream ended the stream: its status says why.
+                            let why =
+                                tokio::time::timeout(Duration::from_secs(1), inbound.message());
+                            return Err(match why.await {
+                                Ok(Err(status)) => status.into(),
+                                _ => SessionError::Protocol("stream closed while sending".into()),
+                            });
+                        }
                     }
                     Stats::add(&self.stats.forward_batches_sent_total, 1);
                 }
@@ -193,7 +342,7 @@ impl Forwarder {
             }
             let waiting_for_ack = window.sent > window.acked;
             tokio::select! {
-                _ = stop.cancelled() => return Ok(false),
+                _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(last_ack + ACK_TIMEOUT), if waiting_for_ack => {
                     return Err(SessionError::Protocol(format!(
                         "no ack for {} s with seqs {}..={} in flight",
@@ -202,7 +351,7 @@ impl Forwarder {
                 }
                 changed = self.spool_seq.changed() => {
                     if changed.is_err() {
-                        return Ok(false);
+                        return Ok(());
                     }
                 }
                 m = inbound.message() => match m? {
@@ -218,10 +367,48 @@ impl Forwarder {
                         tracing::error!(seq = r.seq, error = %r.error, "upstream rejected batch; it is dropped");
                     }
                     Some(_) => return Err(SessionError::Protocol("unexpected message from upstream".into())),
-                    None => return Ok(true),
+                    // What an upstream older than batch parts did with a message over its limit.
+                    None => return Err(SessionError::Protocol("upstream ended the stream without a status".into())),
                 },
             }
         }
+    }
+
+    /// Encodes one spooled batch for this stream: cut into parts that fit
+    /// `wire_limit` (the link's limit and whose it is), or whole for an upstream
+    /// that announced no limit. Increments too large alone are left out (counted,
+    /// logged, an event).
+    fn encode(
+        &self,
+        refs: &mut strata_proto::SeriesRefs,
+        b: &SpoolBatch,
+        wire_limit: Option<(usize, &'static str)>,
+    ) -> Result<Vec<v1::Batch>, SessionError> {
+        let Some((limit, whose)) = wire_limit else {
+            let whole = refs.encode(b.seq, b.watermark_ms, &b.increments);
+            let len = whole.encoded_len();
+            if len > self.limits.own() {
+                return Err(SessionError::Protocol(format!(
+                    "batch seq {} is {len} bytes, over this node's limit of {} bytes (grpc.max_message_bytes), and the upstream takes no batches in parts (it announces no message limit): upgrade it",
+                    b.seq,
+                    self.limits.own()
+                )));
+            }
+            return Ok(vec![whole]);
+        };
+        let parts = refs.encode_parts(b.seq, b.watermark_ms, &b.increments, limit);
+        if let Some(first) = parts.oversized.first() {
+            let n = parts.oversized.len();
+            Stats::add(&self.stats.forward_oversized_increments_total, n as u64);
+            let what = format!(
+                "left out {n} increments of batch seq {} that alone are over {whose} limit of {limit} bytes (grpc.max_message_bytes), the first of series {} at {} ({} bytes)",
+                b.seq, first.series, first.bucket_ms, first.bytes
+            );
+            tracing::error!(seq = b.seq, left_out = n, limit, series = %first.series, bytes = first.bytes, "increments too large for one message left out of the batch");
+            self.pipeline.event("increments_oversized", what.clone());
+            self.state.lock().last_oversized = Some((Instant::now(), what));
+        }
+        Ok(parts.batches)
     }
 
     /// Records an ack and deletes acknowledged batches from the spool.
@@ -238,6 +425,47 @@ impl Forwarder {
         Stats::add(&self.stats.forward_batches_acked_total, seq - prev);
         tracing::debug!(seq, "acked upstream");
         self.acked.send_replace(seq);
+        self.state.lock().delivering();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_streams_turn_health_degraded_then_ko() {
+        let config = UpstreamConfig {
+            max_backoff_ms: 500,
+            ..UpstreamConfig::default()
+        };
+        let mut st = ForwarderState::new(&config);
+        assert_eq!(st.ko_after, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(st.check(0, t0).0, ForwarderHealth::Degraded, "connecting");
+        st.connected = true;
+        st.upstream_id = "global".into();
+        assert_eq!(st.check(3, t0).0, ForwarderHealth::Ok);
+        st.failed("upstream: message of 900000 bytes over its limit".into());
+        // Connected again, but nothing acknowledged since: still failing.
+        st.connected = true;
+        let (status, detail) = st.check(3, Instant::now());
+        assert_eq!(status, ForwarderHealth::Degraded);
+        assert!(detail.contains("over its limit"), "{detail}");
+        let later = Instant::now() + Duration::from_secs(11);
+        assert_eq!(st.check(3, later).0, ForwarderHealth::Ko);
+        st.delivering();
+        assert_eq!(st.check(0, later).0, ForwarderHealth::Ok);
+        st.last_oversized = Some((later, "left out 1 increment".into()));
+        assert_eq!(st.check(0, later).0, ForwarderHealth::Degraded);
+        assert_eq!(
+            st.check(0, later + OVERSIZED_DEGRADED_FOR).0,
+            ForwarderHealth::Ok
+        );
+        assert_eq!(
+            ForwarderState::new(&UpstreamConfig::default()).ko_after,
+            Duration::from_secs(30)
+        );
     }
 }

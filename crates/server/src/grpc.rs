@@ -3,7 +3,9 @@
 //! The receiver authenticates each source, refuses a second live stream for a
 //! connected id, tells the source where to resume (its highest committed seq),
 //! drops batches it has already committed (acking them again) and acks every
-//! other batch only after the flush holding it is committed.
+//! other batch only after the flush holding it is committed. A batch sent in
+//! parts is held until its last part and then handled whole; a message over
+//! `grpc.max_message_bytes` ends the stream with a status naming the limit.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use prost::Message as _;
 use strata_model::{Kind, MINUTE_MS, SampleValue, State};
 use strata_proto::v1::{
     self, federation_server::Federation, ingest_server::Ingest, source_message, upstream_message,
@@ -21,10 +24,11 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::delivery::{Verdict, verdict};
+use crate::delivery::{Incoming, MAX_SEQ, Verdict, verdict};
 use crate::ingest::{IngestError, Ingestor, RawPoint, RawSeries};
+use crate::limits::MessageLimits;
 use crate::pipeline::{Ticket, now_ms};
-use crate::sources::SourceLive;
+use crate::sources::{SourceLive, epoch_fingerprint};
 use crate::stats::Stats;
 
 /// Maps input errors to gRPC statuses, in one place.
@@ -121,6 +125,10 @@ pub struct FederationService {
     pub ingestor: Arc<Ingestor>,
     pub node_id: String,
     pub histogram_sigfig: u8,
+    /// This node's message limit (announced in the Welcome) and its upstream's.
+    pub limits: Arc<MessageLimits>,
+    /// `grpc.max_batch_bytes`: most a batch in parts may hold while it is assembled.
+    pub max_batch_bytes: usize,
     /// Ends open streams at shutdown so the server can stop.
     pub shutdown: CancellationToken,
 }
@@ -145,6 +153,10 @@ impl Federation for FederationService {
             Ok(Ok(Some(v1::SourceMessage {
                 msg: Some(source_message::Msg::Hello(h)),
             }))) => h,
+            Ok(Err(status)) if is_over_limit(&status) => {
+                Stats::add(&stats.federation_oversized_messages_total, 1);
+                return Err(over_limit(status, self.limits.own()));
+            }
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
             Ok(Ok(_)) => {
@@ -198,6 +210,8 @@ impl Federation for FederationService {
                 "previous stream still committing, retry",
             )));
         }
+        // Events are readable over HTTP: they name epochs by fingerprint only,
+        // since an epoch together with the token is what continues a stream.
         if live.epoch() != hello.epoch {
             if live.epoch() != 0 {
                 tracing::warn!(source = %live.id, old = live.epoch(), new = hello.epoch, "source starts a new epoch: it lost its durable state");
@@ -206,11 +220,24 @@ impl Federation for FederationService {
                     format!(
                         "source {:?} came back with epoch {} (was {}): it lost its durable state",
                         live.id,
-                        hello.epoch,
-                        live.epoch()
+                        epoch_fingerprint(hello.epoch),
+                        epoch_fingerprint(live.epoch())
                     ),
                 );
             }
+            live.reset_epoch(hello.epoch);
+        } else if live.committed() > MAX_SEQ {
+            // Only a version without seq limits could have committed this
+            // (a forged seq): no real source can resume after it.
+            tracing::warn!(source = %live.id, epoch = hello.epoch, committed_seq = live.committed(), max_seq = MAX_SEQ, "source's committed seq is beyond any real seq: restarting its epoch's count");
+            pipeline.event(
+                "source_seq_reset",
+                format!(
+                    "source {:?}: committed seq {} is beyond any real seq; counting restarts at 0",
+                    live.id,
+                    live.committed()
+                ),
+            );
             live.reset_epoch(hello.epoch);
         }
         let committed = live.committed();
@@ -220,7 +247,8 @@ impl Federation for FederationService {
             "source_connected",
             format!(
                 "source {:?} connected (epoch {}, resuming after seq {committed})",
-                live.id, hello.epoch
+                live.id,
+                epoch_fingerprint(hello.epoch)
             ),
         );
         let (out_tx, out_rx) = mpsc::channel::<Result<v1::UpstreamMessage, Status>>(64);
@@ -228,6 +256,7 @@ impl Federation for FederationService {
             .send(Ok(message(upstream_message::Msg::Welcome(v1::Welcome {
                 committed_seq: committed,
                 upstream_id: self.node_id.clone(),
+                max_message_bytes: self.limits.own() as u64,
             }))))
             .await;
         let session = Session {
@@ -237,6 +266,10 @@ impl Federation for FederationService {
             histogram_sigfig: self.histogram_sigfig,
             out: out_tx,
             known: strata_proto::KnownSeries::default(),
+            first_on_stream: true,
+            limits: self.limits.clone(),
+            max_batch_bytes: self.max_batch_bytes,
+            parts: None,
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -258,6 +291,26 @@ struct Session {
     out: mpsc::Sender<Result<v1::UpstreamMessage, Status>>,
     /// The series this stream defined, by ref.
     known: strata_proto::KnownSeries,
+    /// No batch judged on this stream yet: only this one may follow dropped batches.
+    first_on_stream: bool,
+    /// A forwarding node refuses increments it could never forward.
+    limits: Arc<MessageLimits>,
+    /// Bounds what [`Session::assemble`] holds.
+    max_batch_bytes: usize,
+    /// The batch being received in parts, if any.
+    parts: Option<Parts>,
+}
+
+/// A batch arriving in parts (`Batch.part`, `more_parts`): held until its last part,
+/// then judged, merged and committed whole like a batch sent in one message, so a seq
+/// is never half merged.
+struct Parts {
+    /// The batch so far: the first part's seq, watermark and flags, every part's series.
+    batch: v1::Batch,
+    /// The part expected next.
+    next: u32,
+    /// Encoded size of the parts held, against `grpc.max_batch_bytes`.
+    bytes: usize,
 }
 
 impl Session {
@@ -279,12 +332,16 @@ impl Session {
                 },
                 msg = inbound.message() => match msg {
                     Ok(Some(v1::SourceMessage { msg: Some(source_message::Msg::Batch(batch)) })) => {
-                        if let Err(status) = self.on_batch(batch, &ack_tx).await {
+                        if let Err(status) = self.on_message(batch, &ack_tx).await {
                             break Some(status);
                         }
                     }
                     Ok(Some(_)) => break Some(Status::invalid_argument("unexpected message after hello")),
                     Ok(None) => break None,
+                    Err(status) if is_over_limit(&status) => {
+                        Stats::add(&self.ingestor.pipeline.stats.federation_oversized_messages_total, 1);
+                        break Some(over_limit(status, self.limits.own()));
+                    }
                     Err(status) => {
                         tracing::debug!(source = %self.live.id, error = %status, "source stream broke");
                         break None;
@@ -310,28 +367,103 @@ impl Session {
         );
     }
 
+    /// One batch message: a whole batch, or one of its parts.
+    async fn on_message(
+        &mut self,
+        batch: v1::Batch,
+        ack_tx: &mpsc::Sender<Result<u64, String>>,
+    ) -> Result<(), Status> {
+        // Every message the stream carries defines series, in stream order,
+        // duplicates and parts included.
+        if let Err(e) = self.known.learn(&batch) {
+            return Err(Status::invalid_argument(format!(
+                "source {:?}, batch {}: {e}",
+                self.live.id, batch.seq
+            )));
+        }
+        match self.assemble(batch)? {
+            Some(whole) => self.on_batch(whole, ack_tx).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Collects the parts of a batch; returns the batch once whole. A part out of
+    /// place ends the stream (the source resends from the committed seq), and so do
+    /// parts beyond `grpc.max_batch_bytes`.
+    fn assemble(&mut self, batch: v1::Batch) -> Result<Option<v1::Batch>, Status> {
+        let source = &self.live.id;
+        let Some(mut held) = self.parts.take() else {
+            if batch.part != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "source {source:?}: part {} of batch {} came without the parts before it",
+                    batch.part, batch.seq
+                )));
+            }
+            if !batch.more_parts {
+                return Ok(Some(batch));
+            }
+            let bytes = batch.encoded_len();
+            let mut first = batch;
+            if first.seq <= self.live.committed() {
+                // Already committed: it will be acked again, not merged; hold nothing.
+                first.series.clear();
+            }
+            self.parts = Some(Parts {
+                batch: first,
+                next: 1,
+                bytes,
+            });
+            return Ok(None);
+        };
+        if batch.seq != held.batch.seq || batch.part != held.next {
+            return Err(Status::invalid_argument(format!(
+                "source {source:?}: expected part {} of batch {}, got part {} of batch {}",
+                held.next, held.batch.seq, batch.part, batch.seq
+            )));
+        }
+        if batch.seq > self.live.committed() {
+            held.bytes = held.bytes.saturating_add(batch.encoded_len());
+            if held.bytes > self.max_batch_bytes {
+                Stats::add(
+                    &self
+                        .ingestor
+                        .pipeline
+                        .stats
+                        .federation_oversized_messages_total,
+                    1,
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "source {source:?}: batch {} in parts is over {} bytes, this node's limit (grpc.max_batch_bytes)",
+                    batch.seq, self.max_batch_bytes
+                )));
+            }
+            held.batch.series.extend(batch.series);
+        }
+        if batch.more_parts {
+            held.next += 1;
+            self.parts = Some(held);
+            return Ok(None);
+        }
+        held.batch.more_parts = false;
+        Ok(Some(held.batch))
+    }
+
+    /// One whole batch: judged by its seq, merged, acked after commit.
     async fn on_batch(
         &mut self,
         batch: v1::Batch,
         ack_tx: &mpsc::Sender<Result<u64, String>>,
     ) -> Result<(), Status> {
         let seq = batch.seq;
-        // Every batch the stream carries defines series, duplicates included.
-        if let Err(e) = self.known.learn(&batch) {
-            return Err(Status::invalid_argument(format!(
-                "source {:?}, batch {seq}: {e}",
-                self.live.id
-            )));
-        }
         let stats = &self.ingestor.pipeline.stats;
         let live = &self.live;
         live.last_seen_ms.store(now_ms(), Ordering::Relaxed);
-        match verdict(
-            live.committed(),
-            live.received(),
+        let incoming = Incoming {
             seq,
-            batch.follows_dropped,
-        ) {
+            follows_dropped: batch.follows_dropped,
+            first_on_stream: std::mem::replace(&mut self.first_on_stream, false),
+        };
+        match verdict(live.committed(), live.received(), incoming) {
             Verdict::Duplicate => {
                 live.duplicates.fetch_add(1, Ordering::Relaxed);
                 Stats::add(&stats.federation_duplicates_total, 1);
@@ -343,18 +475,32 @@ impl Session {
                     .map_err(|_| Status::cancelled("stream closed"));
             }
             Verdict::OutOfOrder { expected } => {
+                Stats::add(&stats.federation_refused_seqs_total, 1);
+                tracing::info!(source = %live.id, epoch = self.epoch, seq, expected, "batch out of order: ending the stream so the source resumes");
                 return Err(Status::failed_precondition(format!(
                     "source {:?}: expected seq {expected}, got {seq}; reconnect to resume",
                     live.id
                 )));
             }
-            Verdict::Accept if seq > live.received() + 1 => {
+            Verdict::Refused(refusal) => {
+                Stats::add(&stats.federation_refused_seqs_total, 1);
+                tracing::warn!(source = %live.id, epoch = self.epoch, seq, error = %refusal, "batch refused for its seq: nothing merged, ending the stream");
+                self.ingestor.pipeline.event(
+                    "batch_seq_refused",
+                    format!("source {:?}: {refusal}", live.id),
+                );
+                return Err(Status::failed_precondition(format!(
+                    "source {:?}: {refusal}",
+                    live.id
+                )));
+            }
+            Verdict::Accept { lost } if lost > 0 => {
                 tracing::warn!(
-                    source = %live.id, epoch = self.epoch, first_missing = live.received() + 1, seq,
+                    source = %live.id, epoch = self.epoch, first_missing = seq - lost, lost, seq,
                     "source dropped batches at its spool cap: they are lost"
                 );
             }
-            Verdict::Accept => {}
+            Verdict::Accept { .. } => {}
         }
         let progress = SourceProgress {
             source_id: live.id.clone(),
@@ -412,6 +558,10 @@ impl Session {
         let mut checked: HashSet<(String, Kind)> = HashSet::new();
         let mut refused = 0u64;
         let mut keep = Vec::with_capacity(increments.len());
+        // A node that forwards refuses what it could never forward, like its own inputs.
+        let forwarding = self.ingestor.pipeline.settings().forwarding;
+        let mut fits: Option<Arc<strata_model::SeriesKey>> = None;
+        let mut oversized: Option<String> = None;
         for inc in increments {
             let metric = inc.series.metric();
             let problem = if let State::Histogram(h) = &inc.state
@@ -422,6 +572,12 @@ impl Session {
                     h.sigfig(),
                     self.histogram_sigfig
                 ))
+            } else if forwarding
+                && !fits.as_ref().is_some_and(|s| Arc::ptr_eq(s, &inc.series))
+                && let Err(reason) = self.limits.check(&inc.series, inc.state.kind())
+            {
+                oversized = Some(reason.clone());
+                Some(reason)
             } else if let Some(reason) = refused_metrics.get(metric) {
                 Some(reason.clone())
             } else {
@@ -446,7 +602,10 @@ impl Session {
                 }
             };
             match problem {
-                None => keep.push(inc),
+                None => {
+                    fits = Some(inc.series.clone());
+                    keep.push(inc);
+                }
                 Some(reason) => {
                     refused += 1;
                     if refused <= 5 {
@@ -465,15 +624,19 @@ impl Session {
                     refused_metrics
                         .values()
                         .next()
+                        .or(oversized.as_ref())
                         .map_or("histogram precision", String::as_str)
                 ),
             );
         }
         // Late relative to the source's own watermark: such a bucket was closed
         // at the source long ago. A backlog after an outage is not late.
-        let oldest_end = batch.watermark_ms - self.ingestor.settings.allowed_lateness_ms;
+        // Saturating: both come from the network and may be anything.
+        let oldest_end = batch
+            .watermark_ms
+            .saturating_sub(self.ingestor.settings.allowed_lateness_ms);
         let before = keep.len();
-        keep.retain(|inc| inc.bucket_ms + MINUTE_MS > oldest_end);
+        keep.retain(|inc| inc.bucket_ms.saturating_add(MINUTE_MS) > oldest_end);
         let late = before - keep.len();
         if late > 0 {
             Stats::add(&stats.late_samples_total, late as u64);
@@ -481,6 +644,36 @@ impl Session {
         }
         Ok(keep)
     }
+}
+
+/// Whether `status` is tonic's refusal of a message over the decoding limit.
+fn is_over_limit(status: &Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+}
+
+/// A message over this node's limit, as the sender should see it: a status naming
+/// the limit and its key (tonic's own refusal would otherwise end the stream
+/// quietly). Other statuses pass through.
+fn over_limit(status: Status, limit: usize) -> Status {
+    if !is_over_limit(&status) {
+        return status;
+    }
+    // tonic says "... found N bytes, the limit is: L bytes".
+    let found = status
+        .message()
+        .split("found ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let what = match found {
+        Some(n) => format!("a message of {n} bytes"),
+        None => "a message".to_string(),
+    };
+    tracing::warn!(limit, found, "message over the limit refused");
+    Status::resource_exhausted(format!(
+        "{what} is over this node's limit of {limit} bytes (grpc.max_message_bytes); batches larger than the limit announced in the welcome must be sent in parts"
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -12,11 +12,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 use strata_model::Step;
 
 use crate::Node;
+use crate::forwarder::ForwarderHealth;
 use crate::ingest::{IngestError, parse_ndjson};
 use crate::pipeline::now_ms;
 use crate::query::{self, QueryError};
@@ -30,6 +31,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alarms", get(alarms))
+        .route("/api/v1/quarantine", delete(clear_quarantine))
         .route("/health", get(health))
         .route("/health/{component}", get(health_component))
         .route("/metrics", get(prometheus))
@@ -119,8 +121,12 @@ async fn query(
             .get("q")
             .ok_or_else(|| QueryError("missing parameter q".into()))?
             .clone();
-        let from_ms = query::parse_time(params.get("from").map_or("-15m", String::as_str), now)?;
-        let to_ms = query::parse_time(params.get("to").map_or("now", String::as_str), now)?;
+        let time = |param: &str, default: &str| {
+            let value = params.get(param).map_or(default, String::as_str);
+            query::parse_time_param(param, value, now)
+        };
+        let from_ms = time("from", "-15m")?;
+        let to_ms = time("to", "now")?;
         let step: Step = params
             .get("step")
             .map_or(Ok(Step::Minute), |s| s.parse())
@@ -184,7 +190,7 @@ async fn sources(State(node): State<Arc<Node>>) -> Response {
             json!({
                 "id": s.id,
                 "connected": s.is_connected(),
-                "epoch": s.epoch(),
+                "epoch_fingerprint": (s.epoch() != 0).then(|| crate::sources::epoch_fingerprint(s.epoch())),
                 "committed_seq": s.committed(),
                 "last_seen_ms": s.last_seen_ms.load(Ordering::Relaxed),
                 "watermark_ms": watermark,
@@ -203,8 +209,8 @@ async fn events(
     State(node): State<Arc<Node>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
-    let since = match query::parse_time(params.get("since").map_or("-1d", String::as_str), now_ms())
-    {
+    let since = params.get("since").map_or("-1d", String::as_str);
+    let since = match query::parse_time_param("since", since, now_ms()) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
     };
@@ -261,6 +267,26 @@ async fn alarms(
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reading alarms: {e}"),
+        ),
+    }
+}
+
+/// `DELETE /api/v1/quarantine`: deletes the unreadable stored states the
+/// store moved aside (after an operator looked at them), which clears the
+/// `quarantine` health check.
+async fn clear_quarantine(State(node): State<Arc<Node>>) -> Response {
+    let store = node.pipeline.store.clone();
+    let cleared = tokio::task::spawn_blocking(move || store.clear_quarantine())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match cleared {
+        Ok(deleted) => {
+            axum::Json(json!({"status": "success", "data": {"deleted": deleted}})).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("clearing the quarantine: {e}"),
         ),
     }
 }
@@ -348,6 +374,15 @@ fn components(node: &Node) -> Vec<(&'static str, Vec<Check>)> {
                     (Health::Ok, "no failed commits".into())
                 }
             }),
+            timed("quarantine", &|| match p.store.quarantined() {
+                0 => (Health::Ok, "no unreadable stored states".into()),
+                n => (
+                    Health::Degraded,
+                    format!(
+                        "{n} unreadable stored states moved to quarantine; their buckets started afresh (see events of type state_quarantined)"
+                    ),
+                ),
+            }),
         ],
     ));
     out.push((
@@ -355,23 +390,14 @@ fn components(node: &Node) -> Vec<(&'static str, Vec<Check>)> {
         vec![timed("upstream", &|| match &node.forwarder {
             None => (Health::Deactivated, "no [upstream] configured".into()),
             Some(f) => {
-                let st = f.lock();
-                let spool = p.store.spool_stats();
-                if st.connected {
-                    (
-                        Health::Ok,
-                        format!(
-                            "connected to {}, {} batches spooled",
-                            st.upstream_id, spool.batches
-                        ),
-                    )
-                } else {
-                    let err = st.last_error.clone().unwrap_or_else(|| "connecting".into());
-                    (
-                        Health::Degraded,
-                        format!("disconnected ({err}), {} batches spooled", spool.batches),
-                    )
-                }
+                let spooled = p.store.spool_stats().batches;
+                let (status, detail) = f.lock().check(spooled, Instant::now());
+                let status = match status {
+                    ForwarderHealth::Ok => Health::Ok,
+                    ForwarderHealth::Degraded => Health::Degraded,
+                    ForwarderHealth::Ko => Health::Ko,
+                };
+                (status, detail)
             }
         })],
     ));

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::limits::MessageLimits;
 use crate::pipeline::{Pipeline, SELF_PREFIX, SampleItem, Ticket, now_ms};
 use crate::registry::{Conflict, Registry};
 use crate::stats::Stats;
@@ -121,10 +122,9 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
                 ));
             }
             (Some(serde_json::Value::Bool(b)), _) => SampleValue::Flag(*b),
-            (Some(serde_json::Value::Number(n)), _) => match n.as_f64() {
-                Some(v) => SampleValue::Number(v),
-                None => return Err(invalid(line_no, format!("value {n} is not a number"))),
-            },
+            (Some(serde_json::Value::Number(n)), _) => {
+                SampleValue::Number(number_value(n, kind).map_err(|e| invalid(line_no, e))?)
+            }
             (Some(other), _) => {
                 return Err(invalid(
                     line_no,
@@ -153,12 +153,44 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
     Ok(out)
 }
 
+/// Largest integer below which every integer is exactly a 64-bit float: 2^53.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// The float of a JSON number. An integer literal the float cannot hold
+/// exactly (`9007199254740993` would become 2^53) is refused, naming the
+/// value and the range the kind holds exactly, instead of being rounded.
+fn number_value(n: &serde_json::Number, kind: Kind) -> Result<f64, String> {
+    let v = n
+        .as_f64()
+        .ok_or_else(|| format!("value {n} is not a number"))?;
+    // Through i128, which holds every u64 and i64 and is not saturated by
+    // any float of their range (`u64::MAX as f64` is 2^64).
+    let literal = n
+        .as_u64()
+        .map(i128::from)
+        .or_else(|| n.as_i64().map(i128::from));
+    match literal {
+        Some(int) if v as i128 != int => Err(match kind {
+            Kind::Counter => format!(
+                "counter value {n} cannot be held exactly: counter values are integers from 0 to {MAX_EXACT_INTEGER} (2^53)"
+            ),
+            _ => format!(
+                "{kind} value {n} cannot be held exactly: {kind} values are 64-bit floats, exact for integers from -{MAX_EXACT_INTEGER} to {MAX_EXACT_INTEGER} (2^53)"
+            ),
+        }),
+        _ => Ok(v),
+    }
+}
+
 /// Limits applied to every sample.
 #[derive(Clone, Debug)]
 pub struct IngestSettings {
     pub allowed_lateness_ms: i64,
     pub max_future_ms: i64,
     pub default_apdex_threshold: f64,
+    /// One increment of every admitted series must fit in a message of the
+    /// federation link (`grpc.max_message_bytes`, this node's and its upstream's).
+    pub message_limits: Arc<MessageLimits>,
 }
 
 /// Validates and admits requests into the pipeline.
@@ -192,7 +224,8 @@ impl Ingestor {
     /// The `usize` of each sample is what errors name (line or point number).
     pub fn prepare(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
         let now = now_ms();
-        let oldest_bucket_end = now - self.settings.allowed_lateness_ms;
+        let oldest_bucket_end = now.saturating_sub(self.settings.allowed_lateness_ms);
+        let newest_ts = now.saturating_add(self.settings.max_future_ms);
         let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
         let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
         // Per series: (line of its first point, series, kind, apdex threshold).
@@ -213,6 +246,10 @@ impl Ingestor {
             }
             let key =
                 SeriesKey::new(s.metric, s.labels).map_err(|e| invalid(line, e.to_string()))?;
+            self.settings
+                .message_limits
+                .check(&key, s.kind)
+                .map_err(|e| invalid(line, e))?;
             let threshold = match s.threshold {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
                     return Err(invalid(
@@ -246,23 +283,25 @@ impl Ingestor {
                 State::validate_sample(s.kind, p.value)
                     .map_err(|e| invalid(p.line, e.to_string()))?;
                 let ts_ms = p.ts_ms.unwrap_or(now);
+                // The future first: the bucket end of a far-future ts would overflow.
+                if ts_ms > newest_ts {
+                    Stats::add(&self.stats.future_samples_total, 1);
+                    return Err(invalid(
+                        p.line,
+                        format!(
+                            "ts_ms {ts_ms} is in the future: more than {} s (aggregation.max_future_s) ahead of this node's clock ({now})",
+                            self.settings.max_future_ms / 1000
+                        ),
+                    ));
+                }
                 let bucket_ms = minute_start(ts_ms);
-                if bucket_ms + MINUTE_MS <= oldest_bucket_end {
+                if bucket_ms.saturating_add(MINUTE_MS) <= oldest_bucket_end {
                     Stats::add(&self.stats.late_samples_total, 1);
                     return Err(invalid(
                         p.line,
                         format!(
                             "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
                             self.settings.allowed_lateness_ms / 1000
-                        ),
-                    ));
-                }
-                if ts_ms > now + self.settings.max_future_ms {
-                    return Err(invalid(
-                        p.line,
-                        format!(
-                            "ts_ms {ts_ms} is more than {} s in the future",
-                            self.settings.max_future_ms / 1000
                         ),
                     ));
                 }
@@ -385,5 +424,58 @@ mod tests {
         let err = parse_ndjson(b"not json").unwrap_err();
         assert!(matches!(err, IngestError::Invalid { line: Some(1), .. }));
         assert!(parse_ndjson(b"\n\n").is_err());
+    }
+
+    fn value_of(line: &str) -> Result<SampleValue, String> {
+        parse_ndjson(line.as_bytes())
+            .map(|s| s[0].points[0].value)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_a_float_cannot_hold_exactly_are_refused() {
+        let counter =
+            |v: &str| value_of(&format!(r#"{{"metric":"c","kind":"counter","value":{v}}}"#));
+        let err = counter("9007199254740993").unwrap_err();
+        assert_eq!(
+            err,
+            "line 1: counter value 9007199254740993 cannot be held exactly: counter values are integers from 0 to 9007199254740992 (2^53)"
+        );
+        for v in [
+            "18446744073709551615",
+            "9223372036854775807",
+            "9007199254740995",
+        ] {
+            assert!(
+                counter(v).unwrap_err().contains("cannot be held exactly"),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            counter("9007199254740992"),
+            Ok(SampleValue::Number(9_007_199_254_740_992.0))
+        );
+        assert_eq!(counter("0"), Ok(SampleValue::Number(0.0)));
+        let sum = |v: &str| value_of(&format!(r#"{{"metric":"s","kind":"sum","value":{v}}}"#));
+        let err = sum("-9007199254740993").unwrap_err();
+        assert!(
+            err.contains("sum value -9007199254740993 cannot be held exactly"),
+            "{err}"
+        );
+        assert!(
+            err.contains("-9007199254740992 to 9007199254740992"),
+            "{err}"
+        );
+        // Integers a float holds exactly, however large, and float literals pass.
+        assert_eq!(
+            sum("1152921504606846976"),
+            Ok(SampleValue::Number(2f64.powi(60)))
+        );
+        assert_eq!(
+            sum("-9223372036854775808"),
+            Ok(SampleValue::Number(-(2f64.powi(63))))
+        );
+        assert_eq!(sum("12.5"), Ok(SampleValue::Number(12.5)));
+        assert_eq!(sum("1e300"), Ok(SampleValue::Number(1e300)));
     }
 }

@@ -21,7 +21,9 @@
 //! - [`ingest`]: NDJSON parsing and all-or-nothing sample admission.
 //! - [`grpc`]: native ingest and the federation receiver.
 //! - [`delivery`]: the delivery protocol's decisions (seq verdicts, send window), model-tested.
+//! - [`fatal`]: a panic in a pipeline thread stops the node (and the fault-injection hook).
 //! - [`forwarder`]: the stream to the upstream tier, fed from the spool.
+//! - [`limits`]: both ends' message limits and the check that keeps increments forwardable.
 //! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
 //! - [`http`]: the HTTP API.
 //! - [`alarms`]: alarm rule evaluation and webhook notifications (outbox, retries).
@@ -43,10 +45,12 @@
 pub mod alarms;
 pub mod config;
 pub mod delivery;
+pub mod fatal;
 pub mod forwarder;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod pipeline;
 pub mod query;
 pub mod registry;
@@ -55,6 +59,7 @@ pub mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +77,7 @@ pub use config::Config;
 
 use crate::forwarder::{Forwarder, ForwarderState};
 use crate::ingest::{IngestSettings, Ingestor};
+use crate::limits::MessageLimits;
 use crate::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
 use crate::registry::Registry;
 use crate::sources::Sources;
@@ -108,6 +114,10 @@ pub struct RunningTier {
 pub struct StartOptions {
     /// The alarm evaluator's clock, backoff and limits.
     pub alarms: alarms::AlarmSettings,
+    /// `strata run --reset-store`: a store file that cannot be read is moved
+    /// aside (`strata.redb.corrupt-<unix ms>`) and a new store is started,
+    /// instead of refusing to start. A readable store is left alone.
+    pub reset_store: bool,
 }
 
 struct ForwarderTask {
@@ -134,15 +144,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     };
     let store: Arc<dyn Store> = match config.storage.engine.as_str() {
         "memory" => Arc::new(MemoryStore::new(opts)),
-        _ => {
-            let dir = config.node.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir, opts))
-                .await?
-                .with_context(|| {
-                    format!("opening the store in {}", config.node.data_dir.display())
-                })?;
-            Arc::new(store)
-        }
+        _ => Arc::new(open_redb(config.node.data_dir.clone(), opts, options.reset_store).await?),
     };
     let stats = Arc::new(Stats::default());
     let registry = Arc::new(Registry::with_known(
@@ -155,7 +157,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     let sources = Arc::new(Sources::new(
         config.downstream.clone(),
         store.sources(),
-        config.aggregation.source_ttl_s as i64 * 1000,
+        strata_model::time::span_ms(config.aggregation.source_ttl_s, 1_000),
     ));
     let agg = &config.aggregation;
     let settings = PipelineSettings {
@@ -174,23 +176,22 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         carrier_bulk_max: config.carrier.bulk_max,
         flush_interval: Duration::from_millis(agg.flush_interval_ms),
         forwarding: config.upstream.is_some(),
-        retention: pipeline::Retention {
-            minute_ms: config.storage.retention_minutes as i64 * 60_000,
-            hour_ms: config.storage.retention_hours as i64 * 3_600_000,
-            day_ms: config.storage.retention_days as i64 * 86_400_000,
-            events_ms: config.storage.event_retention_days as i64 * 86_400_000,
-            series_ms: config.storage.series_ttl_s as i64 * 1000,
-        },
+        retention: pipeline::Retention::from_config(&config.storage),
     };
     let (pipeline, pipeline_threads) =
         Pipeline::start(settings, store.clone(), sources, stats.clone())?;
+    let message_limits = Arc::new(MessageLimits::new(
+        config.grpc.max_message_bytes,
+        agg.histogram_significant_digits,
+    ));
     let ingestor = Arc::new(Ingestor::new(
         pipeline.clone(),
         registry,
         IngestSettings {
-            allowed_lateness_ms: agg.allowed_lateness_s as i64 * 1000,
-            max_future_ms: agg.max_future_s as i64 * 1000,
+            allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
+            max_future_ms: strata_model::time::span_ms(agg.max_future_s, 1_000),
             default_apdex_threshold: agg.apdex_threshold,
+            message_limits: message_limits.clone(),
         },
         config.http.max_inflight_requests,
     ));
@@ -203,13 +204,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             spool.first_seq.saturating_sub(1)
         };
         let (acked_tx, acked_rx) = watch::channel(acked_at_start);
-        let state = Arc::new(Mutex::new(ForwarderState::default()));
+        let state = Arc::new(Mutex::new(ForwarderState::new(up)));
         let f = Forwarder {
             config: up.clone(),
             node_id: config.node.id.clone(),
             epoch: store.epoch(),
-            max_message_bytes: config.grpc.max_message_bytes,
+            limits: message_limits.clone(),
             store: store.clone(),
+            pipeline: pipeline.clone(),
             stats: stats.clone(),
             spool_seq: pipeline.spool_seq(),
             acked: acked_tx,
@@ -276,6 +278,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         ingestor: ingestor.clone(),
         node_id: config.node.id.clone(),
         histogram_sigfig: agg.histogram_significant_digits,
+        limits: message_limits.clone(),
+        max_batch_bytes: config.grpc.max_batch_bytes,
         shutdown: accept_stop.clone(),
     })
     .max_decoding_message_size(max_msg)
@@ -325,7 +329,47 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     })
 }
 
+/// Opens the durable store in `dir`. An unreadable store file is refused
+/// with an error saying how to start afresh, or, with `reset`, moved aside
+/// (never deleted) and replaced by a new store, with a warning naming both.
+async fn open_redb(dir: PathBuf, opts: StoreOptions, reset: bool) -> anyhow::Result<RedbStore> {
+    let open = |dir: PathBuf, opts: StoreOptions| {
+        tokio::task::spawn_blocking(move || RedbStore::open(&dir, opts))
+    };
+    let context = || format!("opening the store in {}", dir.display());
+    match open(dir.clone(), opts.clone()).await? {
+        Ok(store) => {
+            if reset {
+                tracing::info!(path = %store.path().display(), "the store is readable: --reset-store leaves it in place");
+            }
+            Ok(store)
+        }
+        Err(e) if reset && e.is_unreadable() => {
+            let aside = RedbStore::move_aside(&dir).with_context(context)?;
+            tracing::warn!(
+                error = %e,
+                moved_to = %aside.display(),
+                "store unreadable: moved aside, starting a new store with a new epoch (--reset-store)"
+            );
+            let store = open(dir.clone(), opts).await?.with_context(context)?;
+            Ok(store)
+        }
+        Err(e) if e.is_unreadable() => Err(anyhow::anyhow!(
+            "{}: {e}. Nothing was changed; to keep the file and start a new, empty store, run `strata run --reset-store` (it moves {} aside)",
+            context(),
+            RedbStore::FILE_NAME
+        )),
+        Err(e) => Err(anyhow::Error::new(e).context(context())),
+    }
+}
+
 impl RunningTier {
+    /// Resolves when a pipeline thread panicked, with what happened: the node
+    /// cannot go on and must be shut down ([`fatal`]).
+    pub async fn stopped_by(&self) -> String {
+        self.node.pipeline.fatal.wait().await
+    }
+
     /// Stops in order: stop accepting and end source streams, let in-flight
     /// requests finish, final flush and commit, stop the alarm evaluator and
     /// sender (queued notifications stay in the outbox), forward until the
@@ -336,6 +380,10 @@ impl RunningTier {
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(node = %self.node.id, "shutting down: no longer accepting");
         self.accept_stop.cancel();
+        if let Some(what) = self.node.pipeline.fatal.get() {
+            // Nothing more will be committed: do not hold requests until the deadline.
+            self.node.pipeline.fail_pending(&what);
+        }
         for (name, task) in self.servers {
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(_) => tracing::debug!(server = name, "stopped"),
@@ -387,6 +435,16 @@ pub async fn run(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let tier = start(config).await?;
-    shutdown.await;
-    tier.shutdown(grace).await
+    let fatal = tokio::select! {
+        _ = shutdown => None,
+        what = tier.stopped_by() => Some(what),
+    };
+    if let Some(what) = &fatal {
+        tracing::error!(error = %what, "stopping the node: a pipeline thread failed");
+    }
+    tier.shutdown(grace).await?;
+    match fatal {
+        Some(what) => Err(anyhow::anyhow!("the node stopped because {what}")),
+        None => Ok(()),
+    }
 }

@@ -30,6 +30,7 @@ use strata_model::{Increment, Kind, SampleValue, SeriesKey, State, StateParams};
 use strata_store::{Commit, Event, Resolution, SourceProgress, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::fatal::{Fatal, fault};
 use crate::sources::{Sources, Watermarks};
 use crate::stats::Stats;
 
@@ -99,6 +100,20 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// The configured retentions in milliseconds. Saturates rather than wraps,
+    /// so no value, even one validation would refuse, turns into a negative
+    /// retention that deletes everything.
+    pub fn from_config(storage: &crate::config::StorageConfig) -> Self {
+        use strata_model::time::{DAY_MS, HOUR_MS, MINUTE_MS, span_ms};
+        Retention {
+            minute_ms: span_ms(storage.retention_minutes, MINUTE_MS),
+            hour_ms: span_ms(storage.retention_hours, HOUR_MS),
+            day_ms: span_ms(storage.retention_days, DAY_MS),
+            events_ms: span_ms(storage.event_retention_days, DAY_MS),
+            series_ms: span_ms(storage.series_ttl_s, 1_000),
+        }
+    }
+
     /// Keeps everything (tests and benchmarks).
     pub fn forever() -> Self {
         let ms = i64::MAX / 4;
@@ -130,6 +145,8 @@ pub struct Pipeline {
     /// Set when a commit failed for good: nothing more is committed, so no
     /// later ack can cover the lost flush.
     failed: AtomicBool,
+    /// Set when a pipeline thread panicked: the node must stop.
+    pub fatal: Fatal,
 }
 
 /// Threads of a running pipeline, stopped in order by [`PipelineThreads::stop`].
@@ -165,7 +182,8 @@ impl Pipeline {
         sources: Arc<Sources>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<(Arc<Pipeline>, PipelineThreads)> {
-        let (ingest, shard_threads) = Carrier::start(
+        let fatal = Fatal::default();
+        let (ingest, shard_threads) = Carrier::start_with_panic_hook(
             CarrierConfig {
                 name: "shard".into(),
                 partitions: settings.shards,
@@ -180,6 +198,7 @@ impl Pipeline {
                 source: settings.node_id.clone(),
                 stats: stats.clone(),
             },
+            fatal.carrier_hook(),
         )
         .map_err(|e| anyhow::anyhow!("starting aggregator shards: {e}"))?;
         let last_seq = store.spool_stats().last_seq;
@@ -194,13 +213,14 @@ impl Pipeline {
             own_watermark_ms: AtomicI64::new(0),
             spool_seq: watch::channel(last_seq).0,
             failed: AtomicBool::new(false),
+            fatal: fatal.clone(),
         });
         let writer = CommitWriter {
             pipeline: pipeline.clone(),
-            last_retention: Instant::now(),
+            last_retention: None,
         };
         let mut writer = Some(writer);
-        let (output, writer_threads) = Carrier::start(
+        let (output, writer_threads) = Carrier::start_with_panic_hook(
             CarrierConfig {
                 name: "commit".into(),
                 partitions: 1,
@@ -209,6 +229,7 @@ impl Pipeline {
                 bulk_max: 8,
             },
             move |_| writer.take().expect("one partition, one writer"),
+            fatal.carrier_hook(),
         )
         .map_err(|e| anyhow::anyhow!("starting commit writer: {e}"))?;
         let (flush_stop, stop_rx) = cb::bounded(1);
@@ -217,7 +238,18 @@ impl Pipeline {
             let output = output.clone();
             std::thread::Builder::new()
                 .name("flush".into())
-                .spawn(move || pipeline.flush_loop(&output, &stop_rx))?
+                .spawn(move || {
+                    let run = || pipeline.flush_loop(&output, &stop_rx);
+                    if let Err(payload) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    {
+                        let message = crate::fatal::panic_text(payload.as_ref());
+                        tracing::error!(panic = %message, "flush thread panicked");
+                        pipeline
+                            .fatal
+                            .report(format!("the flush thread panicked: {message}"));
+                    }
+                })?
         };
         let ingest = pipeline.ingest.clone();
         Ok((
@@ -265,6 +297,9 @@ impl Pipeline {
         let mut inc_parts: Vec<Vec<Increment>> = (0..n).map(|_| Vec::new()).collect();
         for i in increments {
             inc_parts[self.ingest.partition_for(i.series.hash64())].push(i);
+        }
+        if self.fatal.is_set() {
+            return Err(Stopping);
         }
         let _gate = self.gate.read();
         for (shard, (samples, incs)) in sample_parts.into_iter().zip(inc_parts).enumerate() {
@@ -325,6 +360,23 @@ impl Pipeline {
         }
     }
 
+    /// After a pipeline thread failed: answers every request and batch still
+    /// waiting for a commit, which will not come, so the node can stop
+    /// without waiting for them.
+    pub fn fail_pending(&self, why: &str) {
+        for t in std::mem::take(&mut *self.tickets.lock()) {
+            match t {
+                Ticket::Source { progress, ack } => {
+                    tracing::warn!(source = %progress.source_id, seq = progress.seq, "batch not committed; the source keeps it");
+                    let _ = ack.try_send(Err(format!("upstream stopping: {why}")));
+                }
+                Ticket::Commit(tx) => {
+                    let _ = tx.send(Err(format!("node stopping: {why}")));
+                }
+            }
+        }
+    }
+
     /// Whether a commit failed for good (the node must be restarted).
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -354,6 +406,7 @@ impl Pipeline {
             }
             match self.flush() {
                 Some(batch) => {
+                    fault::check("flush", batch.increments.iter().map(|i| i.series.metric()));
                     if let Produced::Closed(_) = output.produce_to(0, batch) {
                         tracing::error!("commit writer stopped before the flush loop");
                         return;
@@ -395,6 +448,7 @@ impl Pipeline {
             (tickets, at)
         };
         let mut increments = Vec::new();
+        // A shard that panics drops its queue, this marker included: no hang.
         for rx in replies {
             match rx.recv() {
                 Ok(part) => increments.extend(part),
@@ -443,6 +497,7 @@ impl Consumer<ShardMsg> for Shard {
         for msg in items.drain(..) {
             match msg {
                 ShardMsg::Samples(samples) => {
+                    fault::check("shard", samples.iter().map(|s| s.series.metric()));
                     for s in samples {
                         let params = StateParams {
                             apdex_threshold: s.apdex_threshold,
@@ -453,9 +508,10 @@ impl Consumer<ShardMsg> for Shard {
                             .entry((s.series, s.bucket_ms))
                             .or_insert_with(|| State::empty(s.kind, &params));
                         if let Err(e) = state.record(s.value, s.ts_ms, &self.source) {
-                            // Inputs validate first; reaching this is a bug, not bad input.
+                            // Inputs validate each sample, but only the state knows
+                            // whether adding it overflows: that sample alone is refused.
                             Stats::add(&self.stats.merge_errors_total, 1);
-                            tracing::error!(shard = self.index, error = %e, "sample not recorded");
+                            tracing::warn!(shard = self.index, kind = %s.kind, bucket_ms = s.bucket_ms, error = %e, "sample not recorded");
                         }
                     }
                 }
@@ -494,7 +550,9 @@ impl Consumer<ShardMsg> for Shard {
 /// Commits flushes to the store and settles their tickets.
 struct CommitWriter {
     pipeline: Arc<Pipeline>,
-    last_retention: Instant,
+    /// When retention last ran; `None` until the first commit after start,
+    /// which runs it (a node down for a while cleans up at once).
+    last_retention: Option<Instant>,
 }
 
 impl Consumer<FlushBatch> for CommitWriter {
@@ -508,9 +566,13 @@ impl Consumer<FlushBatch> for CommitWriter {
             tickets.extend(batch.tickets);
             flushed_at_ms = flushed_at_ms.max(batch.flushed_at_ms);
         }
+        fault::check("commit", increments.iter().map(|i| i.series.metric()));
         self.commit(increments, tickets, flushed_at_ms);
-        if self.last_retention.elapsed() >= Duration::from_secs(60) {
-            self.last_retention = Instant::now();
+        if self
+            .last_retention
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_retention = Some(Instant::now());
             self.apply_retention(flushed_at_ms);
         }
     }
@@ -527,7 +589,7 @@ impl CommitWriter {
             (Resolution::Hour, r.hour_ms),
             (Resolution::Day, r.day_ms),
         ] {
-            let before = resolution.bucket_start(now_ms - keep_ms);
+            let before = resolution.bucket_start(now_ms.saturating_sub(keep_ms));
             match store.delete_before(resolution, before) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -536,7 +598,7 @@ impl CommitWriter {
                 Err(e) => tracing::warn!(error = %e, %resolution, "retention failed"),
             }
         }
-        if let Err(e) = store.delete_events_before(now_ms - r.events_ms) {
+        if let Err(e) = store.delete_events_before(now_ms.saturating_sub(r.events_ms)) {
             tracing::warn!(error = %e, "event retention failed");
         }
         // Series TTL (DESIGN §5).
@@ -550,6 +612,7 @@ impl CommitWriter {
             ),
             Err(e) => tracing::warn!(error = %e, "series expiry failed"),
         }
+        Stats::add(&self.pipeline.stats.retention_runs_total, 1);
     }
 
     fn commit(&mut self, increments: Vec<Increment>, tickets: Vec<Ticket>, flushed_at_ms: i64) {
@@ -605,6 +668,9 @@ impl CommitWriter {
                     for (series, e) in outcome.merge_errors.iter().take(10) {
                         tracing::warn!(%series, error = %e, "increment not merged into the store");
                     }
+                }
+                if outcome.quarantined > 0 {
+                    Stats::add(&p.stats.quarantined_states_total, outcome.quarantined);
                 }
                 if outcome.spool_dropped > 0 {
                     Stats::add(&p.stats.spool_dropped_batches_total, outcome.spool_dropped);
@@ -762,9 +828,9 @@ mod tests {
     use super::*;
     use strata_store::{MemoryStore, StoreOptions};
 
-    #[test]
-    fn retention_expires_series_idle_for_longer_than_the_ttl() {
-        let settings = PipelineSettings {
+    /// One shard, no forwarding, flushing only when asked: for retention tests.
+    fn settings(retention: Retention) -> PipelineSettings {
+        PipelineSettings {
             node_id: "t".into(),
             shards: 1,
             params: StateParams::default(),
@@ -773,11 +839,16 @@ mod tests {
             carrier_bulk_max: 16,
             flush_interval: Duration::from_secs(3600),
             forwarding: false,
-            retention: Retention {
-                series_ms: 3_000,
-                ..Retention::forever()
-            },
-        };
+            retention,
+        }
+    }
+
+    #[test]
+    fn retention_expires_series_idle_for_longer_than_the_ttl() {
+        let settings = settings(Retention {
+            series_ms: 3_000,
+            ..Retention::forever()
+        });
         let store = Arc::new(MemoryStore::new(StoreOptions::default()));
         let sources = Arc::new(Sources::new(Vec::new(), Vec::new(), 0));
         let (pipeline, threads) =
@@ -799,7 +870,7 @@ mod tests {
         }
         let writer = CommitWriter {
             pipeline: pipeline.clone(),
-            last_retention: Instant::now(),
+            last_retention: None,
         };
         // Both updated within the TTL: nothing expires.
         writer.apply_retention(3_999);
@@ -808,5 +879,98 @@ mod tests {
         assert_eq!(store.series_of("req"), vec![key("new")]);
         drop(writer);
         threads.stop();
+    }
+
+    #[test]
+    fn configured_retentions_convert_to_ms_without_wrapping() {
+        use crate::config::{MAX_RETENTION_S, StorageConfig};
+        let largest = StorageConfig {
+            retention_minutes: MAX_RETENTION_S / 60,
+            retention_hours: MAX_RETENTION_S / 3600,
+            retention_days: MAX_RETENTION_S / 86_400,
+            event_retention_days: MAX_RETENTION_S / 86_400,
+            series_ttl_s: MAX_RETENTION_S,
+            ..StorageConfig::default()
+        };
+        let r = Retention::from_config(&largest);
+        for ms in [r.minute_ms, r.hour_ms, r.day_ms, r.events_ms, r.series_ms] {
+            assert_eq!(ms, 3_153_600_000_000);
+        }
+        // Beyond what validation accepts: saturates instead of wrapping negative
+        // (`10^16 s * 1000` used to become about -8.4e18 ms).
+        let huge = StorageConfig {
+            retention_days: 9_999_999_999_999,
+            series_ttl_s: 10_000_000_000_000_000,
+            ..StorageConfig::default()
+        };
+        let r = Retention::from_config(&huge);
+        assert_eq!((r.day_ms, r.series_ms), (i64::MAX, i64::MAX));
+    }
+
+    #[test]
+    fn retention_with_the_largest_or_saturated_values_deletes_nothing() {
+        use crate::config::{MAX_RETENTION_S, StorageConfig};
+        let at = 1_763_800_020_000;
+        let ninety_nine_years = 99 * 365 * 86_400_000;
+        for (storage, later) in [
+            (
+                StorageConfig {
+                    retention_minutes: MAX_RETENTION_S / 60,
+                    retention_hours: MAX_RETENTION_S / 3600,
+                    retention_days: MAX_RETENTION_S / 86_400,
+                    series_ttl_s: MAX_RETENTION_S,
+                    ..StorageConfig::default()
+                },
+                at + ninety_nine_years,
+            ),
+            // Beyond the bounds: saturated, kept until the end of time.
+            (
+                StorageConfig {
+                    retention_minutes: u64::MAX,
+                    retention_hours: u64::MAX,
+                    retention_days: 9_999_999_999_999,
+                    event_retention_days: u64::MAX,
+                    series_ttl_s: 10_000_000_000_000_000,
+                    ..StorageConfig::default()
+                },
+                strata_model::time::MAX_TS_MS,
+            ),
+        ] {
+            let settings = settings(Retention::from_config(&storage));
+            let store = Arc::new(MemoryStore::new(StoreOptions::default()));
+            let sources = Arc::new(Sources::new(Vec::new(), Vec::new(), 0));
+            let stats = Arc::new(Stats::default());
+            let (pipeline, threads) =
+                Pipeline::start(settings, store.clone(), sources, stats.clone()).unwrap();
+            let series = Arc::new(SeriesKey::new("req", [("s".into(), "a".into())]).unwrap());
+            store
+                .commit(Commit {
+                    increments: &[Increment {
+                        series: series.clone(),
+                        bucket_ms: at,
+                        state: State::Counter(7),
+                    }],
+                    progress: &[],
+                    spool_watermark_ms: None,
+                    now_ms: at,
+                })
+                .unwrap();
+            let writer = CommitWriter {
+                pipeline: pipeline.clone(),
+                last_retention: None,
+            };
+            // A day later, and as late as the retention reaches.
+            for now_ms in [at + 86_400_000, later] {
+                writer.apply_retention(now_ms);
+            }
+            assert_eq!(store.series_of("req"), vec![series.clone()], "{storage:?}");
+            for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+                let buckets = store.read_at(&series, resolution, 0, i64::MAX).unwrap();
+                assert_eq!(buckets.len(), 1, "{resolution} {storage:?}");
+            }
+            assert_eq!(stats.retention_runs_total.load(Ordering::Relaxed), 2);
+            drop(writer);
+            threads.stop();
+        }
     }
 }

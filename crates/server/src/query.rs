@@ -66,30 +66,54 @@ pub fn parse_selector(q: &str) -> Result<Selector, QueryError> {
     Ok(Selector { metric, matchers })
 }
 
-/// Parses a time: epoch milliseconds, `now`, or `-<n><s|m|h|d>` relative to now.
+/// Parses a time: epoch milliseconds, `now`, or `-<n><s|m|h|d>` relative to
+/// now. Refuses a time outside years 1 to 9999
+/// ([`strata_model::time::MIN_TS_MS`]`..=`[`strata_model::time::MAX_TS_MS`]),
+/// so that rounding it out to whole buckets cannot overflow.
 pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, QueryError> {
-    if s == "now" {
-        return Ok(now_ms);
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
+    use strata_model::time::{MAX_TS_MS, MIN_TS_MS, in_range};
     let bad = || {
         QueryError(format!(
             "bad time {s:?}: use epoch milliseconds, now, or -15m / -2h / -1d / -30s"
         ))
     };
-    let rel = s.strip_prefix('-').ok_or_else(bad)?;
-    let (num, unit) = rel.split_at(rel.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
+    let out_of_range = || {
+        QueryError(format!(
+            "time {s:?} is outside the accepted range {MIN_TS_MS}..={MAX_TS_MS} ms (years 1 to 9999)"
+        ))
     };
-    Ok(now_ms - n.saturating_mul(unit_ms))
+    let ms = if s == "now" {
+        Some(now_ms)
+    } else if let Ok(ms) = s.parse::<i64>() {
+        Some(ms)
+    } else if s.parse::<i128>().is_ok() {
+        None // an integer, beyond even i64
+    } else {
+        let rel = s.strip_prefix('-').ok_or_else(bad)?;
+        // The unit is the last character, which may be multi-byte in bad input.
+        let unit = rel.chars().next_back().ok_or_else(bad)?;
+        let num = &rel[..rel.len() - unit.len_utf8()];
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let unit_ms: i64 = match unit {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(bad()),
+        };
+        num.parse::<i64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_ms))
+            .and_then(|offset| now_ms.checked_sub(offset))
+    };
+    ms.filter(|&ms| in_range(ms)).ok_or_else(out_of_range)
+}
+
+/// [`parse_time`] of a request parameter; the error names the parameter.
+pub fn parse_time_param(param: &str, value: &str, now_ms: i64) -> Result<i64, QueryError> {
+    parse_time(value, now_ms).map_err(|e| QueryError(format!("parameter {param}: {}", e.0)))
 }
 
 /// A query as the API receives it.
@@ -113,6 +137,15 @@ pub fn execute(
     q: &Query,
 ) -> Result<Value, QueryError> {
     let sel = parse_selector(&q.selector)?;
+    for (name, ms) in [("from", q.from_ms), ("to", q.to_ms)] {
+        if !strata_model::time::in_range(ms) {
+            return Err(QueryError(format!(
+                "{name} ({ms}) is outside the accepted range {}..={} ms (years 1 to 9999)",
+                strata_model::time::MIN_TS_MS,
+                strata_model::time::MAX_TS_MS
+            )));
+        }
+    }
     if q.to_ms <= q.from_ms {
         return Err(QueryError(format!(
             "from ({}) must be before to ({})",
@@ -245,8 +278,8 @@ fn resolution_for(q: &Query, retention: &Retention, now_ms: i64) -> Resolution {
         Step::Minute => Resolution::Minute,
         Step::Hour => Resolution::Hour,
         Step::Day => Resolution::Day,
-        Step::All if q.from_ms >= now_ms - retention.minute_ms => Resolution::Minute,
-        Step::All if q.from_ms >= now_ms - retention.hour_ms => Resolution::Hour,
+        Step::All if q.from_ms >= now_ms.saturating_sub(retention.minute_ms) => Resolution::Minute,
+        Step::All if q.from_ms >= now_ms.saturating_sub(retention.hour_ms) => Resolution::Hour,
         Step::All => Resolution::Day,
     }
 }
@@ -497,5 +530,72 @@ mod tests {
         assert_eq!(parse_time("1234", 5).unwrap(), 1234);
         assert!(parse_time("-15x", 5).is_err());
         assert!(parse_time("yesterday", 5).is_err());
+    }
+
+    #[test]
+    fn multi_byte_and_malformed_relative_times_are_errors_not_panics() {
+        for s in [
+            "-1é", "-1€", "-é", "-", "", "-€1m", "-1m€", "--5m", "-+5m", "-5 m", "- 5m", "-1.5h",
+        ] {
+            let err = parse_time(s, 1_000_000).unwrap_err().0;
+            assert!(err.contains("bad time"), "{s:?}: {err}");
+        }
+        let err = parse_time_param("since", "-1é", 0).unwrap_err().0;
+        assert!(
+            err.starts_with("parameter since: bad time \"-1é\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn times_beyond_year_9999_or_before_year_1_are_refused() {
+        use strata_model::time::{MAX_TS_MS, MIN_TS_MS};
+        let now = 1_763_800_000_000;
+        for s in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999999999999999",
+            "253402300800000",
+            "-62135596800001",
+            "-9223372036854775807d",
+            "-99999999999999999999d",
+            "-106752000d",
+        ] {
+            let err = parse_time(s, now).unwrap_err().0;
+            assert!(err.contains("outside the accepted range"), "{s}: {err}");
+        }
+        assert_eq!(parse_time(&MAX_TS_MS.to_string(), now), Ok(MAX_TS_MS));
+        assert_eq!(parse_time(&MIN_TS_MS.to_string(), now), Ok(MIN_TS_MS));
+        assert_eq!(parse_time("-1000d", now), Ok(now - 1000 * 86_400_000));
+        let err = parse_time_param("to", "9223372036854775807", now)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("parameter to: time \"9223372036854775807\" is outside"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn execute_refuses_times_outside_the_accepted_range() {
+        let store = strata_store::MemoryStore::new(strata_store::StoreOptions::default());
+        let watermarks = Watermarks {
+            own_ms: 0,
+            sources: vec![],
+        };
+        let q = Query {
+            selector: "x".into(),
+            from_ms: 0,
+            to_ms: i64::MAX,
+            step: Step::Minute,
+            group_by: None,
+        };
+        let err = execute(&store, &watermarks, &Retention::forever(), &q)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("to (9223372036854775807) is outside"),
+            "{err}"
+        );
     }
 }

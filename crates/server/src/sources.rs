@@ -16,6 +16,22 @@ use tokio::sync::watch;
 
 use crate::config::DownstreamConfig;
 
+/// How the API and the event log name an epoch: 8 hex digits of a hash of
+/// it. Two different fingerprints are two different epochs, yet the
+/// fingerprint leaves 32 of the epoch's 64 bits unknown: together with the
+/// source's token the epoch is what continues its stream (PROTOCOL.md), so
+/// it is never shown whole outside the logs.
+pub fn epoch_fingerprint(epoch: u64) -> String {
+    // FNV-1a over the little-endian bytes, folded to 32 bits: fixed across
+    // versions, unlike std's hashers.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in epoch.to_le_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", (h ^ (h >> 32)) as u32)
+}
+
 /// One downstream source.
 #[derive(Debug)]
 pub struct SourceLive {
@@ -309,6 +325,16 @@ mod tests {
             s.token_of("retired").is_none(),
             "an undeclared source cannot connect"
         );
+    }
+
+    #[test]
+    fn epoch_fingerprints_are_stable_and_do_not_show_the_epoch() {
+        let epoch = 0x0123_4567_89ab_cdef_u64;
+        let f = epoch_fingerprint(epoch);
+        assert_eq!(f, epoch_fingerprint(epoch));
+        assert_eq!(f.len(), 8);
+        assert_ne!(f, epoch_fingerprint(epoch + 1));
+        assert!(!format!("{epoch}{epoch:x}").contains(&f));
     }
 
     #[test]

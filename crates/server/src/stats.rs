@@ -37,6 +37,8 @@ counters! {
     ingest_busy_total,
     /// Samples rejected for being older than the allowed lateness (part of rejected requests).
     late_samples_total,
+    /// Samples rejected for being further ahead of the node's clock than `aggregation.max_future_s`.
+    future_samples_total,
     /// Federation batches merged from downstream sources.
     federation_batches_total,
     /// Increments merged from downstream sources.
@@ -49,11 +51,20 @@ counters! {
     federation_rejected_batches_total,
     /// Federation streams refused (bad token, unknown id, id already connected).
     federation_refused_streams_total,
+    /// Federation streams ended for a message over `grpc.max_message_bytes` or a
+    /// batch in parts over `grpc.max_batch_bytes`.
+    federation_oversized_messages_total,
+    /// Federation batches refused for their seq (out of order, a gap not
+    /// accounted for by dropped batches, a seq beyond any source's reach): the
+    /// stream ends, nothing of the batch is merged.
+    federation_refused_seqs_total,
     /// Flushes committed to the store.
     flushes_total,
     /// Increments committed to the store.
     committed_increments_total,
-    /// Increments the store could not merge (kind or precision conflicts).
+    /// Samples and increments the aggregator or the store could not merge: kind,
+    /// precision or apdex threshold conflicts, and results a state cannot hold (a float
+    /// total past ±f64::MAX, a count past u64::MAX). Each is refused alone.
     merge_errors_total,
     /// Batches sent upstream (including resends).
     forward_batches_sent_total,
@@ -61,12 +72,21 @@ counters! {
     forward_batches_acked_total,
     /// Batches the upstream rejected as malformed.
     forward_batches_rejected_total,
+    /// Batches sent in several parts because they were larger than one message.
+    forward_batches_split_total,
+    /// Increments left out of a forwarded batch because even alone they did not fit
+    /// in one message of the upstream's limit (each also logged, and an event).
+    forward_oversized_increments_total,
     /// Spooled batches dropped because the spool reached its cap.
     spool_dropped_batches_total,
     /// Upstream connections established.
     forward_connects_total,
     /// Store commits that failed.
     store_errors_total,
+    /// Stored states found unreadable and moved to quarantine (each also an event).
+    quarantined_states_total,
+    /// Retention passes (bucket, event and series TTL deletion): at the first commit, then every minute.
+    retention_runs_total,
     /// Alarm instances that started firing.
     alarms_fired_total,
     /// Firing alarm instances that resolved.

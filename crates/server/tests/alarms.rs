@@ -131,6 +131,7 @@ async fn start(config: Config, clock: &Arc<AtomicI64>) -> RunningTier {
             max_backoff: Duration::from_millis(200),
             ..AlarmSettings::default()
         },
+        ..StartOptions::default()
     };
     strata_server::start_with(config, options).await.unwrap()
 }

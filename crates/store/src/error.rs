@@ -17,9 +17,24 @@ pub enum StoreError {
     /// The data directory could not be created or read.
     #[error("store i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The store file exists but cannot be used: it is empty, is not a redb
+    /// file, fails its checksums, or reading it panicked. Nothing was
+    /// written to it; `strata run --reset-store` moves it aside.
+    #[error("unreadable store: {0}")]
+    Unreadable(String),
+    /// The store file was written by a newer version of strata.
+    #[error("unsupported store: {0}")]
+    Unsupported(String),
 }
 
 impl StoreError {
+    /// Whether opening failed because the file's content cannot be used
+    /// (as opposed to a lock held by another process, an I/O error or a
+    /// newer format): what moving the file aside and starting afresh cures.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, StoreError::Unreadable(_) | StoreError::Corrupt(_))
+    }
+
     /// Wraps a redb error with what the store was doing when it happened.
     pub(crate) fn db(context: impl std::fmt::Display, err: impl Into<redb::Error>) -> Self {
         StoreError::Db(format!("{context}: {}", err.into()))

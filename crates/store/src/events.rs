@@ -21,6 +21,9 @@ impl Event {
     /// Kind of the event a commit appends when it drops spool batches at the
     /// spool cap.
     pub const SPOOL_OVERFLOW: &'static str = "spool_overflow";
+    /// Kind of the event appended when a stored state could not be read and
+    /// was moved to the quarantine table (see [`crate::Store::quarantined`]).
+    pub const STATE_QUARANTINED: &'static str = "state_quarantined";
 
     pub fn new(ts_ms: i64, kind: impl Into<String>, message: impl Into<String>) -> Self {
         Event {

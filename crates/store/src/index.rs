@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
-use crate::{MetricInfo, Resolution, SeriesId, StoreError};
+use crate::{Event, MetricInfo, Resolution, SeriesId, StoreError};
 
 /// Every known series, by key and by metric.
 ///
@@ -201,6 +201,45 @@ pub(crate) struct Expiry {
     pub(crate) metrics: Vec<String>,
 }
 
+/// What a store holds for one bucket, as [`plan_commit`]'s `load` finds it.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    /// No state yet.
+    Absent,
+    /// The decoded state.
+    State(State),
+    /// Bytes that do not decode (a corrupt page, or a state an older version
+    /// wrote that no longer validates), with why.
+    Unreadable(String),
+}
+
+/// A stored bucket state that could not be read, moved aside by a commit so
+/// that it stops nothing else.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Quarantined {
+    pub(crate) resolution: Resolution,
+    pub(crate) id: SeriesId,
+    pub(crate) bucket: i64,
+    /// The series' display form, for the event and the log.
+    pub(crate) series: String,
+    /// Why the bytes did not decode.
+    pub(crate) reason: String,
+}
+
+impl Quarantined {
+    /// The event a commit appends for it.
+    pub(crate) fn event(&self, ts_ms: i64) -> Event {
+        Event::new(
+            ts_ms,
+            Event::STATE_QUARANTINED,
+            format!(
+                "unreadable {} bucket {} of {} moved to quarantine; the bucket starts afresh: {}",
+                self.resolution, self.bucket, self.series, self.reason
+            ),
+        )
+    }
+}
+
 /// What one commit will write, computed before anything is written.
 #[derive(Debug, Default)]
 pub(crate) struct CommitPlan {
@@ -219,6 +258,9 @@ pub(crate) struct CommitPlan {
     /// Every series an increment merged into, ascending by id, with its new
     /// last-update time (the commit's `now_ms`, never earlier than before).
     pub(crate) seen: Vec<(SeriesId, i64)>,
+    /// Stored buckets this commit found unreadable: the store moves their
+    /// bytes aside and the increments start them afresh.
+    pub(crate) quarantined: Vec<Quarantined>,
 }
 
 impl CommitPlan {
@@ -235,7 +277,9 @@ impl CommitPlan {
 
 /// Merges `increments` into the current bucket states of every
 /// [`Resolution`]; `load` reads from the store the state of a bucket not yet
-/// touched by this commit.
+/// touched by this commit. A bucket `load` finds unreadable is reported once
+/// in [`CommitPlan::quarantined`] and treated as absent, so one corrupt state
+/// never stops the commit of everything else.
 ///
 /// Each increment goes into its minute, hour and day bucket, or into none of
 /// them: an increment whose kind differs from its metric's kind, or whose
@@ -250,7 +294,7 @@ pub(crate) fn plan_commit(
     index: &SeriesIndex,
     increments: &[Increment],
     now_ms: i64,
-    mut load: impl FnMut(Resolution, SeriesId, i64) -> Result<Option<State>, StoreError>,
+    mut load: impl FnMut(Resolution, SeriesId, i64) -> Result<Stored, StoreError>,
 ) -> Result<CommitPlan, StoreError> {
     let mut plan = CommitPlan::default();
     let mut touched: BTreeSet<SeriesId> = BTreeSet::new();
@@ -289,11 +333,30 @@ pub(crate) fn plan_commit(
         if stored.is_some() {
             for r in Resolution::ALL {
                 let (map, key) = (&mut plan.buckets[r.index()], keys[r.index()]);
-                if !map.contains_key(&key)
-                    && let Some(state) = load(r, key.0, key.1)?
-                {
-                    map.insert(key, state);
-                    loaded[r.index()] = true;
+                if map.contains_key(&key) {
+                    continue;
+                }
+                match load(r, key.0, key.1)? {
+                    Stored::Absent => {}
+                    Stored::State(state) => {
+                        map.insert(key, state);
+                        loaded[r.index()] = true;
+                    }
+                    Stored::Unreadable(reason) => {
+                        let seen = plan
+                            .quarantined
+                            .iter()
+                            .any(|q| (q.resolution, q.id, q.bucket) == (r, key.0, key.1));
+                        if !seen {
+                            plan.quarantined.push(Quarantined {
+                                resolution: r,
+                                id: key.0,
+                                bucket: key.1,
+                                series: inc.series.to_string(),
+                                reason,
+                            });
+                        }
+                    }
                 }
             }
         }

@@ -104,6 +104,8 @@ use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
 mod alarm;
 mod codec;
+#[cfg(test)]
+mod corrupt_files;
 mod error;
 mod events;
 mod index;
@@ -204,9 +206,13 @@ pub struct CommitOutcome {
     /// its cap; when non-zero, the commit also appended an
     /// [`Event::SPOOL_OVERFLOW`] event naming them.
     pub spool_dropped: u64,
-    /// Increments that could not be merged (kind or precision mismatch), by
-    /// series display: skipped, the rest committed.
+    /// Increments that could not be merged (kind or precision mismatch,
+    /// overflow), by series display: skipped, the rest committed.
     pub merge_errors: Vec<(String, ModelError)>,
+    /// Stored bucket states this commit found unreadable and moved to
+    /// quarantine (each with an [`Event::STATE_QUARANTINED`] event in the same
+    /// transaction); their buckets started afresh.
+    pub quarantined: u64,
 }
 
 /// Storage of a node: metric state, source progress, the outgoing spool and
@@ -248,6 +254,13 @@ pub trait Store: Send + Sync + 'static {
     /// Progress of every source, sorted by id.
     fn sources(&self) -> Vec<SourceProgress>;
     fn source(&self, id: &str) -> Option<SourceProgress>;
+    /// How many unreadable bucket states this store holds in quarantine: moved
+    /// aside by the commit or read that met them, each recorded as an
+    /// [`Event::STATE_QUARANTINED`] event. Always 0 for [`MemoryStore`].
+    fn quarantined(&self) -> u64;
+    /// Deletes every quarantined state (once an operator has looked at them);
+    /// returns how many were deleted.
+    fn clear_quarantine(&self) -> Result<u64, StoreError>;
     /// Outgoing batches with `seq > after_seq`, ascending, at most `max_batches`.
     fn spool_read(&self, after_seq: u64, max_batches: usize)
     -> Result<Vec<SpoolBatch>, StoreError>;

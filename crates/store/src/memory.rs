@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 use strata_model::{Kind, SeriesKey, State};
 
 use crate::codec::{decode_spool_batch, encode_spool_batch};
-use crate::index::{Buckets, SeriesIndex, plan_commit};
+use crate::index::{Buckets, SeriesIndex, Stored, plan_commit};
 use crate::spool::enforce_spool_cap;
 use crate::{
     AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo,
@@ -95,7 +95,13 @@ impl Store for MemoryStore {
             &inner.index,
             commit.increments,
             commit.now_ms,
-            |r, id, bucket| Ok(buckets[r.index()].get(&(id, bucket)).cloned()),
+            |r, id, bucket| {
+                // States held as values are never unreadable.
+                Ok(buckets[r.index()]
+                    .get(&(id, bucket))
+                    .cloned()
+                    .map_or(Stored::Absent, Stored::State))
+            },
         )?;
 
         let mut outcome = CommitOutcome::default();
@@ -180,6 +186,14 @@ impl Store for MemoryStore {
             .range((id, from_ms)..(id, to_ms))
             .map(|(&(_, bucket), state)| (bucket, state.clone()))
             .collect())
+    }
+
+    fn quarantined(&self) -> u64 {
+        0
+    }
+
+    fn clear_quarantine(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     fn sources(&self) -> Vec<SourceProgress> {

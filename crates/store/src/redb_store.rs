@@ -17,6 +17,7 @@
 //! | `alarm_history`| (ts ms, record id `u64`)  | encoded [`AlarmRecord`] (`codec.rs`)       |
 //! | `alarm_outbox` | entry id `u64`            | encoded [`OutboxEntry`] (`codec.rs`)       |
 //! | `meta`         | name                      | `u64`: format version, epoch, spool, event, history and outbox counters, next series id |
+//! | `quarantine`   | (bucket table name, series id, bucket ms) | the unreadable bytes, as they were stored |
 //!
 //! Bucket keys sort by series then time, so reading one series' range is one
 //! contiguous scan. The three bucket tables share that layout and are written
@@ -37,6 +38,13 @@
 //! as last updated at the time of the upgrade, so none expires earlier than
 //! `series_ttl` after it; their alarm tables start empty.
 //!
+//! A bucket state that does not decode (a corrupt page, or a state an older
+//! version wrote that no longer validates) never stops a commit or a query:
+//! the commit or read that meets it moves its bytes to `quarantine` in a
+//! write transaction of its own or the commit's, with a
+//! [`Event::STATE_QUARANTINED`] event, and the bucket starts afresh.
+//! [`Store::quarantined`] counts the table's entries (health shows them).
+//!
 //! Series expiry deletes a series' row, its `series_seen` stamp and its
 //! buckets at every resolution, and records the next series id in `meta` so
 //! that the ids of expired series are not handed out again after a restart.
@@ -45,6 +53,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redb::{
@@ -59,7 +68,7 @@ use crate::codec::{
     encode_alarm_state, encode_event, encode_outbox_entry, encode_series_key, encode_spool_batch,
 };
 use crate::error::DbContext;
-use crate::index::{CommitPlan, SeriesIndex, plan_commit};
+use crate::index::{CommitPlan, Quarantined, SeriesIndex, Stored, plan_commit};
 use crate::spool::enforce_spool_cap;
 use crate::{
     AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo, OutboxEntry,
@@ -89,6 +98,9 @@ const ALARM_HISTORY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("
 /// Entry id → encoded outbox entry.
 const ALARM_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("alarm_outbox");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (bucket table name, series id, bucket ms) → the bytes that did not decode.
+pub(crate) const QUARANTINE: TableDefinition<(&str, u64, i64), &[u8]> =
+    TableDefinition::new("quarantine");
 
 /// The bucket table of a resolution.
 pub(crate) fn bucket_table(resolution: Resolution) -> BucketTable {
@@ -146,6 +158,9 @@ pub struct RedbStore {
     /// Last event id assigned, as of the last commit; the durable copy is in
     /// `meta`. Only writers (holding `writer`) read or change it.
     last_event_id: Mutex<u64>,
+    /// Entries of the `quarantine` table, loaded on open; changed only by
+    /// writers, after their transaction committed.
+    quarantined: AtomicU64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -165,13 +180,68 @@ impl RedbStore {
     /// Opens (creating if needed) the store in `dir`, file `strata.redb`, and
     /// restores series, metric kinds, source progress, spool counters and the
     /// event counter.
+    ///
+    /// A file that exists but cannot be used is refused with
+    /// [`StoreError::Unreadable`] and left as it is: an empty file (redb would
+    /// silently start a new database in it), one that is not a redb file, one
+    /// whose pages fail their checksums (every page is verified on open), and
+    /// one whose reading panics. A missing file is created.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(Self::FILE_NAME);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                return Err(StoreError::Unreadable(format!(
+                    "{} is empty (0 bytes): the node's data is gone from it, and starting on it would \
+                     silently begin a new store with a new epoch",
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                )));
+            }
+        }
+        // redb trusts its pages once their checksums passed; a panic while
+        // reading a file altered outside it is still a refusal, not a crash.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_file(path.clone(), opts)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(StoreError::Unreadable(format!(
+                "{}: reading it panicked: {}",
+                path.display(),
+                panic_text(payload.as_ref())
+            )))
+        })
+    }
+
+    /// Moves an unreadable store file aside, to
+    /// `strata.redb.corrupt-<unix ms>` in the same directory, so that the
+    /// next [`RedbStore::open`] starts a new store; returns the new path.
+    /// The file is renamed, never deleted.
+    pub fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
+        let path = dir.join(Self::FILE_NAME);
+        let aside = dir.join(format!("{}.corrupt-{}", Self::FILE_NAME, wall_clock_ms()));
+        std::fs::rename(&path, &aside).map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                e.kind(),
+                format!("moving {} to {}: {e}", path.display(), aside.display()),
+            ))
+        })?;
+        Ok(aside)
+    }
+
+    fn open_file(path: PathBuf, opts: StoreOptions) -> Result<Self, StoreError> {
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
+            .set_check_integrity_on_open(true)
             .create(&path)
-            .map_err(|e| StoreError::db(format_args!("open {}", path.display()), e))?;
+            .map_err(|e| open_error(&path, e))?;
         let epoch = initialize(&db)?;
 
         let txn = db.begin_read().ctx("open: begin read")?;
@@ -179,7 +249,15 @@ impl RedbStore {
         let sources = load_sources(&txn)?;
         let spool_stats = load_spool_stats(&txn)?;
         let last_event_id = load_last_event_id(&txn)?;
+        let quarantined = load_quarantine_len(&txn)?;
         drop(txn);
+        if quarantined > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                quarantined,
+                "store holds unreadable states moved to quarantine (see events of kind state_quarantined)"
+            );
+        }
 
         tracing::info!(
             path = %path.display(),
@@ -200,12 +278,49 @@ impl RedbStore {
             sources: RwLock::new(sources),
             spool_stats: Mutex::new(spool_stats),
             last_event_id: Mutex::new(last_event_id),
+            quarantined: AtomicU64::new(quarantined),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Moves the unreadable buckets a read met to `quarantine`, in a write
+    /// transaction of their own, with their events. A bucket a commit has
+    /// rewritten since the read (it is readable now) is left alone.
+    fn quarantine_now(&self, found: &[Quarantined]) -> Result<(), StoreError> {
+        let writing = self.writer.lock();
+        let txn = self.db.begin_write().ctx("quarantine: begin write")?;
+        let mut tables = Vec::with_capacity(Resolution::ALL.len());
+        for r in Resolution::ALL {
+            tables.push(
+                txn.open_table(bucket_table(r))
+                    .ctx("quarantine: open table")?,
+            );
+        }
+        let mut still = Vec::new();
+        for q in found {
+            if let Stored::Unreadable(_) =
+                load_bucket(&tables[q.resolution.index()], q.resolution, q.id, q.bucket)?
+            {
+                still.push(q.clone());
+            }
+        }
+        quarantine_buckets(&txn, &mut tables, &still)?;
+        drop(tables);
+        let now_ms = wall_clock_ms();
+        let events: Vec<Event> = still.iter().map(|q| q.event(now_ms)).collect();
+        let mut last_event_id = *self.last_event_id.lock();
+        insert_events(&txn, &events, &mut last_event_id, "quarantine")?;
+        txn.commit().ctx("quarantine: commit")?;
+        *self.last_event_id.lock() = last_event_id;
+        self.quarantined
+            .fetch_add(still.len() as u64, Ordering::Relaxed);
+        drop(writing);
+        log_quarantined(&still);
+        Ok(())
     }
 
     /// Writes a commit's plan, progress and spool batch into `txn`.
@@ -323,6 +438,7 @@ impl Store for RedbStore {
                     load_bucket(&tables[r.index()], r, id, bucket)
                 })?
             };
+            quarantine_buckets(&txn, &mut tables, &plan.quarantined)?;
             let mut buf = Vec::new();
             for (r, table) in Resolution::ALL.into_iter().zip(&mut tables) {
                 for (&(id, bucket), state) in plan.buckets(r) {
@@ -346,11 +462,21 @@ impl Store for RedbStore {
         let mut stats = self.spool_stats.lock().clone();
         let dropped = self.write_commit(&txn, &commit, &plan, &mut stats, &mut outcome)?;
         let mut last_event_id = *self.last_event_id.lock();
-        if let Some(dropped) = dropped {
-            let event = dropped.event(commit.now_ms, self.opts.spool_max_bytes);
-            insert_events(&txn, &[event], &mut last_event_id, "commit")?;
+        let mut events: Vec<Event> = plan
+            .quarantined
+            .iter()
+            .map(|q| q.event(commit.now_ms))
+            .collect();
+        if let Some(dropped) = &dropped {
+            events.push(dropped.event(commit.now_ms, self.opts.spool_max_bytes));
+        }
+        if !events.is_empty() {
+            insert_events(&txn, &events, &mut last_event_id, "commit")?;
         }
         txn.commit().ctx("commit")?;
+        self.quarantined
+            .fetch_add(plan.quarantined.len() as u64, Ordering::Relaxed);
+        log_quarantined(&plan.quarantined);
 
         // Durable: now let readers see it.
         self.index.write().apply(&plan);
@@ -376,6 +502,7 @@ impl Store for RedbStore {
             "store commit"
         );
         outcome.merge_errors = plan.errors;
+        outcome.quarantined = plan.quarantined.len() as u64;
         Ok(outcome)
     }
 
@@ -418,18 +545,51 @@ impl Store for RedbStore {
             .range((id, from_ms)..(id, to_ms))
             .map_err(|e| StoreError::db(format_args!("read: table {name}"), e))?;
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in range {
             let (key, value) =
                 entry.map_err(|e| StoreError::db(format_args!("read: table {name}"), e))?;
             let (_, bucket) = key.value();
-            let state = State::decode(value.value()).map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "table {name}: series {id} ({series}) bucket {bucket}: {e}"
-                ))
-            })?;
-            out.push((bucket, state));
+            match State::decode(value.value()) {
+                Ok(state) => out.push((bucket, state)),
+                // Skipped: one bad state must not fail every query of its metric.
+                Err(e) => unreadable.push(Quarantined {
+                    resolution,
+                    id,
+                    bucket,
+                    series: series.to_string(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        drop(txn);
+        if !unreadable.is_empty()
+            && let Err(e) = self.quarantine_now(&unreadable)
+        {
+            tracing::warn!(error = %e, table = name, "unreadable states not moved to quarantine");
         }
         Ok(out)
+    }
+
+    fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    fn clear_quarantine(&self) -> Result<u64, StoreError> {
+        let writing = self.writer.lock();
+        let txn = self.db.begin_write().ctx("clear quarantine: begin write")?;
+        let deleted = match txn.delete_table(QUARANTINE) {
+            Ok(true) => self.quarantined.load(Ordering::Relaxed),
+            Ok(false) => 0,
+            Err(e) => return Err(StoreError::db("clear quarantine: delete table", e)),
+        };
+        txn.commit().ctx("clear quarantine: commit")?;
+        self.quarantined.store(0, Ordering::Relaxed);
+        drop(writing);
+        if deleted > 0 {
+            tracing::info!(deleted, "quarantined states deleted");
+        }
+        Ok(deleted)
     }
 
     fn sources(&self) -> Vec<SourceProgress> {
@@ -930,6 +1090,46 @@ impl Store for RedbStore {
     }
 }
 
+/// Why redb refused to open `path`, sorted into what `--reset-store` cures
+/// (content that cannot be used) and what it must not touch (a lock held by
+/// another process, I/O errors).
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    use redb::{DatabaseError, StorageError};
+    let what = format!("open {}", path.display());
+    match e {
+        DatabaseError::Storage(StorageError::Corrupted(reason)) => {
+            StoreError::Unreadable(format!("{what}: {reason}"))
+        }
+        DatabaseError::UpgradeRequired(version) => StoreError::Unreadable(format!(
+            "{what}: file format version {version} is not one this build reads"
+        )),
+        // redb's word for "these bytes are not a redb file".
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Unreadable(format!("{what}: {io}"))
+        }
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            StoreError::Io(std::io::Error::new(io.kind(), format!("{what}: {io}")))
+        }
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Db(format!(
+            "{what}: the file is locked by another process (is another strata running on this data_dir?)"
+        )),
+        other => StoreError::db(what, other),
+    }
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
 /// Milliseconds since the Unix epoch by the system clock (0 if it is before 1970).
 fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
@@ -991,8 +1191,8 @@ fn initialize(db: &Database) -> Result<u64, StoreError> {
                 );
             }
             Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "table meta: format_version {other} is not supported (expected {FORMAT_VERSION})"
+                return Err(StoreError::Unsupported(format!(
+                    "table meta: format_version {other} is not supported (expected {FORMAT_VERSION}): written by a newer strata?"
                 )));
             }
         }
@@ -1167,7 +1367,7 @@ fn load_bucket(
     resolution: Resolution,
     id: SeriesId,
     bucket: i64,
-) -> Result<Option<State>, StoreError> {
+) -> Result<Stored, StoreError> {
     let def = bucket_table(resolution);
     let name = def.name();
     let Some(value) = buckets.get((id, bucket)).map_err(|e| {
@@ -1177,11 +1377,69 @@ fn load_bucket(
         )
     })?
     else {
-        return Ok(None);
+        return Ok(Stored::Absent);
     };
-    State::decode(value.value())
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt(format!("table {name}: series {id} bucket {bucket}: {e}")))
+    Ok(match State::decode(value.value()) {
+        Ok(state) => Stored::State(state),
+        Err(e) => Stored::Unreadable(e.to_string()),
+    })
+}
+
+/// Moves each quarantined bucket's bytes from its bucket table to
+/// `quarantine` (replacing an earlier entry for the same bucket).
+fn quarantine_buckets(
+    txn: &WriteTransaction,
+    tables: &mut [Table<'_, (u64, i64), &[u8]>],
+    found: &[Quarantined],
+) -> Result<(), StoreError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut quarantine = txn
+        .open_table(QUARANTINE)
+        .ctx("quarantine: open table quarantine")?;
+    for q in found {
+        let def = bucket_table(q.resolution);
+        let name = def.name();
+        let removed = tables[q.resolution.index()]
+            .remove((q.id, q.bucket))
+            .map_err(|e| {
+                StoreError::db(
+                    format_args!(
+                        "quarantine: table {name}: remove series {} bucket {}",
+                        q.id, q.bucket
+                    ),
+                    e,
+                )
+            })?;
+        if let Some(bytes) = removed {
+            quarantine
+                .insert((name, q.id, q.bucket), bytes.value())
+                .ctx("quarantine: insert")?;
+        }
+    }
+    Ok(())
+}
+
+fn log_quarantined(found: &[Quarantined]) {
+    for q in found {
+        tracing::error!(
+            series = %q.series,
+            resolution = %q.resolution,
+            bucket_ms = q.bucket,
+            reason = %q.reason,
+            "unreadable stored state moved to quarantine; the bucket starts afresh"
+        );
+    }
+}
+
+/// Entries of the `quarantine` table (none before the table exists).
+fn load_quarantine_len(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    match txn.open_table(QUARANTINE) {
+        Ok(table) => table.len().ctx("open: table quarantine: len"),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(StoreError::db("open: table quarantine", e)),
+    }
 }
 
 /// Appends `events` with ids after `last_id`, and persists the new last id.

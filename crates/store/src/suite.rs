@@ -1451,6 +1451,113 @@ mod durable {
         assert_eq!(s.alarm_history(10).unwrap(), vec![record(5, &k, true)]);
     }
 
+    /// Overwrites the stored bytes of one bucket, as a corrupt page or an
+    /// older version that stored a NaN sum would have left them.
+    fn poison(s: &RedbStore, r: Resolution, id: u64, bucket: i64, bytes: &[u8]) {
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(crate::redb_store::bucket_table(r))
+            .unwrap()
+            .insert((id, bucket), bytes)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// A sum whose total is NaN: what +inf merged with -inf used to store.
+    fn nan_sum_bytes() -> Vec<u8> {
+        let mut bytes = vec![1, 2];
+        bytes.extend_from_slice(&f64::NAN.to_le_bytes());
+        bytes.extend_from_slice(&0f64.to_le_bytes());
+        bytes
+    }
+
+    fn sum(v: f64) -> State {
+        let mut s = State::empty(Kind::Sum, &strata_model::StateParams::default());
+        s.record(strata_model::SampleValue::Number(v), 0, "t")
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn an_unreadable_state_is_quarantined_and_stops_no_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let boom = key("boom", &[]);
+        let other = key("requests_total", &[]);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        merge(&s, &[inc(&boom, 0, sum(1.0))]);
+        let id = series_ids(&s)[0];
+        poison(&s, Resolution::Minute, id, 0, &nan_sum_bytes());
+        poison(&s, Resolution::Hour, id, 0, b"garbage");
+        assert_eq!(s.quarantined(), 0);
+
+        let outcome = s
+            .commit(Commit {
+                increments: &[inc(&boom, 0, sum(2.0)), inc(&other, 0, State::Counter(7))],
+                progress: &[],
+                spool_watermark_ms: None,
+                now_ms: 5_000,
+            })
+            .unwrap();
+        assert_eq!(outcome.quarantined, 2);
+        assert!(outcome.merge_errors.is_empty());
+        assert_eq!(s.quarantined(), 2);
+        // The unreadable buckets start afresh; the readable day keeps both.
+        assert_eq!(read_all(&s, &boom, Resolution::Minute), vec![(0, sum(2.0))]);
+        assert_eq!(read_all(&s, &boom, Resolution::Hour), vec![(0, sum(2.0))]);
+        assert_eq!(read_all(&s, &boom, Resolution::Day), vec![(0, sum(3.0))]);
+        assert_eq!(
+            read_all(&s, &other, Resolution::Minute),
+            vec![(0, State::Counter(7))]
+        );
+        let events = s.events(i64::MIN, 10).unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            events
+                .iter()
+                .all(|e| e.kind == Event::STATE_QUARANTINED && e.ts_ms == 5_000)
+        );
+        assert!(
+            events.iter().any(|e| e.message.contains("NaN")),
+            "{events:?}"
+        );
+        // Both sets of bytes are kept as they were, and counted after a reopen.
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.quarantined(), 2);
+        let txn = s.db.begin_read().unwrap();
+        let table = txn.open_table(crate::redb_store::QUARANTINE).unwrap();
+        assert_eq!(
+            table.get(("buckets", id, 0)).unwrap().unwrap().value(),
+            nan_sum_bytes().as_slice()
+        );
+        assert_eq!(
+            table.get(("buckets_hour", id, 0)).unwrap().unwrap().value(),
+            b"garbage".as_slice()
+        );
+    }
+
+    #[test]
+    fn a_read_skips_and_quarantines_an_unreadable_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let boom = key("boom", &[]);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        merge(&s, &[inc(&boom, 0, sum(1.0)), inc(&boom, M, sum(2.0))]);
+        poison(
+            &s,
+            Resolution::Minute,
+            series_ids(&s)[0],
+            0,
+            &nan_sum_bytes(),
+        );
+        assert_eq!(read_all(&s, &boom, Resolution::Minute), vec![(M, sum(2.0))]);
+        assert_eq!(s.quarantined(), 1);
+        let events = s.events(i64::MIN, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, Event::STATE_QUARANTINED);
+        // Moved, not met again.
+        assert_eq!(read_all(&s, &boom, Resolution::Minute), vec![(M, sum(2.0))]);
+        assert_eq!(s.quarantined(), 1);
+    }
+
     #[test]
     fn a_format_2_file_gets_every_series_stamped_on_open() {
         let dir = tempfile::tempdir().unwrap();
