@@ -252,7 +252,7 @@ async fn freshness_probe(
 ) -> Vec<f64> {
     let mut samples = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let sent = strata_server::pipeline::now_ms();
+        let sent = strata_server::now_ms();
         let body = format!(
             "{{\"metric\":\"bench_probe\",\"kind\":\"latest\",\"ts_ms\":{sent},\"value\":{sent}}}\n"
         );
@@ -268,7 +268,7 @@ async fn freshness_probe(
                     && v["data"]["series"][0]["points"][0]["value"]["value"].as_f64()
                         >= Some(sent as f64)
                 {
-                    return Some(strata_server::pipeline::now_ms() - sent);
+                    return Some(strata_server::now_ms() - sent);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -318,9 +318,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     result
 }
 
-#[allow(clippy::print_stdout)]
-async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
-    let opts = Arc::new(opts);
+/// Starts the global and the edges, each edge forwarding to the global.
+fn start_topology(dir: &Path, opts: &BenchOptions) -> anyhow::Result<(Proc, Vec<Proc>)> {
     let mut global_toml = node_toml(dir, "global", opts.durable);
     for i in 0..opts.edges {
         global_toml.push_str(&format!(
@@ -337,27 +336,20 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
         );
         edges.push(spawn(&write_config(dir, &format!("edge{i}"), &toml)?)?);
     }
-    let pids: Vec<u32> = std::iter::once(global.child.id())
-        .chain(edges.iter().map(|e| e.child.id()))
-        .collect();
-    println!(
-        "bench: {} edge(s) → global, {} series, {} s, {}",
-        opts.edges,
-        opts.series,
-        opts.duration.as_secs(),
-        if opts.durable {
-            "durable (redb, wait_commit)"
-        } else {
-            "best-effort (memory store)"
-        }
-    );
-    let start_ms = strata_server::pipeline::now_ms();
-    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let self_cpu_before = cpu_seconds(std::process::id());
-    let inc_before = metric_value(&prom(&global.http), "strata_federation_increments_total");
+    Ok((global, edges))
+}
 
+/// Drives `concurrency` loaders per edge and a freshness probe for
+/// `opts.duration`, printing the acknowledged rate every second; returns how
+/// long the load ran and the freshness samples.
+#[allow(clippy::print_stdout)]
+async fn drive_load(
+    opts: &Arc<BenchOptions>,
+    global: &Proc,
+    edges: &[Proc],
+    acked: &Arc<Acked>,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Acked::default());
     let mut tasks = Vec::new();
     for (i, e) in edges.iter().enumerate() {
         for w in 0..opts.concurrency {
@@ -393,24 +385,61 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
         t.await??;
     }
     let load_secs = started.elapsed().as_secs_f64();
-    let mut freshness = probe.await?;
+    Ok((load_secs, probe.await?))
+}
+
+/// Polls the global (up to 2 minutes) until its totals since `from_ms` equal
+/// `want`; returns the last totals seen.
+async fn wait_for_totals(
+    global_http: &str,
+    from_ms: i64,
+    want: (u64, u64),
+) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = (0, 0);
+    while Instant::now() < deadline {
+        let g = global_http.to_string();
+        got = tokio::task::spawn_blocking(move || global_totals(&g, from_ms)).await?;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(got)
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
+    let opts = Arc::new(opts);
+    let (global, edges) = start_topology(dir, &opts)?;
+    let pids: Vec<u32> = std::iter::once(global.child.id())
+        .chain(edges.iter().map(|e| e.child.id()))
+        .collect();
+    println!(
+        "bench: {} edge(s) → global, {} series, {} s, {}",
+        opts.edges,
+        opts.series,
+        opts.duration.as_secs(),
+        if opts.durable {
+            "durable (redb, wait_commit)"
+        } else {
+            "best-effort (memory store)"
+        }
+    );
+    let start_ms = strata_server::now_ms();
+    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let self_cpu_before = cpu_seconds(std::process::id());
+    let inc_before = metric_value(&prom(&global.http), "strata_federation_increments_total");
+    let acked = Arc::new(Acked::default());
+    let started = Instant::now();
+    let (load_secs, mut freshness) = drive_load(&opts, &global, &edges, &acked).await?;
 
     // Drain: the global totals must reach exactly what was acknowledged.
     let want = (
         acked.counter_sum.load(Ordering::Relaxed),
         acked.hist_count.load(Ordering::Relaxed),
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let global_http = global.http.clone();
-    let mut got = (0, 0);
-    while Instant::now() < deadline {
-        let g = global_http.clone();
-        got = tokio::task::spawn_blocking(move || global_totals(&g, start_ms - 60_000)).await?;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let got = wait_for_totals(&global.http, start_ms - 60_000, want).await?;
     let drained_secs = started.elapsed().as_secs_f64();
     let exact = got == want;
     let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;

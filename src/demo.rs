@@ -187,7 +187,7 @@ fn generate(cloud: &Cloud, url: &str, stop: &AtomicBool, exact: &Samples) {
     let per_tick = (cloud.rps / 10).max(1);
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let now_ms = strata_server::pipeline::now_ms();
+        let now_ms = strata_server::now_ms();
         let minute = strata_model::minute_start(now_ms);
         let mut body = String::with_capacity(per_tick as usize * 3 * 120);
         let mut checkout = Vec::with_capacity(per_tick as usize);
@@ -241,8 +241,9 @@ struct Snap {
 
 fn snapshot(edges: &[RunningTier], global: &RunningTier) -> Snap {
     let load =
-        |t: &RunningTier, f: fn(&strata_server::stats::Stats) -> &std::sync::atomic::AtomicU64| {
-            f(&t.node.pipeline.stats).load(Ordering::Relaxed)
+        |t: &RunningTier,
+         f: fn(&strata_server::core::stats::Stats) -> &std::sync::atomic::AtomicU64| {
+            f(&t.api.ctx.stats).load(Ordering::Relaxed)
         };
     Snap {
         ingested: edges
@@ -255,7 +256,7 @@ fn snapshot(edges: &[RunningTier], global: &RunningTier) -> Snap {
             .collect(),
         spool: edges
             .iter()
-            .map(|e| e.node.pipeline.store.spool_stats().batches)
+            .map(|e| e.api.ctx.store.spool_stats().batches)
             .collect(),
         merged_global: load(global, |s| &s.federation_increments_total),
     }
@@ -287,7 +288,7 @@ fn p99_point(addr: std::net::SocketAddr, minute: i64) -> Option<Value> {
 
 /// The latest minute the global tier reports complete (else the current one).
 fn report(edges: &[std::net::SocketAddr], global: std::net::SocketAddr, exact: &Samples) -> Report {
-    let now = strata_server::pipeline::now_ms();
+    let now = strata_server::now_ms();
     let current = strata_model::minute_start(now);
     let previous = current - 60_000;
     let pick = match p99_point(global, previous) {

@@ -215,8 +215,13 @@ fn a_forged_seq_in_the_victims_epoch_is_refused_and_the_edge_keeps_delivering_ex
         assert_eq!(committed_seq(&global, "edge"), committed, "{what}");
     }
     assert_eq!(global.prom("strata_federation_refused_seqs_total"), 3.0);
-    let (_, events) = get_text(&global.url("/api/v1/events?since=-1h"));
-    assert!(events.contains("batch_seq_refused"), "{events}");
+    // Events are appended off the stream's task: poll for it.
+    wait_for("the batch_seq_refused event", |last| {
+        let (_, events) = get_text(&global.url("/api/v1/events?since=-1h"));
+        let found = events.contains("batch_seq_refused");
+        *last = events;
+        found.then_some(())
+    });
 
     // The real edge resumes where it was and keeps delivering exactly.
     edge.restart();

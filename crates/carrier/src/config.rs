@@ -5,7 +5,13 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a producer does when its partition is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Its names (`blocking`, `drop_if_full`) are listed once, by the serde
+/// derive: configuration files deserialize it directly, and [`FromStr`]
+/// goes through the same derive, so an unknown name is refused with the
+/// same list of allowed names either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// The producer waits for space (counted in `waits`): backpressure reaches the caller.
     Blocking,
@@ -34,13 +40,12 @@ impl FromStr for Strategy {
     type Err = ParseStrategyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "blocking" => Ok(Strategy::Blocking),
-            "drop_if_full" => Ok(Strategy::DropIfFull),
-            other => Err(ParseStrategyError {
-                input: other.to_owned(),
-            }),
-        }
+        use serde::Deserialize as _;
+        let name = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s);
+        Strategy::deserialize(name).map_err(|e| ParseStrategyError {
+            input: s.to_owned(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -49,15 +54,13 @@ impl FromStr for Strategy {
 pub struct ParseStrategyError {
     /// The rejected text, echoed back so the message can name it.
     pub input: String,
+    /// What serde said, listing the allowed names.
+    pub reason: String,
 }
 
 impl fmt::Display for ParseStrategyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown carrier strategy `{}` (expected `blocking` or `drop_if_full`)",
-            self.input
-        )
+        write!(f, "carrier strategy: {}", self.reason)
     }
 }
 

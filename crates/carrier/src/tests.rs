@@ -707,4 +707,8 @@ fn strategy_round_trips_through_its_name() {
         .parse::<Strategy>()
         .expect_err("not a strategy name");
     assert!(err.to_string().contains("`drop-if-full`"), "{err}");
+    assert!(
+        err.to_string().contains("`blocking` or `drop_if_full`"),
+        "{err}"
+    );
 }

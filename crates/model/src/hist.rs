@@ -741,6 +741,30 @@ fn for_each_number(
 /// range implies (what the HdrHistogram library rejects). A first pass validates and finds
 /// the window and the widest count, so the window is allocated once, at its exact size.
 fn decode_v2(bytes: &[u8]) -> Result<Hist, String> {
+    let (geo, high, payload) = v2_header(bytes)?;
+    // Below 2^23 since high <= 2^50.
+    let index_limit = geo.len_for_high(high);
+    let scan = scan_v2_payload(payload, index_limit)?;
+    let (base, counts) = match scan.window {
+        None => (0, Counts::W8(Vec::new())),
+        Some((first, last)) => (
+            first as u32,
+            fill_v2_window(payload, first, last, scan.widest)?,
+        ),
+    };
+    Ok(Hist {
+        base,
+        counts,
+        total: scan.total,
+        high,
+        top: geo.top_for_high(high),
+        geo,
+    })
+}
+
+/// Checks the V2 header and returns the geometry it declares, its highest
+/// trackable value and the payload after it.
+fn v2_header(bytes: &[u8]) -> Result<(Geometry, u64, &[u8]), String> {
     if bytes.len() < V2_HEADER_LEN {
         return Err(format!(
             "{} bytes is shorter than the {V2_HEADER_LEN}-byte header",
@@ -791,12 +815,22 @@ fn decode_v2(bytes: &[u8]) -> Result<Hist, String> {
         return Err("integer to double conversion ratio must be 1".into());
     }
     // Checked 1..=5 above.
-    let geo = Geometry::new(digits as u8);
-    // Below 2^23 since high <= 2^50.
-    let index_limit = geo.len_for_high(high);
-    let payload = &bytes[V2_HEADER_LEN..];
+    Ok((Geometry::new(digits as u8), high, &bytes[V2_HEADER_LEN..]))
+}
 
-    // Pass 1: validate; find the first and last non-zero index and the widest count.
+/// What the validating first pass over a V2 payload found.
+struct V2Scan {
+    /// First and last index with a non-zero count; `None` when empty.
+    window: Option<(u64, u64)>,
+    /// Sum of the counts.
+    total: u64,
+    /// The largest single count, which decides the counts' width.
+    widest: u64,
+}
+
+/// Pass 1: validates every number of the payload and finds the window and
+/// the widest count, so the window is allocated once, at its exact size.
+fn scan_v2_payload(payload: &[u8], index_limit: u64) -> Result<V2Scan, String> {
     let (mut index, mut total, mut widest) = (0u64, 0u64, 0u64);
     let mut window: Option<(u64, u64)> = None;
     for_each_number(payload, |n| {
@@ -826,19 +860,16 @@ fn decode_v2(bytes: &[u8]) -> Result<Hist, String> {
         index = index.checked_add(1).ok_or("index overflow")?;
         Ok(())
     })?;
+    Ok(V2Scan {
+        window,
+        total,
+        widest,
+    })
+}
 
-    let Some((first, last)) = window else {
-        return Ok(Hist {
-            base: 0,
-            counts: Counts::W8(Vec::new()),
-            total: 0,
-            high,
-            top: geo.top_for_high(high),
-            geo,
-        });
-    };
-    // Pass 2: fill the window (the input is known to be well formed now). Indices are
-    // below `index_limit` < 2^23.
+/// Pass 2: the counts of the window `first..=last` (the payload is known to
+/// be well formed now). Indices are below the index limit, < 2^23.
+fn fill_v2_window(payload: &[u8], first: u64, last: u64, widest: u64) -> Result<Counts, String> {
     let mut counts = Counts::zeros(width_for(widest), (last - first + 1) as usize);
     let mut index = 0u64;
     with_counts!(&mut counts, v => for_each_number(payload, |n| {
@@ -854,14 +885,7 @@ fn decode_v2(bytes: &[u8]) -> Result<Hist, String> {
         index = index.saturating_add(1);
         Ok(())
     }))?;
-    Ok(Hist {
-        base: first as u32,
-        counts,
-        total,
-        high,
-        top: geo.top_for_high(high),
-        geo,
-    })
+    Ok(counts)
 }
 
 /// The HdrHistogram varint: little-endian groups of 7 bits with a continuation bit, except

@@ -304,19 +304,7 @@ fn encode_parts(
     max_message_bytes: usize,
     mut refs: Option<&mut SeriesRefs>,
 ) -> Parts {
-    // Group by series, in order of first appearance.
-    let mut index: HashMap<&SeriesKey, usize> = HashMap::new();
-    let mut groups: Vec<(&Arc<SeriesKey>, Vec<v1::BucketState>)> = Vec::new();
-    for inc in increments {
-        let slot = *index.entry(&*inc.series).or_insert_with(|| {
-            groups.push((&inc.series, Vec::new()));
-            groups.len() - 1
-        });
-        groups[slot].1.push(v1::BucketState {
-            bucket_ms: inc.bucket_ms,
-            state: Some(v1::State::from(&inc.state)),
-        });
-    }
+    let groups = group_by_series(increments);
     let budget = max_message_bytes.saturating_sub(BATCH_OVERHEAD);
     let mut out = Parts::default();
     // Finished parts, then the one being filled.
@@ -343,18 +331,7 @@ fn encode_parts(
                 cut.push(std::mem::take(&mut part));
                 part_len = 0;
             }
-            let (series_ref, named) = match refs.as_deref() {
-                Some(refs) => match refs.refs.get(&**series) {
-                    Some(&r) => (r, false),
-                    None => (refs.next_ref(), true),
-                },
-                None => (0, true),
-            };
-            let header_len = if named {
-                named_entry_len(series, series_ref)
-            } else {
-                ref_len(series_ref)
-            };
+            let (series_ref, named, header_len) = entry_header(series, refs.as_deref());
             let need = field_len(header_len + bucket_len);
             if part_len + need > budget && !part.is_empty() {
                 cut.push(std::mem::take(&mut part));
@@ -375,18 +352,8 @@ fn encode_parts(
                 refs.refs.insert(series.clone(), series_ref);
             }
             let open = v1::SeriesIncrements {
-                metric: if named {
-                    series.metric().to_string()
-                } else {
-                    String::new()
-                },
-                labels: if named {
-                    labels_to_wire(series)
-                } else {
-                    Vec::new()
-                },
                 buckets: vec![bucket],
-                series_ref,
+                ..series_entry(series, series_ref, named)
             };
             entry = Some((open, header_len + bucket_len));
             part_len += need;
@@ -398,9 +365,72 @@ fn encode_parts(
     if !part.is_empty() || cut.is_empty() {
         cut.push(part);
     }
+    out.batches = numbered_parts(seq, watermark_ms, cut);
+    out
+}
+
+/// The increments' buckets grouped by series, in order of first appearance.
+fn group_by_series(increments: &[Increment]) -> Vec<(&Arc<SeriesKey>, Vec<v1::BucketState>)> {
+    let mut index: HashMap<&SeriesKey, usize> = HashMap::new();
+    let mut groups: Vec<(&Arc<SeriesKey>, Vec<v1::BucketState>)> = Vec::new();
+    for inc in increments {
+        let slot = *index.entry(&*inc.series).or_insert_with(|| {
+            groups.push((&inc.series, Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push(v1::BucketState {
+            bucket_ms: inc.bucket_ms,
+            state: Some(v1::State::from(&inc.state)),
+        });
+    }
+    groups
+}
+
+/// How a new entry of `series` names it: `(series_ref, named, header length)`
+/// — by ref if the stream defined it, else by name (and defining the next ref
+/// when interning).
+fn entry_header(series: &SeriesKey, refs: Option<&SeriesRefs>) -> (u32, bool, usize) {
+    let (series_ref, named) = match refs {
+        Some(refs) => match refs.refs.get(series) {
+            Some(&r) => (r, false),
+            None => (refs.next_ref(), true),
+        },
+        None => (0, true),
+    };
+    let header_len = if named {
+        named_entry_len(series, series_ref)
+    } else {
+        ref_len(series_ref)
+    };
+    (series_ref, named, header_len)
+}
+
+/// An entry of `series` with no buckets yet, named in full or by ref.
+fn series_entry(series: &SeriesKey, series_ref: u32, named: bool) -> v1::SeriesIncrements {
+    v1::SeriesIncrements {
+        metric: if named {
+            series.metric().to_string()
+        } else {
+            String::new()
+        },
+        labels: if named {
+            labels_to_wire(series)
+        } else {
+            Vec::new()
+        },
+        buckets: Vec::new(),
+        series_ref,
+    }
+}
+
+/// The parts of one seq, numbered from 0, all but the last flagged `more_parts`.
+fn numbered_parts(
+    seq: u64,
+    watermark_ms: i64,
+    cut: Vec<Vec<v1::SeriesIncrements>>,
+) -> Vec<v1::Batch> {
     let n = cut.len();
-    out.batches = cut
-        .into_iter()
+    cut.into_iter()
         .enumerate()
         .map(|(i, series)| v1::Batch {
             seq,
@@ -410,8 +440,7 @@ fn encode_parts(
             part: i as u32,
             more_parts: i + 1 < n,
         })
-        .collect();
-    out
+        .collect()
 }
 
 /// Most series one federation stream defines (refs `1..=MAX_SERIES_REFS`); past it the

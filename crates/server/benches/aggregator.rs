@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_carrier::Strategy;
 use strata_model::{Kind, SampleValue, SeriesKey, StateParams};
-use strata_server::pipeline::{Pipeline, PipelineSettings, Retention, SampleItem};
-use strata_server::sources::Sources;
-use strata_server::stats::Stats;
+use strata_server::context::Context;
+use strata_server::core::pipeline::{Pipeline, PipelineSettings};
+use strata_server::core::retention::Retention;
+use strata_server::core::shard::SampleItem;
 use strata_store::{MemoryStore, StoreOptions};
 
 fn samples(n: usize, series: &[Arc<SeriesKey>]) -> Vec<SampleItem> {
@@ -45,7 +46,6 @@ fn samples(n: usize, series: &[Arc<SeriesKey>]) -> Vec<SampleItem> {
 
 fn aggregator(c: &mut Criterion) {
     let settings = PipelineSettings {
-        node_id: "bench".into(),
         shards: 1,
         params: StateParams::default(),
         carrier_capacity: 1024,
@@ -56,9 +56,8 @@ fn aggregator(c: &mut Criterion) {
         retention: Retention::forever(),
     };
     let store = Arc::new(MemoryStore::new(StoreOptions::default()));
-    let sources = Arc::new(Sources::new(Vec::new(), Vec::new(), 0));
-    let (pipeline, threads) = Pipeline::start(settings, store, sources, Arc::new(Stats::default()))
-        .expect("pipeline starts");
+    let ctx = Arc::new(Context::new("bench", store));
+    let (pipeline, threads) = Pipeline::start(settings, ctx).expect("pipeline starts");
     let series: Vec<Arc<SeriesKey>> = (0..1_000)
         .map(|i| {
             let metric = if i % 2 == 0 { "lat" } else { "req" };

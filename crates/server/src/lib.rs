@@ -13,21 +13,23 @@
 //! Main types: [`Config`] (one node's TOML), [`start`] → [`RunningTier`]
 //! (addresses, [`RunningTier::shutdown`]), [`run`] (start, wait for a shutdown
 //! future, stop in order), [`start_with`] and [`StartOptions`] (what tests
-//! inject, such as the alarm clock).
+//! inject, such as the alarm clock), [`context::Context`] (what every part is
+//! handed at start).
 //!
 //! # Layout
-//! - [`config`]: the TOML schema, defaults and validation naming every bad key.
-//! - [`pipeline`]: shards, the flush gate, the flush loop and the commit writer.
-//! - [`ingest`]: NDJSON parsing and all-or-nothing sample admission.
-//! - [`grpc`]: native ingest and the federation receiver.
-//! - [`delivery`]: the delivery protocol's decisions (seq verdicts, send window), model-tested.
-//! - [`fatal`]: a panic in a pipeline thread stops the node (and the fault-injection hook).
-//! - [`forwarder`]: the stream to the upstream tier, fed from the spool.
-//! - [`limits`]: both ends' message limits and the check that keeps increments forwardable.
-//! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
-//! - [`http`]: the HTTP API.
-//! - [`alarms`]: alarm rule evaluation and webhook notifications (outbox, retries).
-//! - [`registry`], [`sources`], [`stats`]: metric kinds, downstream sources, self-metrics.
+//! The rooms follow the pipeline (docs/ARCHITECTURE.md has the full map):
+//! - [`inputs`]: NDJSON and native gRPC ingest, the federation receiver and its
+//!   seq decisions.
+//! - [`core`]: the pipeline (flush gate, flush loop), the aggregator shards,
+//!   the commit writer, retention, self-metrics, metric kinds, sources,
+//!   counters, message limits, health status, fatal panics.
+//! - [`outputs`]: the forwarder to the upstream tier, alarm rules, evaluation
+//!   and notifications.
+//! - [`api`]: the HTTP router and handlers, queries, health, `/metrics`.
+//! - [`config`]: the TOML schema, defaults and checks naming every bad key.
+//! - [`context`]: the shared parts (store, counters, sources) and the clock.
+//! - [`status`]: errors to statuses, in one place: each error's class → HTTP
+//!   status, gRPC code and retry hint.
 //!
 //! # Example
 //! ```no_run
@@ -35,27 +37,20 @@
 //! let mut config = strata_server::Config::default();
 //! config.http.listen = "127.0.0.1:0".into();
 //! config.grpc.listen = "127.0.0.1:0".into();
-//! config.storage.engine = "memory".into();
+//! config.storage.engine = strata_server::config::StorageEngine::Memory;
 //! let tier = strata_server::start(config).await?;
 //! println!("query me at http://{}/api/v1/query?q=up", tier.http_addr);
 //! tier.shutdown(std::time::Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
 
-pub mod alarms;
+pub mod api;
 pub mod config;
-pub mod delivery;
-pub mod fatal;
-pub mod forwarder;
-pub mod grpc;
-pub mod http;
-pub mod ingest;
-pub mod limits;
-pub mod pipeline;
-pub mod query;
-pub mod registry;
-pub mod sources;
-pub mod stats;
+pub mod context;
+pub mod core;
+pub mod inputs;
+pub mod outputs;
+pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,27 +60,33 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use parking_lot::Mutex;
-use strata_carrier::Strategy;
 use strata_model::StateParams;
-use strata_proto::v1::{federation_server::FederationServer, ingest_server::IngestServer};
 use strata_store::{MemoryStore, RedbStore, Store, StoreOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use context::now_ms;
 
-use crate::forwarder::{Forwarder, ForwarderState};
-use crate::ingest::{IngestSettings, Ingestor};
-use crate::limits::MessageLimits;
-use crate::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
-use crate::registry::Registry;
-use crate::sources::Sources;
-use crate::stats::Stats;
+use crate::context::Context;
+use crate::core::fatal::Fatal;
+use crate::core::limits::MessageLimits;
+use crate::core::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
+use crate::core::registry::Registry;
+use crate::core::retention::Retention;
+use crate::core::self_metrics::self_metric_names;
+use crate::core::sources::Sources;
+use crate::core::stats::Stats;
+use crate::inputs::samples::{IngestSettings, Ingestor};
+use crate::outputs::alarms;
+use crate::outputs::forwarder::{Forwarder, ForwarderState};
 
-/// What the request handlers share.
-pub struct Node {
+/// What the HTTP handlers share: built once at start, held by the router.
+pub struct ApiState {
     pub id: String,
+    /// Store, counters, sources: what every handler reads.
+    pub ctx: Arc<context::Context>,
     pub ingestor: Arc<Ingestor>,
     pub pipeline: Arc<Pipeline>,
     /// Present when the node forwards upstream.
@@ -99,7 +100,8 @@ pub struct Node {
 pub struct RunningTier {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    pub node: Arc<Node>,
+    /// What the HTTP handlers share; tests read the store and counters here.
+    pub api: Arc<ApiState>,
     /// Cancelled first at shutdown: listeners stop accepting, source streams end.
     accept_stop: CancellationToken,
     servers: Vec<(&'static str, JoinHandle<()>)>,
@@ -131,180 +133,42 @@ pub async fn start(config: Config) -> anyhow::Result<RunningTier> {
     start_with(config, StartOptions::default()).await
 }
 
-/// [`start`] with non-default [`StartOptions`].
+/// [`start`] with non-default [`StartOptions`]: open the store, build the
+/// shared context and the pipeline, spawn the outputs, serve the inputs.
 pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result<RunningTier> {
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(config::ConfigError::Invalid(problems).into());
     }
-    let opts = StoreOptions {
-        spool_max_bytes: config.storage.spool_max_bytes,
-        // Validated to at most 1 TiB.
-        cache_bytes: usize::try_from(config.storage.cache_bytes).unwrap_or(usize::MAX),
-    };
-    let store: Arc<dyn Store> = match config.storage.engine.as_str() {
-        "memory" => Arc::new(MemoryStore::new(opts)),
-        _ => Arc::new(open_redb(config.node.data_dir.clone(), opts, options.reset_store).await?),
-    };
-    let stats = Arc::new(Stats::default());
-    let registry = Arc::new(Registry::with_known(
-        store.metrics().into_iter().map(|m| (m.name, m.kind)).chain(
-            pipeline::self_metric_names()
-                .into_iter()
-                .map(|n| (n, strata_model::Kind::Counter)),
-        ),
-    ));
-    let sources = Arc::new(Sources::new(
-        config.downstream.clone(),
-        store.sources(),
-        strata_model::time::span_ms(config.aggregation.source_ttl_s, 1_000),
-    ));
-    let agg = &config.aggregation;
-    let settings = PipelineSettings {
-        node_id: config.node.id.clone(),
-        shards: config.shard_count(),
-        params: StateParams {
-            histogram_sigfig: agg.histogram_significant_digits,
-            apdex_threshold: agg.apdex_threshold,
-        },
-        carrier_capacity: config.carrier.capacity,
-        carrier_strategy: config
-            .carrier
-            .strategy
-            .parse::<Strategy>()
-            .unwrap_or(Strategy::Blocking),
-        carrier_bulk_max: config.carrier.bulk_max,
-        flush_interval: Duration::from_millis(agg.flush_interval_ms),
-        forwarding: config.upstream.is_some(),
-        retention: pipeline::Retention::from_config(&config.storage),
-    };
-    let (pipeline, pipeline_threads) =
-        Pipeline::start(settings, store.clone(), sources, stats.clone())?;
-    let message_limits = Arc::new(MessageLimits::new(
+    let store = open_store(&config, options.reset_store).await?;
+    let ctx = Arc::new(build_context(&config, store));
+    let (pipeline, pipeline_threads) = Pipeline::start(pipeline_settings(&config), ctx.clone())?;
+    let limits = Arc::new(MessageLimits::new(
         config.grpc.max_message_bytes,
-        agg.histogram_significant_digits,
+        config.aggregation.histogram_significant_digits,
     ));
-    let ingestor = Arc::new(Ingestor::new(
-        pipeline.clone(),
-        registry,
-        IngestSettings {
-            allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
-            max_future_ms: strata_model::time::span_ms(agg.max_future_s, 1_000),
-            default_apdex_threshold: agg.apdex_threshold,
-            message_limits: message_limits.clone(),
-        },
-        config.http.max_inflight_requests,
-    ));
-
-    let forwarder = config.upstream.as_ref().map(|up| {
-        let spool = store.spool_stats();
-        let acked_at_start = if spool.batches == 0 {
-            spool.last_seq
-        } else {
-            spool.first_seq.saturating_sub(1)
-        };
-        let (acked_tx, acked_rx) = watch::channel(acked_at_start);
-        let state = Arc::new(Mutex::new(ForwarderState::new(up)));
-        let f = Forwarder {
-            config: up.clone(),
-            node_id: config.node.id.clone(),
-            epoch: store.epoch(),
-            limits: message_limits.clone(),
-            store: store.clone(),
-            pipeline: pipeline.clone(),
-            stats: stats.clone(),
-            spool_seq: pipeline.spool_seq(),
-            acked: acked_tx,
-            state: state.clone(),
-        };
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(f.run(stop.clone()));
-        (
-            state,
-            ForwarderTask {
-                stop,
-                handle,
-                acked: acked_rx,
-            },
-        )
-    });
-    let (forwarder_state, forwarder) = match forwarder {
-        Some((s, t)) => (Some(s), Some(t)),
-        None => (None, None),
-    };
-    let (alarms, alarm_threads) = {
-        let (id, rules, pipeline) = (
-            config.node.id.clone(),
-            config.alarm.clone(),
-            pipeline.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            alarms::Alarms::start(&id, &rules, pipeline, options.alarms)
-        })
-        .await?
-        .context("starting the alarm evaluator")?
-    };
-
-    let node = Arc::new(Node {
+    let ingestor = Arc::new(build_ingestor(&config, &pipeline, &limits));
+    let forwarder = config
+        .upstream
+        .as_ref()
+        .map(|up| spawn_forwarder(up, &ctx, &pipeline, &limits));
+    let (alarms, alarm_threads) = start_alarms(&config, &pipeline, options.alarms).await?;
+    let api = Arc::new(ApiState {
         id: config.node.id.clone(),
+        ctx: ctx.clone(),
         ingestor: ingestor.clone(),
-        pipeline: pipeline.clone(),
-        forwarder: forwarder_state,
+        pipeline,
+        forwarder: forwarder.as_ref().map(|(state, _)| state.clone()),
         alarms,
     });
-    let accept_stop = CancellationToken::new();
 
-    let http_listener = tokio::net::TcpListener::bind(&config.http.listen)
+    let accept_stop = CancellationToken::new();
+    let (http_addr, http_task) = api::http::serve(&config.http, api.clone(), accept_stop.clone())
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let http_addr = http_listener.local_addr()?;
-    let app = http::router(node.clone(), config.http.max_body_bytes);
-    let http_stop = accept_stop.clone();
-    let http_task = tokio::spawn(async move {
-        let served = axum::serve(http_listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
-
-    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc.listen)
+    let (grpc_addr, grpc_task) = inputs::serve_grpc(&config, ingestor, limits, accept_stop.clone())
         .await
         .with_context(|| format!("binding grpc.listen {}", config.grpc.listen))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let max_msg = config.grpc.max_message_bytes;
-    let federation = FederationServer::new(grpc::FederationService {
-        ingestor: ingestor.clone(),
-        node_id: config.node.id.clone(),
-        histogram_sigfig: agg.histogram_significant_digits,
-        limits: message_limits.clone(),
-        max_batch_bytes: config.grpc.max_batch_bytes,
-        shutdown: accept_stop.clone(),
-    })
-    .max_decoding_message_size(max_msg)
-    .max_encoding_message_size(max_msg);
-    let native = IngestServer::new(grpc::IngestService {
-        ingestor: ingestor.clone(),
-    })
-    .max_decoding_message_size(max_msg);
-    let grpc_stop = accept_stop.clone();
-    let grpc_task = tokio::spawn(async move {
-        // Keepalives let a stream from a vanished source end, freeing its id.
-        let served = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .add_service(federation)
-            .add_service(native)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                grpc_stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "grpc server failed");
-        }
-    });
     if config.otlp.is_some() {
         tracing::warn!(
             "[otlp] is configured but this build has no OTLP receiver; the section is ignored"
@@ -314,19 +178,156 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         node = %config.node.id, %http_addr, %grpc_addr,
         upstream = config.upstream.as_ref().map(|u| u.endpoint.as_str()).unwrap_or("none"),
         downstream = config.downstream.len(),
-        epoch = store.epoch(),
+        epoch = ctx.store.epoch(),
         "tier started"
     );
     Ok(RunningTier {
         http_addr,
         grpc_addr,
-        node,
+        api,
         accept_stop,
         servers: vec![("http", http_task), ("grpc", grpc_task)],
         pipeline: pipeline_threads,
-        forwarder,
+        forwarder: forwarder.map(|(_, task)| task),
         alarms: alarm_threads,
     })
+}
+
+/// The store `storage.engine` names: in memory, or the durable one in
+/// `node.data_dir`.
+async fn open_store(config: &Config, reset: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let opts = StoreOptions {
+        spool_max_bytes: config.storage.spool_max_bytes,
+        // Validated to at most 1 TiB.
+        cache_bytes: usize::try_from(config.storage.cache_bytes).unwrap_or(usize::MAX),
+    };
+    Ok(match config.storage.engine {
+        config::StorageEngine::Memory => Arc::new(MemoryStore::new(opts)),
+        config::StorageEngine::Redb => {
+            Arc::new(open_redb(config.node.data_dir.clone(), opts, reset).await?)
+        }
+    })
+}
+
+/// What every part of the node shares: the store, fresh counters, and the
+/// downstream sources restored from the store's progress.
+fn build_context(config: &Config, store: Arc<dyn Store>) -> Context {
+    let sources = Arc::new(Sources::new(
+        config.downstream.clone(),
+        store.sources(),
+        strata_model::time::span_ms(config.aggregation.source_ttl_s, 1_000),
+    ));
+    Context {
+        node_id: config.node.id.clone(),
+        store,
+        stats: Arc::new(Stats::default()),
+        sources,
+        fatal: Fatal::default(),
+    }
+}
+
+fn pipeline_settings(config: &Config) -> PipelineSettings {
+    let agg = &config.aggregation;
+    PipelineSettings {
+        shards: config.shard_count(),
+        params: StateParams {
+            histogram_sigfig: agg.histogram_significant_digits,
+            apdex_threshold: agg.apdex_threshold,
+        },
+        carrier_capacity: config.carrier.capacity,
+        carrier_strategy: config.carrier.strategy,
+        carrier_bulk_max: config.carrier.bulk_max,
+        flush_interval: Duration::from_millis(agg.flush_interval_ms),
+        forwarding: config.upstream.is_some(),
+        retention: Retention::from_config(&config.storage),
+    }
+}
+
+/// The sample admission every input shares, knowing the metrics the store
+/// already fixed (and the self-metrics, counters by definition).
+fn build_ingestor(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    limits: &Arc<MessageLimits>,
+) -> Ingestor {
+    let agg = &config.aggregation;
+    let registry = Arc::new(Registry::with_known(
+        pipeline
+            .context()
+            .store
+            .metrics()
+            .into_iter()
+            .map(|m| (m.name, m.kind))
+            .chain(
+                self_metric_names()
+                    .into_iter()
+                    .map(|n| (n, strata_model::Kind::Counter)),
+            ),
+    ));
+    Ingestor::new(
+        pipeline.clone(),
+        registry,
+        IngestSettings {
+            allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
+            max_future_ms: strata_model::time::span_ms(agg.max_future_s, 1_000),
+            default_apdex_threshold: agg.apdex_threshold,
+            message_limits: limits.clone(),
+        },
+        config.http.max_inflight_requests,
+    )
+}
+
+/// Starts the forwarder task, resuming after what the upstream acknowledged
+/// before the last stop.
+fn spawn_forwarder(
+    up: &config::UpstreamConfig,
+    ctx: &Arc<Context>,
+    pipeline: &Arc<Pipeline>,
+    limits: &Arc<MessageLimits>,
+) -> (Arc<Mutex<ForwarderState>>, ForwarderTask) {
+    let spool = ctx.store.spool_stats();
+    let acked_at_start = if spool.batches == 0 {
+        spool.last_seq
+    } else {
+        spool.first_seq.saturating_sub(1)
+    };
+    let (acked_tx, acked_rx) = watch::channel(acked_at_start);
+    let state = Arc::new(Mutex::new(ForwarderState::new(up)));
+    let forwarder = Forwarder {
+        config: up.clone(),
+        node_id: ctx.node_id.clone(),
+        epoch: ctx.store.epoch(),
+        limits: limits.clone(),
+        ctx: ctx.clone(),
+        spool_seq: pipeline.spool_seq(),
+        acked: acked_tx,
+        state: state.clone(),
+    };
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(forwarder.run(stop.clone()));
+    let task = ForwarderTask {
+        stop,
+        handle,
+        acked: acked_rx,
+    };
+    (state, task)
+}
+
+/// Loads the alarm rules and their stored state, and starts the evaluator
+/// and the sender when there is anything to do.
+async fn start_alarms(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    settings: alarms::AlarmSettings,
+) -> anyhow::Result<(Arc<alarms::Alarms>, Option<alarms::AlarmThreads>)> {
+    let (id, rules, pipeline) = (
+        config.node.id.clone(),
+        config.alarm.clone(),
+        pipeline.clone(),
+    );
+    tokio::task::spawn_blocking(move || alarms::Alarms::start(&id, &rules, pipeline, settings))
+        .await?
+        .context("starting the alarm evaluator")
 }
 
 /// Opens the durable store in `dir`. An unreadable store file is refused
@@ -367,7 +368,7 @@ impl RunningTier {
     /// Resolves when a pipeline thread panicked, with what happened: the node
     /// cannot go on and must be shut down ([`fatal`]).
     pub async fn stopped_by(&self) -> String {
-        self.node.pipeline.fatal.wait().await
+        self.api.ctx.fatal.wait().await
     }
 
     /// Stops in order: stop accepting and end source streams, let in-flight
@@ -378,11 +379,11 @@ impl RunningTier {
     /// start.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
-        tracing::info!(node = %self.node.id, "shutting down: no longer accepting");
+        tracing::info!(node = %self.api.id, "shutting down: no longer accepting");
         self.accept_stop.cancel();
-        if let Some(what) = self.node.pipeline.fatal.get() {
+        if let Some(what) = self.api.ctx.fatal.get() {
             // Nothing more will be committed: do not hold requests until the deadline.
-            self.node.pipeline.fail_pending(&what);
+            self.api.pipeline.fail_pending(&what);
         }
         for (name, task) in self.servers {
             match tokio::time::timeout_at(deadline, task).await {
@@ -408,7 +409,7 @@ impl RunningTier {
             }
         }
         if let Some(mut f) = self.forwarder {
-            let last = self.node.pipeline.store.spool_stats().last_seq;
+            let last = self.api.ctx.store.spool_stats().last_seq;
             let acked = tokio::time::timeout_at(deadline, f.acked.wait_for(|a| *a >= last))
                 .await
                 .is_ok();
@@ -423,7 +424,7 @@ impl RunningTier {
             f.stop.cancel();
             let _ = f.handle.await;
         }
-        tracing::info!(node = %self.node.id, "stopped");
+        tracing::info!(node = %self.api.id, "stopped");
         Ok(())
     }
 }

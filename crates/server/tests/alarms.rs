@@ -4,7 +4,7 @@
 //! notifying it again.
 //!
 //! The evaluator's clock is injected ([`AlarmSettings::clock`]) and tests call
-//! [`strata_server::alarms::Alarms::tick`] themselves, so they evaluate chosen
+//! [`strata_server::outputs::alarms::Alarms::tick`] themselves, so they evaluate chosen
 //! minutes a few minutes in the past (complete, within the allowed lateness)
 //! instead of waiting for real minutes to pass.
 
@@ -24,8 +24,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use strata_server::alarms::AlarmSettings;
-use strata_server::config::AlarmConfig;
+use strata_server::config::{AlarmConfig, StorageEngine};
+use strata_server::outputs::alarms::{AlarmSettings, Op};
 use strata_server::{Config, RunningTier, StartOptions};
 
 const M: i64 = 60_000;
@@ -99,7 +99,7 @@ fn rule(name: &str, hook: &Hook) -> AlarmConfig {
         name: name.into(),
         metric: "lat".into(),
         field: "max".into(),
-        op: ">".into(),
+        op: Op::Gt,
         threshold: 100.0,
         period_minutes: 1,
         count: 1,
@@ -138,7 +138,7 @@ async fn start(config: Config, clock: &Arc<AtomicI64>) -> RunningTier {
 
 /// Start of the minute `back` minutes before the current one.
 fn minutes_ago(back: i64) -> i64 {
-    strata_model::minute_start(strata_server::pipeline::now_ms()) - back * M
+    strata_model::minute_start(strata_server::now_ms()) - back * M
 }
 
 /// Posts samples (one NDJSON line each) and waits until they are committed.
@@ -171,7 +171,7 @@ fn lat(ts_ms: i64, value: f64) -> Value {
 /// sees), the way the thread does once a minute.
 async fn tick(tier: &RunningTier, clock: &AtomicI64, now_ms: i64) {
     clock.store(now_ms, Ordering::SeqCst);
-    let alarms = tier.node.alarms.clone();
+    let alarms = tier.api.alarms.clone();
     let outcome = tokio::task::spawn_blocking(move || alarms.tick(now_ms))
         .await
         .unwrap()
@@ -195,12 +195,12 @@ async fn get(tier: &RunningTier, path: &str) -> Value {
 
 /// Waits until the outbox is empty: everything queued was delivered.
 async fn drained(tier: &RunningTier) {
-    let store = tier.node.pipeline.store.clone();
+    let store = tier.api.ctx.store.clone();
     poll("an empty outbox", || store.outbox_len().unwrap() == 0).await;
 }
 
 fn history_len(tier: &RunningTier) -> usize {
-    tier.node.pipeline.store.alarm_history(100).unwrap().len()
+    tier.api.ctx.store.alarm_history(100).unwrap().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +208,7 @@ async fn fires_resolves_and_the_silence_holds_back_a_refire() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Hook::start().await;
     let mut cfg = config(dir.path(), vec![rule("lat-max", &hook)]);
-    cfg.storage.engine = "memory".into();
+    cfg.storage.engine = StorageEngine::Memory;
     let m0 = minutes_ago(5);
     let clock = Arc::new(AtomicI64::new(m0));
     let tier = start(cfg, &clock).await;
@@ -252,7 +252,7 @@ async fn fires_resolves_and_the_silence_holds_back_a_refire() {
     ingest(&tier, vec![lat(m2 + 1_000, 300.0)]).await;
     tick(&tier, &clock, m2 + M + 1_000).await;
     assert_eq!(history_len(&tier), 2, "no transition within the silence");
-    assert_eq!(tier.node.pipeline.store.outbox_len().unwrap(), 0);
+    assert_eq!(tier.api.ctx.store.outbox_len().unwrap(), 0);
     let data = &get(&tier, "/api/v1/alarms").await["data"];
     assert!(data["active"].as_array().unwrap().is_empty(), "{data}");
 
@@ -291,17 +291,17 @@ async fn fires_resolves_and_the_silence_holds_back_a_refire() {
     let limited = &get(&tier, "/api/v1/alarms?limit=1").await["data"]["history"];
     assert_eq!(limited.as_array().unwrap().len(), 1);
     let kinds: Vec<String> = tier
-        .node
-        .pipeline
+        .api
+        .ctx
         .store
         .events(i64::MIN, 100)
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str().to_owned())
         .filter(|k| k.starts_with("alarm_"))
         .collect();
     assert_eq!(kinds, ["alarm_fired", "alarm_resolved", "alarm_fired"]);
-    let stats = &tier.node.pipeline.stats;
+    let stats = &tier.api.ctx.stats;
     assert_eq!(stats.alarms_fired_total.load(Ordering::Relaxed), 2);
     assert_eq!(stats.alarms_resolved_total.load(Ordering::Relaxed), 1);
     assert_eq!(
@@ -319,7 +319,7 @@ async fn a_failing_webhook_is_retried_until_it_answers_2xx() {
     let hook = Hook::start().await;
     hook.state.script.lock().extend([500, 503, 500]);
     let mut cfg = config(dir.path(), vec![rule("lat-max", &hook)]);
-    cfg.storage.engine = "memory".into();
+    cfg.storage.engine = StorageEngine::Memory;
     let m0 = minutes_ago(4);
     let clock = Arc::new(AtomicI64::new(m0));
     let tier = start(cfg, &clock).await;
@@ -350,7 +350,7 @@ async fn a_failing_webhook_is_retried_until_it_answers_2xx() {
         (&received[4].1["state"], &received[4].1["value"]),
         (&json!("resolved"), &json!(99.0))
     );
-    let stats = &tier.node.pipeline.stats;
+    let stats = &tier.api.ctx.stats;
     assert_eq!(
         stats
             .alarm_notifications_failed_total
@@ -421,7 +421,7 @@ async fn group_by_gives_one_instance_per_group_from_merged_histograms() {
     by_az.period_minutes = 3;
     by_az.count = 2;
     let mut cfg = config(dir.path(), vec![by_az]);
-    cfg.storage.engine = "memory".into();
+    cfg.storage.engine = StorageEngine::Memory;
     let m0 = minutes_ago(5);
     let clock = Arc::new(AtomicI64::new(m0));
     let tier = start(cfg, &clock).await;
@@ -457,7 +457,7 @@ async fn group_by_gives_one_instance_per_group_from_merged_histograms() {
     assert_eq!(n["ts_ms"], m0 + 2 * M);
     let p99 = n["value"].as_f64().unwrap();
     assert!((p99 - 200.0).abs() <= 2.0, "{p99}");
-    let states = tier.node.pipeline.store.alarm_states().unwrap();
+    let states = tier.api.ctx.store.alarm_states().unwrap();
     assert_eq!(states.len(), 1, "{states:?}");
     assert!(states[0].firing);
     tier.shutdown(Duration::from_secs(10)).await.unwrap();
@@ -471,8 +471,8 @@ async fn only_complete_minutes_count_unless_the_rule_opts_out() {
     let mut early = rule("early", &hook);
     early.include_incomplete = true;
     let mut cfg = config(dir.path(), vec![complete_only, early]);
-    cfg.storage.engine = "memory".into();
-    let now = strata_server::pipeline::now_ms();
+    cfg.storage.engine = StorageEngine::Memory;
+    let now = strata_server::now_ms();
     let clock = Arc::new(AtomicI64::new(now));
     let tier = start(cfg, &clock).await;
 
@@ -497,7 +497,7 @@ async fn only_complete_minutes_count_unless_the_rule_opts_out() {
 async fn without_rules_alarms_are_deactivated_and_the_api_answers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), Vec::new());
-    cfg.storage.engine = "memory".into();
+    cfg.storage.engine = StorageEngine::Memory;
     let clock = Arc::new(AtomicI64::new(0));
     let tier = start(cfg, &clock).await;
     let health = get(&tier, "/health").await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use strata_server::Config;
 use strata_server::config::{DownstreamConfig, UpstreamConfig};
-use strata_store::{RedbStore, Store, StoreOptions};
+use strata_store::{EventKind, RedbStore, Store, StoreOptions};
 
 fn config(id: &str, dir: &std::path::Path) -> Config {
     let mut c = Config::default();
@@ -55,7 +55,7 @@ fn stored_total(store: &dyn Store) -> u64 {
 }
 
 fn now_minute() -> i64 {
-    strata_model::minute_start(strata_server::pipeline::now_ms())
+    strata_model::minute_start(strata_server::now_ms())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,10 +102,7 @@ async fn shutdown_forwards_until_the_upstream_acknowledged() {
     // The edge has not flushed yet (10-minute interval): only its shutdown
     // can commit and forward. When it returns, the global tier has committed.
     edge.shutdown(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(
-        stored_total(&*global.node.pipeline.store),
-        (1..=40).sum::<u64>()
-    );
+    assert_eq!(stored_total(&*global.api.ctx.store), (1..=40).sum::<u64>());
     assert_eq!(edge_spool_left(&dir.path().join("edge")), 0);
     global.shutdown(Duration::from_secs(5)).await.unwrap();
 }
@@ -140,8 +137,8 @@ async fn a_wrong_token_is_refused_and_nothing_is_merged() {
     tokio::task::spawn_blocking(move || ingest(addr, counter_lines(5, now_minute())))
         .await
         .unwrap();
-    let stats = global.node.pipeline.stats.clone();
-    let forwarder = edge.node.forwarder.clone().unwrap();
+    let stats = global.api.ctx.stats.clone();
+    let forwarder = edge.api.forwarder.clone().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let refused = stats
@@ -157,12 +154,14 @@ async fn a_wrong_token_is_refused_and_nothing_is_merged() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stored_total(&*global.node.pipeline.store), 0);
+    assert_eq!(stored_total(&*global.api.ctx.store), 0);
     // The refusal is in the global tier's event log.
-    let store = global.node.pipeline.store.clone();
+    let store = global.api.ctx.store.clone();
     let refused = || {
         let events = store.events(0, 100).unwrap();
-        events.into_iter().find(|e| e.kind == "source_refused")
+        events
+            .into_iter()
+            .find(|e| e.kind == EventKind::SourceRefused)
     };
     poll("a source_refused event", || refused().is_some()).await;
     let event = refused().unwrap();
@@ -205,7 +204,7 @@ async fn a_kind_conflict_between_regions_refuses_only_that_metric() {
     })
     .await
     .unwrap();
-    let store = global.node.pipeline.store.clone();
+    let store = global.api.ctx.store.clone();
     poll("the counter at the global tier", || {
         store.metric_kind("shared").is_some()
     })
@@ -228,7 +227,7 @@ async fn a_kind_conflict_between_regions_refuses_only_that_metric() {
         stored_total(&*store) == 5
     })
     .await;
-    let stats = &global.node.pipeline.stats;
+    let stats = &global.api.ctx.stats;
     assert_eq!(
         stats
             .federation_refused_increments_total

@@ -6,15 +6,18 @@
 //! fixed little-endian for timestamps) and start with a format version byte, so
 //! the layout can change later without guessing. Metric state is encoded by
 //! [`State::encode`] and embedded as a length-prefixed blob. Decoding never
-//! panics: every read is bounds-checked and failures come back as a message that
-//! the caller wraps with the table and key it was reading.
+//! panics: every read is bounds-checked and failures come back as a
+//! [`DecodeError`] that the caller wraps with the table and key it was reading.
 
 use std::sync::Arc;
 
 use prost::encoding::{decode_varint, encode_varint};
 use strata_model::{Increment, SeriesKey, State};
 
-use crate::{AlarmKey, AlarmRecord, AlarmState, Event, Notification, OutboxEntry, SpoolBatch};
+use crate::{
+    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventKind, Notification, OutboxEntry,
+    SpoolBatch,
+};
 
 /// Version byte at the start of every encoded series key.
 const SERIES_KEY_V1: u8 = 1;
@@ -34,12 +37,8 @@ pub(crate) fn encode_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
 }
 
 /// Decodes what [`encode_series_key`] wrote.
-pub(crate) fn decode_series_key(bytes: &[u8]) -> Result<SeriesKey, String> {
-    let mut r = Reader::new(bytes);
-    let version = r.u8()?;
-    if version != SERIES_KEY_V1 {
-        return Err(format!("unknown series key format version {version}"));
-    }
+pub(crate) fn decode_series_key(bytes: &[u8]) -> Result<SeriesKey, DecodeError> {
+    let mut r = Reader::versioned(bytes, SERIES_KEY_V1, "series key")?;
     let key = r.series_key()?;
     r.finish()?;
     Ok(key)
@@ -69,12 +68,8 @@ pub(crate) fn encode_spool_batch(
 }
 
 /// Decodes what [`encode_spool_batch`] wrote.
-pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, String> {
-    let mut r = Reader::new(bytes);
-    let version = r.u8()?;
-    if version != SPOOL_BATCH_V1 {
-        return Err(format!("unknown spool batch format version {version}"));
-    }
+pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, DecodeError> {
+    let mut r = Reader::versioned(bytes, SPOOL_BATCH_V1, "spool batch")?;
     let seq = r.varint()?;
     let watermark_ms = r.i64()?;
     let created_ms = r.i64()?;
@@ -83,11 +78,13 @@ pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, String> {
     // remaining input is corruption, not a reason to allocate.
     let mut increments = Vec::with_capacity(count.min(r.remaining()));
     for i in 0..count {
-        let series = r.series_key().map_err(|e| format!("increment {i}: {e}"))?;
-        let bucket_ms = r.i64().map_err(|e| format!("increment {i}: {e}"))?;
-        let state_bytes = r.bytes().map_err(|e| format!("increment {i}: {e}"))?;
+        let series = r
+            .series_key()
+            .map_err(|e| e.at(format_args!("increment {i}")))?;
+        let bucket_ms = r.i64().map_err(|e| e.at(format_args!("increment {i}")))?;
+        let state_bytes = r.bytes().map_err(|e| e.at(format_args!("increment {i}")))?;
         let state = State::decode(state_bytes)
-            .map_err(|e| format!("increment {i} ({series}): state: {e}"))?;
+            .map_err(|e| DecodeError::State(e).at(format_args!("increment {i} ({series})")))?;
         increments.push(Increment {
             series: Arc::new(series),
             bucket_ms,
@@ -106,23 +103,20 @@ pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, String> {
 /// Appends an event's kind and message (its timestamp is part of the key).
 pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
     out.push(EVENT_V1);
-    put_bytes(event.kind.as_bytes(), out);
+    put_bytes(event.kind.as_str().as_bytes(), out);
     put_bytes(event.message.as_bytes(), out);
 }
 
 /// Decodes what [`encode_event`] wrote, for the event keyed at `ts_ms`.
-pub(crate) fn decode_event(ts_ms: i64, bytes: &[u8]) -> Result<Event, String> {
-    let mut r = Reader::new(bytes);
-    let version = r.u8()?;
-    if version != EVENT_V1 {
-        return Err(format!("unknown event format version {version}"));
-    }
-    let kind = r.string().map_err(|e| format!("kind: {e}"))?;
-    let message = r.string().map_err(|e| format!("message: {e}"))?;
+pub(crate) fn decode_event(ts_ms: i64, bytes: &[u8]) -> Result<Event, DecodeError> {
+    let mut r = Reader::versioned(bytes, EVENT_V1, "event")?;
+    let kind = r.string().map_err(|e| e.at("kind"))?;
+    let message = r.string().map_err(|e| e.at("message"))?;
     r.finish()?;
     Ok(Event {
         ts_ms,
-        kind,
+        // One event a newer build wrote must not make the log unreadable.
+        kind: EventKind::parse(&kind).unwrap_or(EventKind::Unknown),
         message,
     })
 }
@@ -134,7 +128,7 @@ pub(crate) fn encode_alarm_key(key: &AlarmKey, out: &mut Vec<u8>) {
 }
 
 /// Decodes what [`encode_alarm_key`] wrote.
-pub(crate) fn decode_alarm_key(bytes: &[u8]) -> Result<AlarmKey, String> {
+pub(crate) fn decode_alarm_key(bytes: &[u8]) -> Result<AlarmKey, DecodeError> {
     let mut r = Reader::versioned(bytes, ALARM_V1, "alarm key")?;
     let key = r.alarm_key()?;
     r.finish()?;
@@ -158,7 +152,7 @@ pub(crate) fn encode_alarm_state(state: &AlarmState, out: &mut Vec<u8>) {
 }
 
 /// Decodes what [`encode_alarm_state`] wrote, for the state stored under `key`.
-pub(crate) fn decode_alarm_state(key: AlarmKey, bytes: &[u8]) -> Result<AlarmState, String> {
+pub(crate) fn decode_alarm_state(key: AlarmKey, bytes: &[u8]) -> Result<AlarmState, DecodeError> {
     let mut r = Reader::versioned(bytes, ALARM_V1, "alarm state")?;
     let firing = r.flag()?;
     let since_ms = r.i64()?;
@@ -186,7 +180,7 @@ pub(crate) fn encode_alarm_record(record: &AlarmRecord, out: &mut Vec<u8>) {
 }
 
 /// Decodes what [`encode_alarm_record`] wrote, for the record keyed at `ts_ms`.
-pub(crate) fn decode_alarm_record(ts_ms: i64, bytes: &[u8]) -> Result<AlarmRecord, String> {
+pub(crate) fn decode_alarm_record(ts_ms: i64, bytes: &[u8]) -> Result<AlarmRecord, DecodeError> {
     let mut r = Reader::versioned(bytes, ALARM_V1, "alarm record")?;
     let key = r.alarm_key()?;
     let firing = r.flag()?;
@@ -215,15 +209,18 @@ pub(crate) fn encode_outbox_entry(entry: &OutboxEntry, out: &mut Vec<u8>) {
 }
 
 /// Decodes what [`encode_outbox_entry`] wrote, for the entry stored as `id`.
-pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, String> {
+pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, DecodeError> {
     let mut r = Reader::versioned(bytes, ALARM_V1, "outbox entry")?;
-    let url = r.string().map_err(|e| format!("url: {e}"))?;
-    let body = r.string().map_err(|e| format!("body: {e}"))?;
+    let url = r.string().map_err(|e| e.at("url"))?;
+    let body = r.string().map_err(|e| e.at("body"))?;
     let created_ms = r.i64()?;
     let attempts = r.varint()?;
-    let attempts = u32::try_from(attempts).map_err(|_| format!("attempts {attempts} too large"))?;
+    let attempts = u32::try_from(attempts).map_err(|_| DecodeError::TooLarge {
+        what: "attempts",
+        value: attempts,
+    })?;
     let next_attempt_ms = r.i64()?;
-    let last_error = r.string().map_err(|e| format!("last error: {e}"))?;
+    let last_error = r.string().map_err(|e| e.at("last error"))?;
     r.finish()?;
     Ok(OutboxEntry {
         id,
@@ -273,11 +270,11 @@ impl<'a> Reader<'a> {
     }
 
     /// A reader past the version byte, which must be `version`.
-    fn versioned(bytes: &'a [u8], version: u8, what: &str) -> Result<Self, String> {
+    fn versioned(bytes: &'a [u8], version: u8, what: &'static str) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let found = r.u8()?;
         if found != version {
-            return Err(format!("unknown {what} format version {found}"));
+            return Err(DecodeError::Version { what, found });
         }
         Ok(r)
     }
@@ -286,45 +283,54 @@ impl<'a> Reader<'a> {
         self.rest.len()
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
-        let (&first, rest) = self.rest.split_first().ok_or("truncated: missing byte")?;
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.rest.len() {
+            return Err(DecodeError::Truncated {
+                needed: n,
+                left: self.rest.len(),
+            });
+        }
+        let (head, rest) = self.rest.split_at(n);
         self.rest = rest;
-        Ok(first)
+        Ok(head)
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
-        decode_varint(&mut self.rest).map_err(|e| format!("bad varint: {e}"))
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        decode_varint(&mut self.rest).map_err(DecodeError::Varint)
     }
 
     /// A length or count: a varint that must fit in memory.
-    fn len(&mut self) -> Result<usize, String> {
+    fn len(&mut self) -> Result<usize, DecodeError> {
         let n = self.varint()?;
-        usize::try_from(n).map_err(|_| format!("length {n} does not fit in memory"))
+        usize::try_from(n).map_err(|_| DecodeError::Length(n))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
-        let Some((head, rest)) = self.rest.split_first_chunk::<8>() else {
-            return Err("truncated: missing 8-byte integer".to_owned());
-        };
-        self.rest = rest;
-        Ok(i64::from_le_bytes(*head))
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(self.take(8)?);
+        Ok(i64::from_le_bytes(head))
     }
 
-    fn f64(&mut self) -> Result<f64, String> {
+    fn f64(&mut self) -> Result<f64, DecodeError> {
         Ok(f64::from_bits(self.i64()? as u64))
     }
 
     /// A byte that must be 0 (false) or 1 (true).
-    fn flag(&mut self) -> Result<bool, String> {
+    fn flag(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(format!("flag byte {other} is neither 0 nor 1")),
+            other => Err(DecodeError::Flag(other)),
         }
     }
 
-    fn alarm_key(&mut self) -> Result<AlarmKey, String> {
-        let rule = self.string().map_err(|e| format!("rule: {e}"))?;
+    fn alarm_key(&mut self) -> Result<AlarmKey, DecodeError> {
+        let rule = self.string().map_err(|e| e.at("rule"))?;
         let count = self.len()?;
         let mut group = Vec::with_capacity(count.min(self.remaining()));
         for _ in 0..count {
@@ -335,25 +341,17 @@ impl<'a> Reader<'a> {
         Ok(AlarmKey { rule, group })
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.len()?;
-        if n > self.rest.len() {
-            return Err(format!(
-                "truncated: field of {n} bytes, {} left",
-                self.rest.len()
-            ));
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
+        self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, DecodeError> {
         let bytes = self.bytes()?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "invalid utf-8 in string".to_owned())
+        String::from_utf8(bytes.to_vec()).map_err(DecodeError::Utf8)
     }
 
-    fn series_key(&mut self) -> Result<SeriesKey, String> {
+    fn series_key(&mut self) -> Result<SeriesKey, DecodeError> {
         let metric = self.string()?;
         let count = self.len()?;
         let mut labels = Vec::with_capacity(count.min(self.remaining()));
@@ -362,14 +360,14 @@ impl<'a> Reader<'a> {
             let value = self.string()?;
             labels.push((name, value));
         }
-        SeriesKey::new(metric, labels).map_err(|e| format!("invalid series key: {e}"))
+        SeriesKey::new(metric, labels).map_err(DecodeError::SeriesKey)
     }
 
-    fn finish(&self) -> Result<(), String> {
+    fn finish(&self) -> Result<(), DecodeError> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} trailing bytes", self.rest.len()))
+            Err(DecodeError::Trailing(self.rest.len()))
         }
     }
 }
@@ -417,23 +415,22 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(
-            decode_spool_batch(&longer)
-                .unwrap_err()
-                .contains("trailing")
-        );
+        let err = decode_spool_batch(&longer).unwrap_err();
+        assert!(matches!(err, DecodeError::Trailing(1)), "{err:?}");
+        assert!(err.to_string().contains("trailing"));
         let mut other_version = bytes;
         other_version[0] = 9;
+        let err = decode_spool_batch(&other_version).unwrap_err();
         assert!(
-            decode_spool_batch(&other_version)
-                .unwrap_err()
-                .contains("version 9")
+            matches!(err, DecodeError::Version { found: 9, .. }),
+            "{err:?}"
         );
+        assert!(err.to_string().contains("version 9"));
     }
 
     #[test]
     fn event_roundtrips_and_truncation_is_an_error() {
-        let event = Event::new(-5, "spool_overflow", "dropped 2 batches, é");
+        let event = Event::new(-5, EventKind::SpoolOverflow, "dropped 2 batches, é");
         let mut bytes = Vec::new();
         encode_event(&event, &mut bytes);
         assert_eq!(decode_event(-5, &bytes).unwrap(), event);
@@ -442,22 +439,39 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_event(0, &longer).unwrap_err().contains("trailing"));
+        let err = decode_event(0, &longer).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
         bytes[0] = 2;
-        assert!(decode_event(0, &bytes).unwrap_err().contains("version 2"));
+        let err = decode_event(0, &bytes).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn an_event_of_a_kind_this_build_does_not_know_still_decodes() {
+        let mut bytes = vec![EVENT_V1];
+        put_bytes(b"kind_of_a_newer_build", &mut bytes);
+        put_bytes(b"it happened", &mut bytes);
+        let event = decode_event(7, &bytes).unwrap();
+        assert_eq!(
+            event,
+            Event::new(7, EventKind::Unknown, "it happened"),
+            "listed, not refused"
+        );
     }
 
     /// Every strict prefix and a one-byte extension of `bytes` must fail.
     fn assert_strict<T: std::fmt::Debug>(
         bytes: &[u8],
-        decode: impl Fn(&[u8]) -> Result<T, String>,
+        decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
     ) {
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len]).is_err(), "prefix of {len}");
         }
         let mut longer = bytes.to_vec();
         longer.push(0);
-        assert!(decode(&longer).unwrap_err().contains("trailing"));
+        let err = decode(&longer).unwrap_err();
+        assert!(matches!(err, DecodeError::Trailing(1)), "{err:?}");
+        assert!(err.to_string().contains("trailing"));
     }
 
     #[test]
@@ -519,11 +533,8 @@ mod tests {
         assert_eq!(decode_outbox_entry(9, &bytes).unwrap(), entry);
         assert_strict(&bytes, |b| decode_outbox_entry(9, b));
         bytes[0] = 2;
-        assert!(
-            decode_outbox_entry(9, &bytes)
-                .unwrap_err()
-                .contains("version 2")
-        );
+        let err = decode_outbox_entry(9, &bytes).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
     }
 
     #[test]
@@ -531,11 +542,9 @@ mod tests {
         let mut bytes = vec![SERIES_KEY_V1];
         put_bytes(b"1bad", &mut bytes);
         encode_varint(0, &mut bytes);
-        assert!(
-            decode_series_key(&bytes)
-                .unwrap_err()
-                .contains("invalid series key")
-        );
+        let err = decode_series_key(&bytes).unwrap_err();
+        assert!(matches!(err, DecodeError::SeriesKey(_)), "{err:?}");
+        assert!(err.to_string().contains("invalid series key"));
         // A huge count with nothing behind it is truncation, not an allocation.
         let mut bytes = vec![SERIES_KEY_V1];
         put_bytes(b"ok", &mut bytes);

@@ -1,4 +1,5 @@
-//! [`Event`]: one entry of the node's event log.
+//! [`Event`]: one entry of the node's event log, and [`EventKind`], what
+//! happened.
 
 /// A notable event (source connected or refused, alarm fired or resolved,
 /// spool overflow), kept in the store's event log with its own retention.
@@ -10,26 +11,147 @@
 pub struct Event {
     /// When it happened, milliseconds since the Unix epoch.
     pub ts_ms: i64,
-    /// What happened, as a short `snake_case` tag such as
-    /// [`Event::SPOOL_OVERFLOW`].
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// Human-readable details.
     pub message: String,
 }
 
 impl Event {
-    /// Kind of the event a commit appends when it drops spool batches at the
-    /// spool cap.
-    pub const SPOOL_OVERFLOW: &'static str = "spool_overflow";
-    /// Kind of the event appended when a stored state could not be read and
-    /// was moved to the quarantine table (see [`crate::Store::quarantined`]).
-    pub const STATE_QUARANTINED: &'static str = "state_quarantined";
-
-    pub fn new(ts_ms: i64, kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(ts_ms: i64, kind: EventKind, message: impl Into<String>) -> Self {
         Event {
             ts_ms,
-            kind: kind.into(),
+            kind,
             message: message.into(),
         }
+    }
+}
+
+/// What an [`Event`] records. Stored, and shown by the HTTP API, as its
+/// `snake_case` name ([`EventKind::as_str`]).
+///
+/// Every kind any part of strata records is here, so the log's vocabulary
+/// is in one place: a new kind is a new variant, with its name in
+/// [`EventKind::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// `source_connected`: a downstream's federation stream was accepted;
+    /// the message names the epoch (by fingerprint) and the seq it resumes
+    /// after.
+    SourceConnected,
+    /// `source_disconnected`: a downstream's stream ended, closed by the
+    /// source or ended here (the message says why).
+    SourceDisconnected,
+    /// `source_refused`: a downstream's stream was refused at its hello
+    /// (unknown source, bad token, over the source limit…).
+    SourceRefused,
+    /// `source_new_epoch`: a downstream came back with another epoch: it lost
+    /// its durable state, and its seqs start over.
+    SourceNewEpoch,
+    /// `source_seq_reset`: a downstream's committed seq was beyond any real
+    /// seq (only a forged one gets there); its counting restarts at 0.
+    SourceSeqReset,
+    /// `batch_seq_refused`: a federation batch was refused for its seq
+    /// (nothing of it merged); its stream was ended.
+    BatchSeqRefused,
+    /// `increments_refused`: increments of a federation batch could not be
+    /// merged here (kind, precision or threshold mismatch, limits); the rest
+    /// of the batch was.
+    IncrementsRefused,
+    /// `increments_oversized`: increments too large for one message to the
+    /// upstream were left out of a forwarded batch.
+    IncrementsOversized,
+    /// `commit_failed`: a flush could not be committed to the store and was
+    /// lost; the node stopped committing until restarted.
+    CommitFailed,
+    /// `spool_overflow`: a commit dropped the oldest spool batches at the
+    /// spool cap (`spool_max_bytes`); appended by that commit.
+    SpoolOverflow,
+    /// `state_quarantined`: a stored bucket state could not be read and was
+    /// moved to quarantine (see [`crate::Store::quarantined`]); its bucket
+    /// started afresh.
+    StateQuarantined,
+    /// `alarm_fired`: an alarm instance started firing.
+    AlarmFired,
+    /// `alarm_resolved`: a firing alarm instance resolved.
+    AlarmResolved,
+    /// `alarm_notifications_dropped`: the alarm outbox went over its cap and
+    /// its oldest notifications were dropped undelivered.
+    AlarmNotificationsDropped,
+    /// A kind this build does not know, read back from a log a newer build
+    /// wrote to (after a downgrade): listed as `unknown`, so that one such
+    /// event never makes the log unreadable. Never recorded by this build.
+    Unknown,
+}
+
+impl EventKind {
+    /// Every kind this build records.
+    pub const ALL: [EventKind; 14] = [
+        EventKind::SourceConnected,
+        EventKind::SourceDisconnected,
+        EventKind::SourceRefused,
+        EventKind::SourceNewEpoch,
+        EventKind::SourceSeqReset,
+        EventKind::BatchSeqRefused,
+        EventKind::IncrementsRefused,
+        EventKind::IncrementsOversized,
+        EventKind::CommitFailed,
+        EventKind::SpoolOverflow,
+        EventKind::StateQuarantined,
+        EventKind::AlarmFired,
+        EventKind::AlarmResolved,
+        EventKind::AlarmNotificationsDropped,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SourceConnected => "source_connected",
+            EventKind::SourceDisconnected => "source_disconnected",
+            EventKind::SourceRefused => "source_refused",
+            EventKind::SourceNewEpoch => "source_new_epoch",
+            EventKind::SourceSeqReset => "source_seq_reset",
+            EventKind::BatchSeqRefused => "batch_seq_refused",
+            EventKind::IncrementsRefused => "increments_refused",
+            EventKind::IncrementsOversized => "increments_oversized",
+            EventKind::CommitFailed => "commit_failed",
+            EventKind::SpoolOverflow => "spool_overflow",
+            EventKind::StateQuarantined => "state_quarantined",
+            EventKind::AlarmFired => "alarm_fired",
+            EventKind::AlarmResolved => "alarm_resolved",
+            EventKind::AlarmNotificationsDropped => "alarm_notifications_dropped",
+            EventKind::Unknown => "unknown",
+        }
+    }
+
+    /// The kind named `name` ([`EventKind::as_str`]), if this build records
+    /// it.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_back_from_its_name() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EventKind::ALL.len(), "names are unique");
+        assert_eq!(EventKind::parse("unknown"), None);
+        assert_eq!(EventKind::parse("Source_Connected"), None);
     }
 }

@@ -1,10 +1,11 @@
-//! The in-memory series index both stores keep, and the commit planner that
+//! The in-memory series index every store keeps, and the commit planner that
 //! turns a flush's increments into bucket writes against it.
 //!
-//! Planning is shared so both stores give one behaviour: the same kind checks,
-//! the same merge order, the same series ids, the same minute, hour and day
-//! rollups. Only where a bucket's current state comes from (a map or a redb
-//! table) differs, and that is the `load` closure handed to [`plan_commit`].
+//! Planning is above the backends so that every backend gives one behaviour:
+//! the same kind checks, the same merge order, the same series ids, the same
+//! minute, hour and day rollups. A backend only loads the stored states the
+//! plan starts from ([`SeriesIndex::lookup`] names them) and writes
+//! the result.
 //!
 //! The index also keeps when each series was last updated (the `now_ms` of
 //! the last commit that merged an increment into it), which is what series
@@ -15,7 +16,8 @@ use std::sync::Arc;
 
 use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
-use crate::{Event, MetricInfo, Resolution, SeriesId, StoreError};
+use crate::backend::{BucketKey, Buckets, RestoredSeries, Stored};
+use crate::{DecodeError, Event, EventKind, MetricInfo, Resolution, SeriesId, StoreError};
 
 /// Every known series, by key and by metric.
 ///
@@ -48,6 +50,46 @@ impl SeriesIndex {
             next_id,
             ..SeriesIndex::default()
         }
+    }
+
+    /// The index of what a backend restored: every metric and series, with
+    /// their last-update stamps; a series without a stamp (which a store
+    /// upgraded from before series expiry has) counts as updated at
+    /// `now_ms`. A series whose metric is missing is corruption.
+    pub(crate) fn restore(
+        metrics: Vec<(String, Kind)>,
+        series: Vec<RestoredSeries>,
+        next_id: Option<SeriesId>,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        let mut index = SeriesIndex::new(1);
+        for (name, kind) in metrics {
+            index.add_metric(&name, kind);
+        }
+        let mut unstamped = 0u64;
+        for s in series {
+            let key = Arc::new(s.key);
+            if !index.add_series(s.id, Arc::clone(&key)) {
+                return Err(StoreError::corrupt(
+                    format_args!("series {} ({key})", s.id),
+                    DecodeError::Inconsistent("its metric has no recorded kind".to_owned()),
+                ));
+            }
+            if s.last_update_ms.is_none() {
+                unstamped += 1;
+            }
+            index.set_seen(s.id, s.last_update_ms.unwrap_or(now_ms));
+        }
+        if unstamped > 0 {
+            tracing::warn!(
+                series = unstamped,
+                "series without a last-update stamp count as updated now"
+            );
+        }
+        if let Some(next_id) = next_id {
+            index.reserve_ids_below(next_id);
+        }
+        Ok(index)
     }
 
     pub(crate) fn id_of(&self, key: &SeriesKey) -> Option<SeriesId> {
@@ -180,16 +222,30 @@ impl SeriesIndex {
         self.ids.len()
     }
 
-    /// Ids of every series, for table-wide sweeps such as retention.
-    pub(crate) fn ids(&self) -> Vec<SeriesId> {
-        let mut ids: Vec<SeriesId> = self.ids.values().copied().collect();
-        ids.sort_unstable();
-        ids
+    /// What planning a commit of `increments` starts from: the id of each
+    /// one's series if it is known, and the stored buckets they may merge
+    /// into (each known series' minute, hour and day bucket; sorted, without
+    /// duplicates) for the backend to load.
+    pub(crate) fn lookup(&self, increments: &[Increment]) -> Lookup {
+        let ids: Vec<Option<SeriesId>> = increments
+            .iter()
+            .map(|inc| self.id_of(&inc.series))
+            .collect();
+        let mut keys = Vec::with_capacity(3 * ids.iter().flatten().count());
+        for (inc, id) in increments.iter().zip(&ids) {
+            if let Some(series) = *id {
+                keys.extend(Resolution::ALL.map(|resolution| BucketKey {
+                    resolution,
+                    series,
+                    bucket_ms: resolution.bucket_start(inc.bucket_ms),
+                }));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Lookup { ids, keys }
     }
 }
-
-/// Bucket states of one resolution, by (series id, bucket start).
-pub(crate) type Buckets = BTreeMap<(SeriesId, i64), State>;
 
 /// What one series expiry removes, computed before anything is deleted.
 #[derive(Debug, Default)]
@@ -201,42 +257,48 @@ pub(crate) struct Expiry {
     pub(crate) metrics: Vec<String>,
 }
 
-/// What a store holds for one bucket, as [`plan_commit`]'s `load` finds it.
-#[derive(Debug)]
-pub(crate) enum Stored {
-    /// No state yet.
-    Absent,
-    /// The decoded state.
-    State(State),
-    /// Bytes that do not decode (a corrupt page, or a state an older version
-    /// wrote that no longer validates), with why.
-    Unreadable(String),
-}
-
 /// A stored bucket state that could not be read, moved aside by a commit so
 /// that it stops nothing else.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Quarantined {
-    pub(crate) resolution: Resolution,
-    pub(crate) id: SeriesId,
-    pub(crate) bucket: i64,
+    pub(crate) key: BucketKey,
     /// The series' display form, for the event and the log.
     pub(crate) series: String,
     /// Why the bytes did not decode.
     pub(crate) reason: String,
 }
 
+/// Why a stored state is unreadable, as its event and log line say it.
+pub(crate) fn unreadable_reason(e: &DecodeError) -> String {
+    match e {
+        // The model's reason alone: the event already says it is a state.
+        DecodeError::State(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
 impl Quarantined {
-    /// The event a commit appends for it.
+    /// The event appended, in the same transaction, when it is moved aside.
     pub(crate) fn event(&self, ts_ms: i64) -> Event {
         Event::new(
             ts_ms,
-            Event::STATE_QUARANTINED,
+            EventKind::StateQuarantined,
             format!(
                 "unreadable {} bucket {} of {} moved to quarantine; the bucket starts afresh: {}",
-                self.resolution, self.bucket, self.series, self.reason
+                self.key.resolution, self.key.bucket_ms, self.series, self.reason
             ),
         )
+    }
+
+    /// Logs it; called once it is durably in quarantine.
+    pub(crate) fn log(&self) {
+        tracing::error!(
+            series = %self.series,
+            resolution = %self.key.resolution,
+            bucket_ms = self.key.bucket_ms,
+            reason = %self.reason,
+            "unreadable stored state moved to quarantine; the bucket starts afresh"
+        );
     }
 }
 
@@ -264,22 +326,65 @@ pub(crate) struct CommitPlan {
 }
 
 impl CommitPlan {
-    /// The buckets of one resolution this commit writes.
-    pub(crate) fn buckets(&self, resolution: Resolution) -> &Buckets {
-        &self.buckets[resolution.index()]
-    }
-
     /// How many buckets this commit writes, over every resolution.
     pub(crate) fn bucket_count(&self) -> usize {
         self.buckets.iter().map(BTreeMap::len).sum()
     }
 }
 
+/// What [`SeriesIndex::lookup`] found for a commit.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    /// Per increment, its series' id if the series is known.
+    ids: Vec<Option<SeriesId>>,
+    /// The stored buckets to load: sorted, without duplicates.
+    pub(crate) keys: Vec<BucketKey>,
+}
+
+/// What a commit is planned from: the [`Lookup`], and the stored states of
+/// its buckets as the backend loaded them.
+///
+/// The states are kept in a vector beside the sorted keys and found by
+/// bisection: a commit of tens of thousands of increments takes each state
+/// once, and a hash map of them (hashing, growing, moving the states in and
+/// out) cost a fifth of the global tier's CPU.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    lookup: Lookup,
+    /// `stored[i]` is the state of `lookup.keys[i]`; `Absent` once taken.
+    stored: Vec<Stored>,
+}
+
+impl Loaded {
+    /// `stored` holds the states of `lookup.keys`, in the same order.
+    pub(crate) fn new(lookup: Lookup, stored: Vec<Stored>) -> Self {
+        debug_assert_eq!(lookup.keys.len(), stored.len());
+        Loaded { lookup, stored }
+    }
+
+    /// The state of `key`, taken out (`Absent` if it has none or was taken).
+    fn take(&mut self, key: &BucketKey) -> Stored {
+        match self.lookup.keys.binary_search(key) {
+            Ok(i) => std::mem::replace(&mut self.stored[i], Stored::Absent),
+            Err(_) => Stored::Absent,
+        }
+    }
+
+    /// Puts back a state taken from `key`.
+    fn put_back(&mut self, key: &BucketKey, state: State) {
+        if let Ok(i) = self.lookup.keys.binary_search(key) {
+            self.stored[i] = Stored::State(state);
+        }
+    }
+}
+
 /// Merges `increments` into the current bucket states of every
-/// [`Resolution`]; `load` reads from the store the state of a bucket not yet
-/// touched by this commit. A bucket `load` finds unreadable is reported once
-/// in [`CommitPlan::quarantined`] and treated as absent, so one corrupt state
-/// never stops the commit of everything else.
+/// [`Resolution`]; `loaded` holds the stored state of every bucket
+/// [`SeriesIndex::lookup`] names (a state taken from it is put back
+/// if its merge is refused, for the next increment of that bucket). A
+/// bucket found unreadable is reported once in [`CommitPlan::quarantined`]
+/// and treated as absent, so one corrupt state never stops the commit of
+/// everything else.
 ///
 /// Each increment goes into its minute, hour and day bucket, or into none of
 /// them: an increment whose kind differs from its metric's kind, or whose
@@ -294,8 +399,8 @@ pub(crate) fn plan_commit(
     index: &SeriesIndex,
     increments: &[Increment],
     now_ms: i64,
-    mut load: impl FnMut(Resolution, SeriesId, i64) -> Result<Stored, StoreError>,
-) -> Result<CommitPlan, StoreError> {
+    loaded: &mut Loaded,
+) -> CommitPlan {
     let mut plan = CommitPlan::default();
     let mut touched: BTreeSet<SeriesId> = BTreeSet::new();
     let mut new_ids: HashMap<Arc<SeriesKey>, SeriesId> = HashMap::new();
@@ -321,45 +426,16 @@ pub(crate) fn plan_commit(
             continue;
         }
 
-        let stored = index.id_of(&inc.series);
+        let stored = loaded.lookup.ids[i];
         let known = stored.or_else(|| new_ids.get(&*inc.series).copied());
         let id = known.unwrap_or(next_id);
         let keys = Resolution::ALL.map(|r| (id, r.bucket_start(inc.bucket_ms)));
 
-        // Bring the stored state of every bucket not yet in the plan in, so
-        // the merges below see all three. Only series known before this
-        // commit have stored buckets.
-        let mut loaded = [false; 3];
-        if stored.is_some() {
-            for r in Resolution::ALL {
-                let (map, key) = (&mut plan.buckets[r.index()], keys[r.index()]);
-                if map.contains_key(&key) {
-                    continue;
-                }
-                match load(r, key.0, key.1)? {
-                    Stored::Absent => {}
-                    Stored::State(state) => {
-                        map.insert(key, state);
-                        loaded[r.index()] = true;
-                    }
-                    Stored::Unreadable(reason) => {
-                        let seen = plan
-                            .quarantined
-                            .iter()
-                            .any(|q| (q.resolution, q.id, q.bucket) == (r, key.0, key.1));
-                        if !seen {
-                            plan.quarantined.push(Quarantined {
-                                resolution: r,
-                                id: key.0,
-                                bucket: key.1,
-                                series: inc.series.to_string(),
-                                reason,
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        // Only series known before this commit have stored buckets.
+        let taken = match stored {
+            Some(_) => take_stored(&mut plan, loaded, keys, &inc.series),
+            None => [false; 3],
+        };
 
         let [minutes, hours, days] = &mut plan.buckets;
         let slots = [
@@ -368,11 +444,11 @@ pub(crate) fn plan_commit(
             days.get_mut(&keys[2]),
         ];
         if let Err(e) = merge_all(slots, &inc.state) {
-            // Take back what was loaded only for this increment: it is
+            // Put back what was taken only for this increment: it is
             // unchanged and need not be written.
-            for (map, (key, loaded)) in plan.buckets.iter_mut().zip(keys.iter().zip(loaded)) {
-                if loaded {
-                    map.remove(key);
+            for (r, (key, taken)) in Resolution::ALL.into_iter().zip(keys.iter().zip(taken)) {
+                if let Some(state) = taken.then(|| plan.buckets[r.index()].remove(key)).flatten() {
+                    loaded.put_back(&bucket_key(r, *key), state);
                 }
             }
             plan.errors.push((inc.series.to_string(), e));
@@ -398,7 +474,49 @@ pub(crate) fn plan_commit(
         .into_iter()
         .map(|id| (id, index.last_seen(id).map_or(now_ms, |at| at.max(now_ms))))
         .collect();
-    Ok(plan)
+    plan
+}
+
+/// Brings the stored state of each bucket of `keys` (minute, hour, day) not
+/// yet in the plan into it, so that an increment's merges see all three;
+/// returns which ones were taken from `loaded`, to put back if the merge is
+/// refused. One found unreadable is recorded for quarantine (once: it is
+/// taken out of `loaded`) and treated as absent.
+fn take_stored(
+    plan: &mut CommitPlan,
+    loaded: &mut Loaded,
+    keys: [(SeriesId, i64); 3],
+    series: &SeriesKey,
+) -> [bool; 3] {
+    let mut taken = [false; 3];
+    for r in Resolution::ALL {
+        let (map, key) = (&mut plan.buckets[r.index()], keys[r.index()]);
+        if map.contains_key(&key) {
+            continue;
+        }
+        match loaded.take(&bucket_key(r, key)) {
+            Stored::Absent => {}
+            Stored::State(state) => {
+                map.insert(key, state);
+                taken[r.index()] = true;
+            }
+            Stored::Unreadable(e) => plan.quarantined.push(Quarantined {
+                key: bucket_key(r, key),
+                series: series.to_string(),
+                reason: unreadable_reason(&e),
+            }),
+        }
+    }
+    taken
+}
+
+/// The [`BucketKey`] of a plan's `(series, bucket)` at `resolution`.
+fn bucket_key(resolution: Resolution, (series, bucket_ms): (SeriesId, i64)) -> BucketKey {
+    BucketKey {
+        resolution,
+        series,
+        bucket_ms,
+    }
 }
 
 /// Merges `incoming` into every present slot, or into none: on the first

@@ -6,26 +6,50 @@
 //! Everything a flush produces lands in the store in **one** transaction
 //! ([`Store::commit`] with a [`Commit`]): the merged bucket states at every
 //! [`Resolution`], the sources' committed `seq` and watermark, the outgoing
-//! spool batch, and the [`Event::SPOOL_OVERFLOW`] event if the spool cap made
-//! it drop batches. That single transaction is what makes federation
+//! spool batch, and the [`EventKind::SpoolOverflow`] event if the spool cap
+//! made it drop batches. That single transaction is what makes federation
 //! exactly-once in effect: a crash either loses the whole flush (and the
 //! source resends it) or keeps all of it (and the source's resend is
 //! recognised as a duplicate by its `seq`).
 //!
+//! # Design: one store, backends below it
+//! The server codes against the [`Store`] trait. It has one implementation,
+//! [`BackedStore`], which holds every behaviour of a store — the series
+//! index, commit planning (kind checks, read-merge-write at three
+//! resolutions), the spool ledger and its cap, quarantine of unreadable
+//! states, the events the store records about itself, caches and the writer
+//! exclusion — over a [`Backend`]: a narrow trait of storage primitives
+//! (restore, load and read buckets, write one planned
+//! [`Transaction`](backend::Transaction),
+//! retention, series removal, spool, events, alarms, outbox). A backend
+//! decides nothing; a new one (PostgreSQL is next) implements the fifteen
+//! primitives and runs the behaviour suite.
+//!
+//! Two backends today:
+//! - [`Redb`], an embedded transactional database in the node's data
+//!   directory: durable (fsynced at every commit), survives crashes and
+//!   restarts. [`RedbStore`] is `BackedStore<Redb>`, the default.
+//! - [`Memory`], plain maps, for tests and best-effort nodes that accept
+//!   losing everything on restart. [`MemoryStore`] is `BackedStore<Memory>`.
+//!   Running redb on its in-memory backend instead was measured about 50%
+//!   more CPU per sample at the global tier (docs/PERFORMANCE.md), so the
+//!   maps stay; everything above the primitives is shared.
+//!
 //! Main types:
-//! - [`Store`]: the trait the server codes against, so a distributed backend can
-//!   come later without reshaping the pipeline.
-//! - [`RedbStore`]: the default, an embedded transactional database (redb) in the
-//!   node's data directory; survives crashes and restarts.
-//! - [`MemoryStore`]: the same behaviour in memory, for tests and best-effort
-//!   nodes that accept losing everything on restart.
+//! - [`Store`]: what the server codes against; [`BackedStore`] implements it.
+//! - [`RedbStore`] and [`MemoryStore`]: the two stores a node runs.
+//! - [`Backend`] and the [`backend`] module: the primitives, and the plain
+//!   data ([`backend::Transaction`], [`backend::Restored`], …) they exchange.
 //! - [`Commit`] / [`CommitOutcome`]: one flush in, what happened out.
 //! - [`Resolution`]: minute, hour or day; the width of a stored bucket.
-//! - [`Event`]: one entry of the event log.
+//! - [`Event`] and [`EventKind`]: one entry of the event log, and what it
+//!   records.
 //! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
 //!   readers get back.
 //! - [`AlarmState`], [`AlarmRecord`], [`OutboxEntry`] and [`AlarmUpdate`]: what
 //!   the alarm evaluator keeps here.
+//! - [`StoreError`] (and [`DecodeError`], its source when stored bytes do not
+//!   decode).
 //!
 //! # Rollups
 //! Each increment is merged into its minute bucket **and** its hour and day
@@ -44,6 +68,14 @@
 //! metric has no series left (its kind is then no longer fixed). Series ids
 //! are never reused, also after expiry.
 //!
+//! # Quarantine
+//! A stored bucket state that does not decode (a corrupt page, or a state an
+//! older version wrote that no longer validates) never stops a commit or a
+//! query: the commit or read that meets it moves its bytes aside, in a
+//! transaction of its own or the commit's, with an
+//! [`EventKind::StateQuarantined`] event, and the bucket starts afresh.
+//! [`Store::quarantined`] counts them (health shows them).
+//!
 //! # Alarms
 //! The store keeps, for the alarm evaluator, one [`AlarmState`] per alarm
 //! instance (rule and group), an append-only history of [`AlarmRecord`]s,
@@ -57,27 +89,34 @@
 //! is their retention. Events are keyed by timestamp and a store-assigned,
 //! persisted, increasing id, so equal timestamps never overwrite each other.
 //!
-//! Series get store-assigned ids ([`SeriesId`]); both stores keep every series
-//! key in memory, so listing metrics and matching selectors never touch disk.
-//! A metric's kind is fixed by its first committed bucket; a later increment of
-//! another kind is skipped and reported in [`CommitOutcome::merge_errors`]
-//! while the rest of the commit goes through.
+//! Series get store-assigned ids ([`SeriesId`]); the store keeps every series
+//! key in memory, so listing metrics and matching selectors never touch the
+//! backend. A metric's kind is fixed by its first committed bucket; a later
+//! increment of another kind is skipped and reported in
+//! [`CommitOutcome::merge_errors`] while the rest of the commit goes through.
 //!
 //! # Layout
-//! - `error.rs`: [`StoreError`].
-//! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
-//! - `events.rs`: [`Event`].
-//! - `alarm.rs`: [`AlarmKey`], [`AlarmState`], [`AlarmRecord`],
-//!   [`Notification`], [`OutboxEntry`], [`AlarmUpdate`].
+//! - `lib.rs`: the [`Store`] trait and the types it takes and returns.
+//! - `backed.rs`: [`BackedStore`], every behaviour above the primitives.
+//! - `backend.rs`: the [`Backend`] trait (its contract) and its data types.
 //! - `index.rs`: the in-memory series index and the commit planner (kind
-//!   checks, read-merge-write into minute, hour and day buckets) both stores
-//!   share.
+//!   checks, read-merge-write into minute, hour and day buckets).
+//! - `spool.rs`: the spool ledger, its cap and its overflow event.
 //! - `codec.rs`: byte encodings of series keys, spool batches, events and
 //!   alarm records.
-//! - `spool.rs`: the spool cap and its overflow event, shared by both stores.
-//! - `memory.rs`: [`MemoryStore`].
-//! - `redb_store.rs`: [`RedbStore`], its tables and how they are restored on open.
-//! - `suite.rs` (tests only): the behavioural suite every store must pass.
+//! - `error.rs`: [`StoreError`], [`DecodeError`].
+//! - `events.rs`: [`Event`], [`EventKind`].
+//! - `alarm.rs`: [`AlarmKey`], [`AlarmState`], [`AlarmRecord`],
+//!   [`Notification`], [`OutboxEntry`], [`AlarmUpdate`].
+//! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
+//! - `memory.rs`: the [`Memory`] backend.
+//! - `redb/`: the [`Redb`] backend — `mod.rs` (the type and its `Backend`
+//!   impl), `schema.rs` (tables, format version), `table.rs` (typed tables
+//!   that name themselves in errors), `open.rs` (open, integrity, move
+//!   aside, restore), `migrate.rs` (older formats), `read.rs`, `write.rs`.
+//! - `suite.rs` (tests only): the behaviour suite, run against both stores,
+//!   then the tests only a durable store passes.
+//! - `corrupt_files.rs` (tests only): files damaged outside strata.
 //!
 //! # Example
 //! ```
@@ -91,7 +130,7 @@
 //!         spool_watermark_ms: Some(60_000),
 //!         now_ms: 61_000,
 //!     })
-//!     .expect("memory commits do not fail");
+//!     .expect("commit");
 //! assert_eq!(outcome.spool_seq, Some(1));
 //! assert_eq!(store.spool_read(0, 10).expect("read spool").len(), 1);
 //! store.spool_ack(1).expect("ack");
@@ -103,6 +142,8 @@ use std::sync::Arc;
 use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
 
 mod alarm;
+mod backed;
+pub mod backend;
 mod codec;
 #[cfg(test)]
 mod corrupt_files;
@@ -110,17 +151,19 @@ mod error;
 mod events;
 mod index;
 mod memory;
-mod redb_store;
+mod redb;
 mod resolution;
 mod spool;
 #[cfg(test)]
 mod suite;
 
 pub use alarm::{AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Notification, OutboxEntry};
-pub use error::StoreError;
-pub use events::Event;
-pub use memory::MemoryStore;
-pub use redb_store::RedbStore;
+pub use backed::BackedStore;
+pub use backend::Backend;
+pub use error::{BackendError, DecodeError, StoreError};
+pub use events::{Event, EventKind};
+pub use memory::{Memory, MemoryStore};
+pub use redb::{Redb, RedbStore};
 pub use resolution::Resolution;
 
 /// Store-assigned identity of a series: sequential, never reused.
@@ -204,25 +247,30 @@ pub struct CommitOutcome {
     pub spool_seq: Option<u64>,
     /// Batches dropped oldest-first in this commit because the spool exceeded
     /// its cap; when non-zero, the commit also appended an
-    /// [`Event::SPOOL_OVERFLOW`] event naming them.
+    /// [`EventKind::SpoolOverflow`] event naming them.
     pub spool_dropped: u64,
     /// Increments that could not be merged (kind or precision mismatch,
     /// overflow), by series display: skipped, the rest committed.
     pub merge_errors: Vec<(String, ModelError)>,
     /// Stored bucket states this commit found unreadable and moved to
-    /// quarantine (each with an [`Event::STATE_QUARANTINED`] event in the same
-    /// transaction); their buckets started afresh.
+    /// quarantine (each with an [`EventKind::StateQuarantined`] event in the
+    /// same transaction); their buckets started afresh.
     pub quarantined: u64,
 }
 
-/// Storage of a node: metric state, source progress, the outgoing spool and
-/// the event log.
+/// Storage of a node: metric state, source progress, the outgoing spool,
+/// the event log and the alarm tables. What the server codes against.
+///
+/// Implemented once, by [`BackedStore`] over any [`Backend`]: a new kind of
+/// storage is a new backend, not a new implementation of this trait.
 ///
 /// Readers work concurrently with a writer and see only committed data.
+/// Every method that writes is one transaction: on error nothing of it was
+/// applied.
 pub trait Store: Send + Sync + 'static {
     /// Identity of this node's durable state: random non-zero u64 chosen when
-    /// the store is first created and persisted; [`MemoryStore`] picks a new
-    /// one per instance.
+    /// the store is first created and persisted; a store in memory picks a
+    /// new one per instance.
     fn epoch(&self) -> u64;
     /// Applies one flush in one transaction; on error nothing of it is applied.
     fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError>;
@@ -256,7 +304,7 @@ pub trait Store: Send + Sync + 'static {
     fn source(&self, id: &str) -> Option<SourceProgress>;
     /// How many unreadable bucket states this store holds in quarantine: moved
     /// aside by the commit or read that met them, each recorded as an
-    /// [`Event::STATE_QUARANTINED`] event. Always 0 for [`MemoryStore`].
+    /// [`EventKind::StateQuarantined`] event.
     fn quarantined(&self) -> u64;
     /// Deletes every quarantined state (once an operator has looked at them);
     /// returns how many were deleted.
@@ -323,14 +371,14 @@ pub trait Store: Send + Sync + 'static {
     fn outbox_delete(&self, id: u64) -> Result<bool, StoreError>;
 }
 
-/// Limits shared by every store.
+/// Limits and sizes of a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Cap on the spool's total encoded size; past it the oldest batches are
     /// dropped (counted and logged). Default 256 MiB.
     pub spool_max_bytes: u64,
-    /// Memory the durable store may use to cache database pages (read and write).
-    /// Default 64 MiB.
+    /// Memory the redb backend may use to cache database pages (read and
+    /// write). Default 64 MiB.
     pub cache_bytes: usize,
 }
 
@@ -361,4 +409,12 @@ pub(crate) fn new_epoch() -> u64 {
         0 => 1,
         epoch => epoch,
     }
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if it is before
+/// 1970).
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -1,266 +1,221 @@
-//! [`MemoryStore`]: the store's behaviour without durability.
+//! [`Memory`]: the backend of best-effort nodes, plain maps in memory.
+//!
+//! Kept apart from [`Redb`](crate::Redb) on measurement: redb on its
+//! in-memory backend cost about 50% more CPU per sample at the global tier
+//! of `strata bench --best-effort` and doubled its memory, because every
+//! commit encodes and decodes each state and writes B-tree pages, where maps
+//! hold states as values (docs/PERFORMANCE.md has the figures). Everything
+//! above the primitives is shared, through [`BackedStore`].
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::{Bound, Range};
 
 use parking_lot::RwLock;
-use strata_model::{Kind, SeriesKey, State};
+use strata_model::State;
 
-use crate::codec::{decode_spool_batch, encode_spool_batch};
-use crate::index::{Buckets, SeriesIndex, Stored, plan_commit};
-use crate::spool::enforce_spool_cap;
+use crate::backend::{Backend, BucketKey, Buckets, Restored, Retention, Stored, Transaction};
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo,
-    OutboxEntry, Resolution, SourceProgress, SpoolBatch, SpoolStats, Store, StoreError,
-    StoreOptions, new_epoch,
+    AlarmKey, AlarmRecord, AlarmState, BackedStore, DecodeError, Event, OutboxEntry, Resolution,
+    SeriesId, StoreError, StoreOptions, new_epoch,
 };
 
-/// A [`Store`] kept entirely in memory: for tests and for nodes that accept
-/// losing their state (and starting a new epoch) on every restart.
+/// A [`Backend`] in memory: for tests, and for nodes that accept losing
+/// their state (and starting a new epoch) on every restart
+/// (`storage.engine = "memory"`).
 ///
-/// Behaves exactly like [`crate::RedbStore`], including spool byte accounting:
-/// batches are kept encoded, so the cap drops the same batches.
-pub struct MemoryStore {
+/// It lives exactly as long as its [`MemoryStore`], which restores from it
+/// once, empty. So it keeps only what is read back through the primitives:
+/// bucket states (as values, never encoded), spool batches (encoded, so the
+/// spool cap counts the same bytes as on disk), the event log and the alarm
+/// tables. Series keys, metric kinds, last-update stamps, source progress
+/// and spool counters are held by the store above it and are not copied
+/// here. Its states are never unreadable, so nothing is ever quarantined.
+#[derive(Debug)]
+pub struct Memory {
     /// New per instance: a restarted node has lost everything, and its
     /// upstream must learn that its seqs start over.
     epoch: u64,
-    opts: StoreOptions,
-    /// One lock for everything: a commit is a few map operations, so readers
-    /// wait microseconds, and they never see half a commit.
-    inner: RwLock<Inner>,
+    /// One lock for everything: a write is a few map operations, so readers
+    /// wait microseconds, and they never see half of one.
+    tables: RwLock<Tables>,
 }
 
-#[derive(Default)]
-struct Inner {
-    index: SeriesIndex,
+#[derive(Debug, Default)]
+struct Tables {
     /// Per resolution, indexed by [`Resolution::index`].
     buckets: [Buckets; 3],
-    sources: BTreeMap<String, SourceProgress>,
-    /// seq → encoded batch, as the durable store keeps them.
+    /// seq → encoded batch.
     spool: BTreeMap<u64, Vec<u8>>,
-    spool_stats: SpoolStats,
-    /// (ts_ms, id) → event; ids increase per store so equal timestamps never
-    /// collide.
+    /// (ts_ms, id) → event.
     events: BTreeMap<(i64, u64), Event>,
-    /// Last event id assigned.
     last_event_id: u64,
     alarm_states: BTreeMap<AlarmKey, AlarmState>,
-    /// (ts_ms, id) → record, like the event log.
+    /// (ts_ms, id) → record.
     alarm_history: BTreeMap<(i64, u64), AlarmRecord>,
     last_history_id: u64,
-    /// id → entry; ids are never reused.
+    /// id → entry.
     outbox: BTreeMap<u64, OutboxEntry>,
     last_outbox_id: u64,
 }
 
-impl Inner {
-    fn push_event(&mut self, event: Event) {
-        self.last_event_id += 1;
-        self.events.insert((event.ts_ms, self.last_event_id), event);
-    }
-}
+/// The store of a best-effort node: [`BackedStore`] over [`Memory`].
+pub type MemoryStore = BackedStore<Memory>;
 
-impl MemoryStore {
+impl BackedStore<Memory> {
+    /// A new, empty store in memory, with a new epoch.
     pub fn new(opts: StoreOptions) -> Self {
-        MemoryStore {
-            epoch: new_epoch(),
-            opts,
-            inner: RwLock::new(Inner {
-                index: SeriesIndex::new(1),
-                ..Inner::default()
-            }),
-        }
-    }
-}
-
-impl std::fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("epoch", &self.epoch)
-            .field("opts", &self.opts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store for MemoryStore {
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError> {
-        let mut guard = self.inner.write();
-        let inner = &mut *guard;
-        let buckets = &inner.buckets;
-        let plan = plan_commit(
-            &inner.index,
-            commit.increments,
-            commit.now_ms,
-            |r, id, bucket| {
-                // States held as values are never unreadable.
-                Ok(buckets[r.index()]
-                    .get(&(id, bucket))
-                    .cloned()
-                    .map_or(Stored::Absent, Stored::State))
-            },
-        )?;
-
-        let mut outcome = CommitOutcome::default();
-        let mut dropped = None;
-        if let Some(watermark_ms) = commit.spool_watermark_ms {
-            let mut stats = inner.spool_stats.clone();
-            let seq = stats.last_seq + 1;
-            let merged: Vec<_> = plan.merged.iter().map(|&i| &commit.increments[i]).collect();
-            let mut bytes = Vec::new();
-            encode_spool_batch(seq, watermark_ms, commit.now_ms, &merged, &mut bytes);
-            stats.last_seq = seq;
-            stats.batches += 1;
-            stats.bytes += bytes.len() as u64;
-            inner.spool.insert(seq, bytes);
-            let spool = &mut inner.spool;
-            dropped = enforce_spool_cap(&mut stats, self.opts.spool_max_bytes, || {
-                Ok(match spool.first_key_value() {
-                    Some((&oldest, _)) if oldest != seq => spool
-                        .remove(&oldest)
-                        .map(|bytes| (oldest, bytes.len() as u64)),
-                    _ => None,
-                })
-            })?;
-            stats.first_seq = spool.first_key_value().map_or(0, |(&s, _)| s);
-            inner.spool_stats = stats;
-            outcome.spool_seq = Some(seq);
-            outcome.spool_dropped = dropped.map_or(0, |d| d.dropped);
-        }
-
-        if let Some(dropped) = dropped {
-            inner.push_event(dropped.event(commit.now_ms, self.opts.spool_max_bytes));
-        }
-        inner.index.apply(&plan);
-        for (stored, planned) in inner.buckets.iter_mut().zip(plan.buckets) {
-            stored.extend(planned);
-        }
-        for progress in commit.progress {
-            inner
-                .sources
-                .insert(progress.source_id.clone(), progress.clone());
-        }
-        drop(guard);
-
-        if let Some(dropped) = dropped {
-            dropped.log(self.opts.spool_max_bytes);
-        }
-        outcome.merge_errors = plan.errors;
-        Ok(outcome)
-    }
-
-    fn metrics(&self) -> Vec<MetricInfo> {
-        self.inner.read().index.metrics()
-    }
-
-    fn metric_kind(&self, name: &str) -> Option<Kind> {
-        self.inner.read().index.kind_of(name)
-    }
-
-    fn series_of(&self, metric: &str) -> Vec<Arc<SeriesKey>> {
-        self.inner.read().index.series_of(metric)
-    }
-
-    fn series_count(&self) -> usize {
-        self.inner.read().index.series_count()
-    }
-
-    fn read_at(
-        &self,
-        series: &SeriesKey,
-        resolution: Resolution,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<(i64, State)>, StoreError> {
-        let inner = self.inner.read();
-        let Some(id) = inner.index.id_of(series) else {
-            return Ok(Vec::new());
+        let epoch = new_epoch();
+        let backend = Memory {
+            epoch,
+            tables: RwLock::new(Tables::default()),
         };
-        if from_ms >= to_ms {
-            return Ok(Vec::new());
-        }
-        Ok(inner.buckets[resolution.index()]
-            .range((id, from_ms)..(id, to_ms))
-            .map(|(&(_, bucket), state)| (bucket, state.clone()))
+        BackedStore::empty(backend, epoch, opts)
+    }
+}
+
+impl Backend for Memory {
+    fn restore(&self) -> Result<Restored, StoreError> {
+        Ok(Restored {
+            epoch: self.epoch,
+            ..Restored::default()
+        })
+    }
+
+    fn load_buckets(&self, keys: &[BucketKey]) -> Result<Vec<Stored>, StoreError> {
+        let tables = self.tables.read();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                tables.buckets[k.resolution.index()]
+                    .get(&(k.series, k.bucket_ms))
+                    .cloned()
+                    .map_or(Stored::Absent, Stored::State)
+            })
             .collect())
     }
 
-    fn quarantined(&self) -> u64 {
-        0
+    fn read_buckets(
+        &self,
+        resolution: Resolution,
+        series: SeriesId,
+        range: Range<i64>,
+    ) -> Result<Vec<(i64, Result<State, DecodeError>)>, StoreError> {
+        let tables = self.tables.read();
+        Ok(tables.buckets[resolution.index()]
+            .range((series, range.start)..(series, range.end))
+            .map(|(&(_, bucket_ms), state)| (bucket_ms, Ok(state.clone())))
+            .collect())
+    }
+
+    fn write(&self, txn: Transaction<'_>) -> Result<Vec<u64>, StoreError> {
+        let mut guard = self.tables.write();
+        let tables = &mut *guard;
+        // `txn.quarantine` is always empty: states held as values decode.
+        for (stored, written) in tables.buckets.iter_mut().zip(txn.buckets) {
+            stored.extend(written);
+        }
+        if let Some(spool) = txn.spool {
+            if let Some(through) = spool.delete_through {
+                tables.spool = match through.checked_add(1) {
+                    Some(from) => tables.spool.split_off(&from),
+                    None => BTreeMap::new(),
+                };
+            }
+            if let Some((seq, bytes)) = spool.append {
+                tables.spool.insert(seq, bytes.to_vec());
+            }
+        }
+        for event in txn.events {
+            tables.last_event_id += 1;
+            let id = tables.last_event_id;
+            tables.events.insert((event.ts_ms, id), event.clone());
+        }
+        for state in txn.alarm_states {
+            tables.alarm_states.insert(state.key.clone(), state.clone());
+        }
+        for key in txn.alarm_clear {
+            tables.alarm_states.remove(key);
+        }
+        for record in txn.alarm_history {
+            tables.last_history_id += 1;
+            let id = tables.last_history_id;
+            tables
+                .alarm_history
+                .insert((record.ts_ms, id), record.clone());
+        }
+        let mut ids = Vec::with_capacity(txn.notifications.len());
+        for notification in txn.notifications {
+            tables.last_outbox_id += 1;
+            let id = tables.last_outbox_id;
+            let entry = OutboxEntry {
+                id,
+                notification: notification.clone(),
+                attempts: 0,
+                next_attempt_ms: 0,
+                last_error: String::new(),
+            };
+            tables.outbox.insert(id, entry);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn delete_before(&self, what: Retention, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tables = self.tables.write();
+        let deleted = match what {
+            Retention::Buckets(resolution) => {
+                let buckets = &mut tables.buckets[resolution.index()];
+                let before = buckets.len();
+                buckets.retain(|&(_, bucket_ms), _| bucket_ms >= before_ms);
+                before - buckets.len()
+            }
+            Retention::Events => {
+                let kept = tables.events.split_off(&(before_ms, 0));
+                std::mem::replace(&mut tables.events, kept).len()
+            }
+            Retention::AlarmHistory => {
+                let kept = tables.alarm_history.split_off(&(before_ms, 0));
+                std::mem::replace(&mut tables.alarm_history, kept).len()
+            }
+        };
+        Ok(deleted as u64)
+    }
+
+    fn remove_series(
+        &self,
+        series: &[SeriesId],
+        _metrics: &[String],
+        _next_series_id: SeriesId,
+    ) -> Result<(), StoreError> {
+        let gone: HashSet<SeriesId> = series.iter().copied().collect();
+        let mut tables = self.tables.write();
+        for buckets in &mut tables.buckets {
+            buckets.retain(|(id, _), _| !gone.contains(id));
+        }
+        Ok(())
     }
 
     fn clear_quarantine(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
 
-    fn sources(&self) -> Vec<SourceProgress> {
-        self.inner.read().sources.values().cloned().collect()
-    }
-
-    fn source(&self, id: &str) -> Option<SourceProgress> {
-        self.inner.read().sources.get(id).cloned()
-    }
-
     fn spool_read(
         &self,
         after_seq: u64,
         max_batches: usize,
-    ) -> Result<Vec<SpoolBatch>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let inner = self.inner.read();
-        inner
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tables = self.tables.read();
+        Ok(tables
             .spool
-            .range((Excluded(after_seq), Unbounded))
+            .range((Bound::Excluded(after_seq), Bound::Unbounded))
             .take(max_batches)
-            .map(|(seq, bytes)| {
-                decode_spool_batch(bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("spool batch {seq}: {e}")))
-            })
-            .collect()
-    }
-
-    fn spool_ack(&self, upto_seq: u64) -> Result<(), StoreError> {
-        let mut guard = self.inner.write();
-        let inner = &mut *guard;
-        let keep = match upto_seq.checked_add(1) {
-            Some(from) => inner.spool.split_off(&from),
-            None => BTreeMap::new(),
-        };
-        let acked = std::mem::replace(&mut inner.spool, keep);
-        let stats = &mut inner.spool_stats;
-        stats.batches = stats.batches.saturating_sub(acked.len() as u64);
-        let freed: u64 = acked.values().map(|b| b.len() as u64).sum();
-        stats.bytes = stats.bytes.saturating_sub(freed);
-        stats.first_seq = inner.spool.first_key_value().map_or(0, |(&s, _)| s);
-        Ok(())
-    }
-
-    fn spool_stats(&self) -> SpoolStats {
-        self.inner.read().spool_stats.clone()
-    }
-
-    fn delete_before(&self, resolution: Resolution, before_ms: i64) -> Result<u64, StoreError> {
-        let mut inner = self.inner.write();
-        let buckets = &mut inner.buckets[resolution.index()];
-        let before = buckets.len();
-        buckets.retain(|&(_, bucket), _| bucket >= before_ms);
-        Ok((before - buckets.len()) as u64)
-    }
-
-    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
-        let mut inner = self.inner.write();
-        for event in events {
-            inner.push_event(event.clone());
-        }
-        Ok(())
+            .map(|(&seq, bytes)| (seq, bytes.clone()))
+            .collect())
     }
 
     fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let inner = self.inner.read();
-        Ok(inner
+        let tables = self.tables.read();
+        Ok(tables
             .events
             .range((since_ms, 0)..)
             .rev()
@@ -269,73 +224,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut inner = self.inner.write();
-        let kept = inner.events.split_off(&(before_ms, 0));
-        let deleted = std::mem::replace(&mut inner.events, kept);
-        Ok(deleted.len() as u64)
-    }
-
-    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError> {
-        let mut guard = self.inner.write();
-        let inner = &mut *guard;
-        let expiry = inner.index.plan_expiry(idle_before_ms);
-        if expiry.series.is_empty() {
-            return Ok(0);
-        }
-        let gone: std::collections::HashSet<u64> =
-            expiry.series.iter().map(|(id, _)| *id).collect();
-        for buckets in &mut inner.buckets {
-            buckets.retain(|(id, _), _| !gone.contains(id));
-        }
-        inner.index.apply_expiry(&expiry);
-        Ok(expiry.series.len() as u64)
-    }
-
-    fn update_alarms(&self, update: AlarmUpdate<'_>) -> Result<Vec<u64>, StoreError> {
-        let mut inner = self.inner.write();
-        for state in update.states {
-            inner.alarm_states.insert(state.key.clone(), state.clone());
-        }
-        for key in update.clear {
-            inner.alarm_states.remove(key);
-        }
-        for record in update.history {
-            inner.last_history_id += 1;
-            let id = inner.last_history_id;
-            inner
-                .alarm_history
-                .insert((record.ts_ms, id), record.clone());
-        }
-        let mut ids = Vec::with_capacity(update.notifications.len());
-        for notification in update.notifications {
-            inner.last_outbox_id += 1;
-            let id = inner.last_outbox_id;
-            inner.outbox.insert(
-                id,
-                OutboxEntry {
-                    id,
-                    notification: notification.clone(),
-                    attempts: 0,
-                    next_attempt_ms: 0,
-                    last_error: String::new(),
-                },
-            );
-            ids.push(id);
-        }
-        for event in update.events {
-            inner.push_event(event.clone());
-        }
-        Ok(ids)
-    }
-
     fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError> {
-        Ok(self.inner.read().alarm_states.values().cloned().collect())
+        Ok(self.tables.read().alarm_states.values().cloned().collect())
     }
 
     fn alarm_history(&self, limit: usize) -> Result<Vec<AlarmRecord>, StoreError> {
-        let inner = self.inner.read();
-        Ok(inner
+        let tables = self.tables.read();
+        Ok(tables
             .alarm_history
             .values()
             .rev()
@@ -344,20 +239,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn delete_alarm_history_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut inner = self.inner.write();
-        let kept = inner.alarm_history.split_off(&(before_ms, 0));
-        let deleted = std::mem::replace(&mut inner.alarm_history, kept);
-        Ok(deleted.len() as u64)
-    }
-
     fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let inner = self.inner.read();
-        Ok(inner.outbox.values().take(limit).cloned().collect())
+        let tables = self.tables.read();
+        Ok(tables.outbox.values().take(limit).cloned().collect())
     }
 
     fn outbox_len(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.read().outbox.len() as u64)
+        Ok(self.tables.read().outbox.len() as u64)
     }
 
     fn outbox_retry(
@@ -367,8 +255,8 @@ impl Store for MemoryStore {
         next_attempt_ms: i64,
         last_error: &str,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.inner.write();
-        let Some(entry) = inner.outbox.get_mut(&id) else {
+        let mut tables = self.tables.write();
+        let Some(entry) = tables.outbox.get_mut(&id) else {
             return Ok(false);
         };
         entry.attempts = attempts;
@@ -378,6 +266,6 @@ impl Store for MemoryStore {
     }
 
     fn outbox_delete(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.inner.write().outbox.remove(&id).is_some())
+        Ok(self.tables.write().outbox.remove(&id).is_some())
     }
 }

@@ -1,6 +1,7 @@
-//! The behavioural suite every [`Store`] must pass, written once and run
-//! against [`MemoryStore`] and [`RedbStore`] by the `suite!` macro at the end,
-//! followed by the tests only a durable store can pass (reopen, crash).
+//! The behavioural suite every [`Store`] must pass, written once and run by
+//! the `suite!` macro at the end against [`MemoryStore`] and [`RedbStore`]
+//! (a new backend adds its own line there), followed by the tests only a
+//! durable store can pass (reopen, crash).
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,8 +11,9 @@ use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
 use tempfile::TempDir;
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MemoryStore,
-    Notification, RedbStore, Resolution, SourceProgress, SpoolStats, Store, StoreOptions,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventKind,
+    MemoryStore, Notification, RedbStore, Resolution, SourceProgress, SpoolStats, Store,
+    StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
@@ -129,7 +131,7 @@ fn minutes_merged(s: &dyn Store, k: &SeriesKey, resolution: Resolution) -> Vec<(
     out
 }
 
-fn event(ts_ms: i64, kind: &str, message: &str) -> Event {
+fn event(ts_ms: i64, kind: EventKind, message: &str) -> Event {
     Event::new(ts_ms, kind, message)
 }
 
@@ -818,20 +820,20 @@ fn events_are_listed_newest_first(open: &Open) {
     let f = open(StoreOptions::default());
     let s = &*f.store;
     s.append_events(&[
-        event(300, "source_connected", "c"),
-        event(100, "source_connected", "a"),
-        event(200, "alarm_fired", "b"),
+        event(300, EventKind::SourceConnected, "c"),
+        event(100, EventKind::SourceConnected, "a"),
+        event(200, EventKind::AlarmFired, "b"),
     ])
     .unwrap();
-    s.append_events(&[event(400, "alarm_resolved", "d")])
+    s.append_events(&[event(400, EventKind::AlarmResolved, "d")])
         .unwrap();
     assert_eq!(
         s.events(i64::MIN, 10).unwrap(),
         vec![
-            event(400, "alarm_resolved", "d"),
-            event(300, "source_connected", "c"),
-            event(200, "alarm_fired", "b"),
-            event(100, "source_connected", "a"),
+            event(400, EventKind::AlarmResolved, "d"),
+            event(300, EventKind::SourceConnected, "c"),
+            event(200, EventKind::AlarmFired, "b"),
+            event(100, EventKind::SourceConnected, "a"),
         ]
     );
     // The limit keeps the newest; since is inclusive.
@@ -843,9 +845,13 @@ fn events_are_listed_newest_first(open: &Open) {
 
     // Equal timestamps, within one append and across appends, never replace
     // each other; the last appended is listed first.
-    s.append_events(&[event(200, "x", "b2"), event(200, "x", "b3")])
+    s.append_events(&[
+        event(200, EventKind::SourceDisconnected, "b2"),
+        event(200, EventKind::SourceDisconnected, "b3"),
+    ])
+    .unwrap();
+    s.append_events(&[event(200, EventKind::SourceDisconnected, "b4")])
         .unwrap();
-    s.append_events(&[event(200, "x", "b4")]).unwrap();
     assert_eq!(
         messages(&s.events(200, 10).unwrap()),
         vec!["d", "c", "b4", "b3", "b2", "b"]
@@ -863,7 +869,7 @@ fn event_retention(open: &Open) {
     let events: Vec<Event> = [-5, 0, 10, 10, 20]
         .into_iter()
         .enumerate()
-        .map(|(i, ts)| event(ts, "k", &i.to_string()))
+        .map(|(i, ts)| event(ts, EventKind::SourceRefused, &i.to_string()))
         .collect();
     s.append_events(&events).unwrap();
     assert_eq!(s.delete_events_before(i64::MIN).unwrap(), 0);
@@ -874,7 +880,8 @@ fn event_retention(open: &Open) {
         vec!["4", "3", "2"]
     );
     // New events after retention still never collide with the kept ones.
-    s.append_events(&[event(10, "k", "5")]).unwrap();
+    s.append_events(&[event(10, EventKind::SourceRefused, "5")])
+        .unwrap();
     assert_eq!(
         messages(&s.events(i64::MIN, 10).unwrap()),
         vec!["4", "5", "3", "2"]
@@ -905,7 +912,7 @@ fn spool_overflow_appends_an_event(open: &Open) {
     let events = s.events(i64::MIN, 10).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].ts_ms, 2_000);
-    assert_eq!(events[0].kind, Event::SPOOL_OVERFLOW);
+    assert_eq!(events[0].kind, EventKind::SpoolOverflow);
     assert!(
         events[0]
             .message
@@ -1238,7 +1245,7 @@ fn an_alarm_update_is_applied_whole(open: &Open) {
             clear: &[],
             history: &[record(120, &k, true)],
             notifications: &[notification("http://a/hook", 120)],
-            events: &[event(120, "alarm_fired", "p99 fired")],
+            events: &[event(120, EventKind::AlarmFired, "p99 fired")],
         })
         .unwrap();
     assert_eq!(ids.len(), 1);
@@ -1246,9 +1253,9 @@ fn an_alarm_update_is_applied_whole(open: &Open) {
     assert_eq!(s.alarm_history(10).unwrap(), vec![record(120, &k, true)]);
     assert_eq!(s.outbox(10).unwrap()[0].id, ids[0]);
     let events = s.events(i64::MIN, 10).unwrap();
-    assert_eq!(events, vec![event(120, "alarm_fired", "p99 fired")]);
+    assert_eq!(events, vec![event(120, EventKind::AlarmFired, "p99 fired")]);
     // Alarm events share the log's ids with the others.
-    s.append_events(&[event(120, "source_connected", "later")])
+    s.append_events(&[event(120, EventKind::SourceConnected, "later")])
         .unwrap();
     assert_eq!(
         messages(&s.events(i64::MIN, 10).unwrap()),
@@ -1298,7 +1305,7 @@ suite!(
 /// Durability: what only [`RedbStore`] promises.
 mod durable {
     use super::*;
-    use crate::redb_store::{
+    use crate::redb::schema::{
         BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, META, META_FORMAT_VERSION, SERIES_SEEN,
     };
     use redb::{ReadableDatabase, ReadableTable};
@@ -1329,11 +1336,11 @@ mod durable {
             ],
         );
         // The newest event does not carry the highest id.
-        s.append_events(&[event(500, "alarm_fired", "first")])
+        s.append_events(&[event(500, EventKind::AlarmFired, "first")])
             .unwrap();
         s.append_events(&[
-            event(100, "source_connected", "second"),
-            event(100, "source_connected", "third"),
+            event(100, EventKind::SourceConnected, "second"),
+            event(100, EventKind::SourceConnected, "third"),
         ])
         .unwrap();
         // Alarms: a firing and a resolved instance, their history, and two
@@ -1382,8 +1389,8 @@ mod durable {
 
     /// Ids in the series table, ascending.
     fn series_ids(s: &RedbStore) -> Vec<u64> {
-        let txn = s.db.begin_read().unwrap();
-        let table = txn.open_table(crate::redb_store::SERIES).unwrap();
+        let txn = s.backend.db.begin_read().unwrap();
+        let table = txn.open_table(crate::redb::schema::SERIES).unwrap();
         table
             .iter()
             .unwrap()
@@ -1454,8 +1461,8 @@ mod durable {
     /// Overwrites the stored bytes of one bucket, as a corrupt page or an
     /// older version that stored a NaN sum would have left them.
     fn poison(s: &RedbStore, r: Resolution, id: u64, bucket: i64, bytes: &[u8]) {
-        let txn = s.db.begin_write().unwrap();
-        txn.open_table(crate::redb_store::bucket_table(r))
+        let txn = s.backend.db.begin_write().unwrap();
+        txn.open_table(crate::redb::schema::bucket_table(r))
             .unwrap()
             .insert((id, bucket), bytes)
             .unwrap();
@@ -1513,7 +1520,7 @@ mod durable {
         assert!(
             events
                 .iter()
-                .all(|e| e.kind == Event::STATE_QUARANTINED && e.ts_ms == 5_000)
+                .all(|e| e.kind == EventKind::StateQuarantined && e.ts_ms == 5_000)
         );
         assert!(
             events.iter().any(|e| e.message.contains("NaN")),
@@ -1523,8 +1530,8 @@ mod durable {
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(s.quarantined(), 2);
-        let txn = s.db.begin_read().unwrap();
-        let table = txn.open_table(crate::redb_store::QUARANTINE).unwrap();
+        let txn = s.backend.db.begin_read().unwrap();
+        let table = txn.open_table(crate::redb::schema::QUARANTINE).unwrap();
         assert_eq!(
             table.get(("buckets", id, 0)).unwrap().unwrap().value(),
             nan_sum_bytes().as_slice()
@@ -1552,7 +1559,7 @@ mod durable {
         assert_eq!(s.quarantined(), 1);
         let events = s.events(i64::MIN, 10).unwrap();
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, Event::STATE_QUARANTINED);
+        assert_eq!(events[0].kind, EventKind::StateQuarantined);
         // Moved, not met again.
         assert_eq!(read_all(&s, &boom, Resolution::Minute), vec![(M, sum(2.0))]);
         assert_eq!(s.quarantined(), 1);
@@ -1571,7 +1578,7 @@ mod durable {
             // Stamped long ago: without the upgrade's stamp it would expire.
             merge_at(&s, 1, &[inc(&k, 0, State::Counter(1))]);
             let expected = snapshot(&s);
-            let txn = s.db.begin_write().unwrap();
+            let txn = s.backend.db.begin_write().unwrap();
             txn.delete_table(SERIES_SEEN).unwrap();
             txn.open_table(META)
                 .unwrap()
@@ -1583,7 +1590,7 @@ mod durable {
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), expected);
         {
-            let txn = s.db.begin_read().unwrap();
+            let txn = s.backend.db.begin_read().unwrap();
             let meta = txn.open_table(META).unwrap();
             assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 3);
         }
@@ -1643,7 +1650,7 @@ mod durable {
             vec![(0, State::Counter(7))]
         );
         assert_eq!(s.series_count(), 3);
-        s.append_events(&[event(100, "source_connected", "fourth")])
+        s.append_events(&[event(100, EventKind::SourceConnected, "fourth")])
             .unwrap();
         assert_eq!(
             messages(&s.events(i64::MIN, 10).unwrap()),
@@ -1705,7 +1712,7 @@ mod durable {
             );
             let expected = snapshot(&s);
             // Make it what a format 1 store left: minutes only.
-            let txn = s.db.begin_write().unwrap();
+            let txn = s.backend.db.begin_write().unwrap();
             txn.delete_table(BUCKETS_HOUR).unwrap();
             txn.delete_table(BUCKETS_DAY).unwrap();
             txn.open_table(META)
@@ -1779,7 +1786,7 @@ mod durable {
             spool(&s, &[inc(&k, 0, State::Counter(1))], 0);
             // A write that never commits, left in flight when the store goes
             // away without any shutdown step.
-            let in_flight = s.db.begin_write().unwrap();
+            let in_flight = s.backend.db.begin_write().unwrap();
             {
                 let mut buckets = in_flight.open_table(BUCKETS).unwrap();
                 buckets.insert((1, M), [0xffu8; 3].as_slice()).unwrap();

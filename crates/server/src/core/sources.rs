@@ -191,7 +191,7 @@ impl Sources {
 
     /// Sources whose watermarks decide completeness, sorted by id.
     pub fn expected(&self) -> Vec<Arc<SourceLive>> {
-        self.expected_at(crate::pipeline::now_ms())
+        self.expected_at(crate::context::now_ms())
     }
 
     fn expected_at(&self, now_ms: i64) -> Vec<Arc<SourceLive>> {

@@ -4,6 +4,9 @@
 //! value, lateness, the metric's kind) before any of it is handed to the
 //! aggregator. Admission is bounded: a node that cannot take more answers
 //! "busy, retry" instead of queueing without bound.
+//!
+//! [`IngestError`] is what every ingest protocol answers with; its HTTP
+//! status and gRPC code come from [`crate::status`].
 
 use std::collections::HashMap;
 
@@ -14,10 +17,15 @@ use serde::Deserialize;
 use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::limits::MessageLimits;
-use crate::pipeline::{Pipeline, SELF_PREFIX, SampleItem, Ticket, now_ms};
-use crate::registry::{Conflict, Registry};
-use crate::stats::Stats;
+use crate::context::{Context, now_ms};
+use crate::core::commit::Ticket;
+use crate::core::limits::MessageLimits;
+use crate::core::pipeline::Pipeline;
+use crate::core::registry::{Conflict, Registry};
+use crate::core::self_metrics::SELF_PREFIX;
+use crate::core::shard::SampleItem;
+use crate::core::stats::Stats;
+use crate::status::{Class, Classify};
 
 /// Samples of one series as an input read them, before validation. NDJSON
 /// gives one per line; native gRPC one per `SeriesSamples`, so the series key
@@ -72,6 +80,17 @@ impl std::fmt::Display for IngestError {
             IngestError::Busy => f.write_str("node is busy, retry later"),
             IngestError::Stopping => f.write_str("node is shutting down"),
             IngestError::CommitFailed(e) => write!(f, "not committed: {e}"),
+        }
+    }
+}
+
+impl Classify for IngestError {
+    fn class(&self) -> Class {
+        match self {
+            IngestError::Invalid { .. } => Class::Invalid,
+            IngestError::Busy => Class::Busy,
+            IngestError::Stopping => Class::Unavailable,
+            IngestError::CommitFailed(_) => Class::Internal,
         }
     }
 }
@@ -193,6 +212,36 @@ pub struct IngestSettings {
     pub message_limits: Arc<MessageLimits>,
 }
 
+/// What one series of a request asks the registry for.
+struct Wanted {
+    /// The line (or point) of its first sample, which a conflict names.
+    line: usize,
+    series: Arc<SeriesKey>,
+    kind: Kind,
+    /// The apdex threshold, for apdex series.
+    threshold: Option<f64>,
+}
+
+/// The event times a request may carry, fixed once per request.
+struct TimeWindow {
+    /// This node's clock: the time of a sample that names none.
+    now: i64,
+    /// A bucket ending at or before this is too late (`allowed_lateness_s`).
+    oldest_bucket_end: i64,
+    /// Later than this is too far in the future (`max_future_s`).
+    newest_ts: i64,
+}
+
+impl TimeWindow {
+    fn new(now: i64, settings: &IngestSettings) -> Self {
+        TimeWindow {
+            now,
+            oldest_bucket_end: now.saturating_sub(settings.allowed_lateness_ms),
+            newest_ts: now.saturating_add(settings.max_future_ms),
+        }
+    }
+}
+
 /// Validates and admits requests into the pipeline.
 pub struct Ingestor {
     pub pipeline: Arc<Pipeline>,
@@ -200,7 +249,8 @@ pub struct Ingestor {
     pub settings: IngestSettings,
     /// Bounds requests being enqueued at once; its exhaustion is the "busy" answer.
     admission: Semaphore,
-    stats: Arc<Stats>,
+    /// The node's shared parts (its counters, for the rejections).
+    pub ctx: Arc<Context>,
 }
 
 impl Ingestor {
@@ -210,67 +260,31 @@ impl Ingestor {
         settings: IngestSettings,
         max_inflight: usize,
     ) -> Self {
-        let stats = pipeline.stats.clone();
         Ingestor {
+            ctx: pipeline.context().clone(),
             pipeline,
             registry,
             settings,
             admission: Semaphore::new(max_inflight),
-            stats,
         }
     }
 
-    /// Checks every sample; registers new metrics only if all are valid.
-    /// The `usize` of each sample is what errors name (line or point number).
-    pub fn prepare(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
-        let now = now_ms();
-        let oldest_bucket_end = now.saturating_sub(self.settings.allowed_lateness_ms);
-        let newest_ts = now.saturating_add(self.settings.max_future_ms);
+    /// Checks every sample of a request and, only if all are valid,
+    /// registers the metrics it introduces. Returns the samples ready for
+    /// [`Ingestor::submit`]; an error names the line or point (the
+    /// [`RawPoint::line`]) of the first problem, and nothing is registered.
+    pub fn validate(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
+        let window = TimeWindow::new(now_ms(), &self.settings);
         let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
         let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
-        // Per series: (line of its first point, series, kind, apdex threshold).
-        let mut wanted: Vec<(usize, Arc<SeriesKey>, Kind, Option<f64>)> =
-            Vec::with_capacity(input.len());
+        let mut wanted: Vec<Wanted> = Vec::with_capacity(input.len());
         for s in input {
             let Some(first) = s.points.first() else {
                 continue;
             };
             let line = first.line;
-            if s.metric.starts_with(SELF_PREFIX) {
-                return Err(invalid(
-                    line,
-                    format!(
-                        "metric names starting with {SELF_PREFIX:?} are reserved for the node's own metrics"
-                    ),
-                ));
-            }
-            let key =
-                SeriesKey::new(s.metric, s.labels).map_err(|e| invalid(line, e.to_string()))?;
-            self.settings
-                .message_limits
-                .check(&key, s.kind)
-                .map_err(|e| invalid(line, e))?;
-            let threshold = match s.threshold {
-                Some(t) if !(t.is_finite() && t > 0.0) => {
-                    return Err(invalid(
-                        line,
-                        format!("threshold must be a positive number, got {t}"),
-                    ));
-                }
-                Some(_) if s.kind != Kind::Apdex => {
-                    return Err(invalid(line, "threshold is only valid for apdex samples"));
-                }
-                t => t,
-            };
-            let apdex_threshold = match (s.kind, threshold) {
-                (Kind::Apdex, Some(t)) => t,
-                (Kind::Apdex, None) => self
-                    .registry
-                    .get(key.metric())
-                    .and_then(|m| m.apdex_threshold)
-                    .unwrap_or(self.settings.default_apdex_threshold),
-                _ => 0.0,
-            };
+            let key = self.series_key(s.metric, s.labels, s.kind, line)?;
+            let apdex_threshold = self.apdex_threshold(&key, s.kind, s.threshold, line)?;
             let series = match interned.get(&key) {
                 Some(a) => a.clone(),
                 None => {
@@ -280,31 +294,7 @@ impl Ingestor {
                 }
             };
             for p in &s.points {
-                State::validate_sample(s.kind, p.value)
-                    .map_err(|e| invalid(p.line, e.to_string()))?;
-                let ts_ms = p.ts_ms.unwrap_or(now);
-                // The future first: the bucket end of a far-future ts would overflow.
-                if ts_ms > newest_ts {
-                    Stats::add(&self.stats.future_samples_total, 1);
-                    return Err(invalid(
-                        p.line,
-                        format!(
-                            "ts_ms {ts_ms} is in the future: more than {} s (aggregation.max_future_s) ahead of this node's clock ({now})",
-                            self.settings.max_future_ms / 1000
-                        ),
-                    ));
-                }
-                let bucket_ms = minute_start(ts_ms);
-                if bucket_ms.saturating_add(MINUTE_MS) <= oldest_bucket_end {
-                    Stats::add(&self.stats.late_samples_total, 1);
-                    return Err(invalid(
-                        p.line,
-                        format!(
-                            "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
-                            self.settings.allowed_lateness_ms / 1000
-                        ),
-                    ));
-                }
+                let (bucket_ms, ts_ms) = self.check_point(s.kind, p, &window)?;
                 items.push(SampleItem {
                     series: series.clone(),
                     kind: s.kind,
@@ -314,39 +304,139 @@ impl Ingestor {
                     apdex_threshold,
                 });
             }
-            wanted.push((
+            wanted.push(Wanted {
                 line,
                 series,
-                s.kind,
-                (s.kind == Kind::Apdex).then_some(apdex_threshold),
-            ));
-        }
-        let admitted = self.registry.admit(
-            wanted
-                .iter()
-                .map(|(_, series, kind, t)| (series.metric(), *kind, *t)),
-        );
-        if let Err(conflict) = admitted {
-            // Name the first input that conflicts.
-            let line = wanted
-                .iter()
-                .find(|(_, series, kind, t)| {
-                    series.metric() == conflict.metric()
-                        && match &conflict {
-                            Conflict::Kind { got, .. } => kind == got,
-                            Conflict::ApdexThreshold { got, .. } => *t == Some(*got),
-                        }
-                })
-                .map(|(line, ..)| *line);
-            return Err(IngestError::Invalid {
-                message: conflict.to_string(),
-                line,
+                kind: s.kind,
+                threshold: (s.kind == Kind::Apdex).then_some(apdex_threshold),
             });
         }
+        self.register(&wanted)?;
         Ok(items)
     }
 
-    /// Admits prepared samples; with `wait_commit` answers only once they are
+    /// The series of a sample group: not a self-metric name, a valid key,
+    /// and one increment of it fits a message of the federation link.
+    fn series_key(
+        &self,
+        metric: String,
+        labels: Vec<(String, String)>,
+        kind: Kind,
+        line: usize,
+    ) -> Result<SeriesKey, IngestError> {
+        if metric.starts_with(SELF_PREFIX) {
+            return Err(invalid(
+                line,
+                format!(
+                    "metric names starting with {SELF_PREFIX:?} are reserved for the node's own metrics"
+                ),
+            ));
+        }
+        let key = SeriesKey::new(metric, labels).map_err(|e| invalid(line, e.to_string()))?;
+        self.settings
+            .message_limits
+            .check(&key, kind)
+            .map_err(|e| invalid(line, e))?;
+        Ok(key)
+    }
+
+    /// The apdex threshold the samples are merged with: the one named (only
+    /// apdex samples may name one, and it must be positive), else the
+    /// metric's, else the default; 0 for other kinds.
+    fn apdex_threshold(
+        &self,
+        key: &SeriesKey,
+        kind: Kind,
+        named: Option<f64>,
+        line: usize,
+    ) -> Result<f64, IngestError> {
+        let threshold = match named {
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                return Err(invalid(
+                    line,
+                    format!("threshold must be a positive number, got {t}"),
+                ));
+            }
+            Some(_) if kind != Kind::Apdex => {
+                return Err(invalid(line, "threshold is only valid for apdex samples"));
+            }
+            t => t,
+        };
+        Ok(match (kind, threshold) {
+            (Kind::Apdex, Some(t)) => t,
+            (Kind::Apdex, None) => self
+                .registry
+                .get(key.metric())
+                .and_then(|m| m.apdex_threshold)
+                .unwrap_or(self.settings.default_apdex_threshold),
+            _ => 0.0,
+        })
+    }
+
+    /// One point: a valid value for its kind, not too far in the future, not
+    /// later than the allowed lateness. Returns its (bucket, event time).
+    fn check_point(
+        &self,
+        kind: Kind,
+        p: &RawPoint,
+        window: &TimeWindow,
+    ) -> Result<(i64, i64), IngestError> {
+        State::validate_sample(kind, p.value).map_err(|e| invalid(p.line, e.to_string()))?;
+        let ts_ms = p.ts_ms.unwrap_or(window.now);
+        // The future first: the bucket end of a far-future ts would overflow.
+        if ts_ms > window.newest_ts {
+            Stats::add(&self.ctx.stats.future_samples_total, 1);
+            return Err(invalid(
+                p.line,
+                format!(
+                    "ts_ms {ts_ms} is in the future: more than {} s (aggregation.max_future_s) ahead of this node's clock ({})",
+                    self.settings.max_future_ms / 1000,
+                    window.now
+                ),
+            ));
+        }
+        let bucket_ms = minute_start(ts_ms);
+        if bucket_ms.saturating_add(MINUTE_MS) <= window.oldest_bucket_end {
+            Stats::add(&self.ctx.stats.late_samples_total, 1);
+            return Err(invalid(
+                p.line,
+                format!(
+                    "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
+                    self.settings.allowed_lateness_ms / 1000
+                ),
+            ));
+        }
+        Ok((bucket_ms, ts_ms))
+    }
+
+    /// Registers the request's metrics, all or none; a conflict (another
+    /// kind, another apdex threshold) names the first input that conflicts.
+    fn register(&self, wanted: &[Wanted]) -> Result<(), IngestError> {
+        let admitted = self.registry.admit(
+            wanted
+                .iter()
+                .map(|w| (w.series.metric(), w.kind, w.threshold)),
+        );
+        let Err(conflict) = admitted else {
+            return Ok(());
+        };
+        let line = wanted
+            .iter()
+            .find(|w| {
+                w.series.metric() == conflict.metric()
+                    && match &conflict {
+                        Conflict::Kind { got, .. } => w.kind == *got,
+                        Conflict::ApdexThreshold { got, .. } => w.threshold == Some(*got),
+                    }
+            })
+            .map(|w| w.line);
+        Err(IngestError::Invalid {
+            message: conflict.to_string(),
+            line,
+        })
+    }
+
+    /// Admits validated samples; with `wait_commit` answers only once they are
     /// committed to the store (and spool). Returns the number accepted.
     pub async fn submit(
         &self,
@@ -354,7 +444,7 @@ impl Ingestor {
         wait_commit: bool,
     ) -> Result<usize, IngestError> {
         let Ok(_permit) = self.admission.try_acquire() else {
-            Stats::add(&self.stats.ingest_busy_total, 1);
+            Stats::add(&self.ctx.stats.ingest_busy_total, 1);
             return Err(IngestError::Busy);
         };
         let n = items.len();
@@ -369,8 +459,8 @@ impl Ingestor {
             .await
             .map_err(|_| IngestError::Stopping)?
             .map_err(|_| IngestError::Stopping)?;
-        Stats::add(&self.stats.ingest_samples_total, n as u64);
-        Stats::add(&self.stats.ingest_requests_total, 1);
+        Stats::add(&self.ctx.stats.ingest_samples_total, n as u64);
+        Stats::add(&self.ctx.stats.ingest_requests_total, 1);
         if let Some(rx) = done {
             match rx.await {
                 Ok(Ok(())) => {}
@@ -383,7 +473,7 @@ impl Ingestor {
 
     /// Counts a request rejected before submission.
     pub fn count_rejected(&self) {
-        Stats::add(&self.stats.ingest_rejected_requests_total, 1);
+        Stats::add(&self.ctx.stats.ingest_rejected_requests_total, 1);
     }
 }
 

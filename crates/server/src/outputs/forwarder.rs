@@ -33,15 +33,16 @@ use rand::Rng;
 use strata_proto::v1::{
     self, federation_client::FederationClient, source_message, upstream_message,
 };
-use strata_store::{SpoolBatch, Store};
+use strata_store::{EventKind, SpoolBatch};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
-use crate::delivery::SendWindow;
-use crate::limits::MessageLimits;
-use crate::pipeline::Pipeline;
-use crate::stats::Stats;
+use crate::context::Context;
+use crate::core::health::Health;
+use crate::core::limits::MessageLimits;
+use crate::core::stats::Stats;
+use crate::inputs::delivery::SendWindow;
 
 /// What the forwarder shows to health checks and the API.
 #[derive(Debug)]
@@ -59,14 +60,6 @@ pub struct ForwarderState {
     pub ko_after: Duration,
     /// The last increment left out as too large for one message, and when.
     pub last_oversized: Option<(Instant, String)>,
-}
-
-/// What `/health` makes of the forwarder (see [`ForwarderState::check`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwarderHealth {
-    Ok,
-    Degraded,
-    Ko,
 }
 
 /// How long a left-out oversized increment keeps the forwarder Degraded.
@@ -87,7 +80,7 @@ impl ForwarderState {
     }
 
     /// Status and detail for `/health`, given the spooled batches.
-    pub fn check(&self, spooled: u64, now: Instant) -> (ForwarderHealth, String) {
+    pub fn check(&self, spooled: u64, now: Instant) -> (Health, String) {
         if let Some(since) = self.failing_since {
             let failing_for = now.saturating_duration_since(since);
             let error = self.last_error.as_deref().unwrap_or("unknown error");
@@ -102,15 +95,15 @@ impl ForwarderState {
                 },
             );
             let status = if failing_for >= self.ko_after {
-                ForwarderHealth::Ko
+                Health::Ko
             } else {
-                ForwarderHealth::Degraded
+                Health::Degraded
             };
             return (status, detail);
         }
         if !self.connected {
             return (
-                ForwarderHealth::Degraded,
+                Health::Degraded,
                 format!("connecting, {spooled} batches spooled"),
             );
         }
@@ -118,7 +111,7 @@ impl ForwarderState {
             && now.saturating_duration_since(*at) < OVERSIZED_DEGRADED_FOR
         {
             return (
-                ForwarderHealth::Degraded,
+                Health::Degraded,
                 format!(
                     "connected to {}, {spooled} batches spooled; {} s ago {what}",
                     self.upstream_id,
@@ -127,7 +120,7 @@ impl ForwarderState {
             );
         }
         (
-            ForwarderHealth::Ok,
+            Health::Ok,
             format!(
                 "connected to {}, {spooled} batches spooled",
                 self.upstream_id
@@ -159,10 +152,9 @@ pub struct Forwarder {
     /// This node's message limit; the upstream's is recorded here at each Welcome
     /// (inputs check new series against both).
     pub limits: Arc<MessageLimits>,
-    pub store: Arc<dyn Store>,
-    pub stats: Arc<Stats>,
-    /// For the `increments_oversized` event.
-    pub pipeline: Arc<Pipeline>,
+    /// The spool it reads and acks, the counters it bumps, the events it
+    /// records.
+    pub ctx: Arc<Context>,
     /// Last committed spool seq.
     pub spool_seq: watch::Receiver<u64>,
     /// Highest seq the upstream acknowledged.
@@ -184,6 +176,40 @@ enum SessionError {
     Protocol(String),
     #[error("store: {0}")]
     Store(String),
+}
+
+/// One open stream to the upstream and where its sending stands.
+struct Link {
+    /// Messages to the upstream; bounded by the in-flight window.
+    tx: mpsc::Sender<v1::SourceMessage>,
+    /// Acks and rejects from the upstream.
+    inbound: tonic::Streaming<v1::UpstreamMessage>,
+    /// Sent and acknowledged seqs on this stream.
+    window: SendWindow,
+    /// Series named on this stream so far (each is sent by name once).
+    refs: strata_proto::SeriesRefs,
+    /// The link's message limit and whose it is; `None`: whole batches only.
+    wire_limit: Option<(usize, &'static str)>,
+    /// When the last ack came (or sending resumed after an idle window).
+    last_ack: tokio::time::Instant,
+}
+
+impl Link {
+    /// Sends one message; if the upstream ended the stream meanwhile, its
+    /// status says why.
+    async fn send(&mut self, wire: v1::Batch) -> Result<(), SessionError> {
+        let msg = v1::SourceMessage {
+            msg: Some(source_message::Msg::Batch(wire)),
+        };
+        if self.tx.send(msg).await.is_ok() {
+            return Ok(());
+        }
+        let why = tokio::time::timeout(Duration::from_secs(1), self.inbound.message());
+        Err(match why.await {
+            Ok(Err(status)) => status.into(),
+            _ => SessionError::Protocol("stream closed while sending".into()),
+        })
+    }
 }
 
 impl Forwarder {
@@ -217,20 +243,52 @@ impl Forwarder {
 
     /// One stream, until it fails; `Ok` when stopped.
     async fn session(&mut self, stop: &CancellationToken) -> Result<(), SessionError> {
+        let Some(mut link) = self.open(stop).await? else {
+            return Ok(());
+        };
+        let max_inflight = self.config.max_inflight_batches;
+        loop {
+            // Fill the window from the spool.
+            let room = link.window.room(max_inflight);
+            if room > 0 && link.window.sent < *self.spool_seq.borrow() {
+                self.send_from_spool(&mut link, room).await?;
+                continue;
+            }
+            let waiting_for_ack = link.window.sent > link.window.acked;
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(link.last_ack + ACK_TIMEOUT), if waiting_for_ack => {
+                    return Err(SessionError::Protocol(format!(
+                        "no ack for {} s with seqs {}..={} in flight",
+                        ACK_TIMEOUT.as_secs(), link.window.acked + 1, link.window.sent
+                    )));
+                }
+                changed = self.spool_seq.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                m = link.inbound.message() => self.on_upstream_message(&mut link, m?).await?,
+            }
+        }
+    }
+
+    /// Connects, says Hello, and resumes after what the Welcome says the
+    /// upstream committed; `None` when stopped meanwhile.
+    async fn open(&mut self, stop: &CancellationToken) -> Result<Option<Link>, SessionError> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20));
         let channel = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(None),
             c = endpoint.connect() => c?,
         };
         let own_limit = self.limits.own();
         let mut client = FederationClient::new(channel)
             .max_decoding_message_size(own_limit)
             .max_encoding_message_size(own_limit);
-        let max_inflight = self.config.max_inflight_batches;
-        let (tx, rx) = mpsc::channel::<v1::SourceMessage>(max_inflight + 1);
+        let (tx, rx) = mpsc::channel::<v1::SourceMessage>(self.config.max_inflight_batches + 1);
         let hello = v1::Hello {
             source_id: self.node_id.clone(),
             epoch: self.epoch,
@@ -246,7 +304,7 @@ impl Forwarder {
             .await?
             .into_inner();
         let welcome = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(None),
             m = tokio::time::timeout(Duration::from_secs(60), inbound.message()) => match m {
                 Ok(Ok(Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Welcome(w)) }))) => w,
                 Ok(Err(status)) => return Err(status.into()),
@@ -254,12 +312,31 @@ impl Forwarder {
                 Err(_) => return Err(SessionError::Protocol("no welcome within 60 s".into())),
             },
         };
+        let (window, wire_limit) = self.resume(&welcome).await?;
+        Ok(Some(Link {
+            tx,
+            inbound,
+            window,
+            refs: strata_proto::SeriesRefs::default(),
+            wire_limit,
+            last_ack: tokio::time::Instant::now(),
+        }))
+    }
+
+    /// Takes the Welcome in: the send window resumes after the upstream's
+    /// committed seq, acknowledged batches leave the spool, and the link's
+    /// message limit is the smaller of both sides' (`None`: the upstream
+    /// announces none and takes whole batches only).
+    async fn resume(
+        &mut self,
+        welcome: &v1::Welcome,
+    ) -> Result<(SendWindow, Option<(usize, &'static str)>), SessionError> {
         let committed = welcome.committed_seq;
         let spooled = *self.spool_seq.borrow();
-        let mut window = SendWindow::resume(committed, *self.acked.borrow(), spooled)
+        let window = SendWindow::resume(committed, *self.acked.borrow(), spooled)
             // Shown on /health/forwarder: the epoch by fingerprint only (PROTOCOL.md).
             .map_err(|e| {
-                let epoch = crate::sources::epoch_fingerprint(self.epoch);
+                let epoch = crate::core::sources::epoch_fingerprint(self.epoch);
                 SessionError::Protocol(format!("{e} (epoch {epoch})"))
             })?;
         self.ack(window.acked).await?;
@@ -267,7 +344,7 @@ impl Forwarder {
         let upstream_limit = usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX);
         self.limits.set_upstream(upstream_limit);
         let wire_limit = (upstream_limit != 0).then(|| self.limits.link());
-        Stats::add(&self.stats.forward_connects_total, 1);
+        Stats::add(&self.ctx.stats.forward_connects_total, 1);
         {
             let mut st = self.state.lock();
             st.connected = true;
@@ -277,100 +354,89 @@ impl Forwarder {
             }
         }
         tracing::info!(upstream = %welcome.upstream_id, epoch = self.epoch, committed_seq = committed, spooled_to = spooled, upstream_max_message_bytes = upstream_limit, "connected upstream, resuming");
-        let mut last_ack = tokio::time::Instant::now();
-        // Series are named once per stream, then referred to by number.
-        let mut refs = strata_proto::SeriesRefs::default();
-        loop {
-            // Fill the window from the spool.
-            let room = window.room(max_inflight);
-            let sent = window.sent;
-            if room > 0 && sent < *self.spool_seq.borrow() {
-                let store = self.store.clone();
-                let batches = tokio::task::spawn_blocking(move || store.spool_read(sent, room))
-                    .await
-                    .map_err(|e| SessionError::Store(e.to_string()))?
-                    .map_err(|e| SessionError::Store(e.to_string()))?;
-                if batches.is_empty() {
-                    // Everything after `sent` was acknowledged meanwhile or dropped at the cap.
-                    window.on_send(*self.spool_seq.borrow());
-                    continue;
-                }
-                if window.sent == window.acked {
-                    last_ack = tokio::time::Instant::now();
-                }
-                for b in batches {
-                    let mut parts = self.encode(&mut refs, &b, wire_limit)?;
-                    let follows_dropped = window.on_send(b.seq);
-                    if follows_dropped {
-                        tracing::warn!(
-                            first_missing = sent + 1,
-                            seq = b.seq,
-                            "spool dropped batches before this one"
-                        );
-                    }
-                    let n = parts.len();
-                    tracing::debug!(
-                        seq = b.seq,
-                        increments = b.increments.len(),
-                        parts = n,
-                        "batch sent"
-                    );
-                    if n > 1 {
-                        Stats::add(&self.stats.forward_batches_split_total, 1);
-                    }
-                    for mut wire in parts.drain(..) {
-                        wire.follows_dropped = follows_dropped;
-                        if tx
-                            .send(v1::SourceMessage {
-                                msg: Some(source_message::Msg::Batch(wire)),
-                            })
-                            .await
-                            .is_err()
-                        {
-                            // The upstream ended the stream: its status says why.
-                            let why =
-                                tokio::time::timeout(Duration::from_secs(1), inbound.message());
-                            return Err(match why.await {
-                                Ok(Err(status)) => status.into(),
-                                _ => SessionError::Protocol("stream closed while sending".into()),
-                            });
-                        }
-                    }
-                    Stats::add(&self.stats.forward_batches_sent_total, 1);
-                }
-                continue;
+        Ok((window, wire_limit))
+    }
+
+    /// Sends up to `room` spooled batches after the window's last sent seq,
+    /// each in as many parts as the link's limit needs.
+    async fn send_from_spool(&mut self, link: &mut Link, room: usize) -> Result<(), SessionError> {
+        let sent = link.window.sent;
+        let store = self.ctx.store.clone();
+        let batches = tokio::task::spawn_blocking(move || store.spool_read(sent, room))
+            .await
+            .map_err(|e| SessionError::Store(e.to_string()))?
+            .map_err(|e| SessionError::Store(e.to_string()))?;
+        if batches.is_empty() {
+            // Everything after `sent` was acknowledged meanwhile or dropped at the cap.
+            link.window.on_send(*self.spool_seq.borrow());
+            return Ok(());
+        }
+        if link.window.sent == link.window.acked {
+            link.last_ack = tokio::time::Instant::now();
+        }
+        for b in batches {
+            let parts = self.encode(&mut link.refs, &b, link.wire_limit)?;
+            let follows_dropped = link.window.on_send(b.seq);
+            if follows_dropped {
+                tracing::warn!(
+                    first_missing = sent + 1,
+                    seq = b.seq,
+                    "spool dropped batches before this one"
+                );
             }
-            let waiting_for_ack = window.sent > window.acked;
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(last_ack + ACK_TIMEOUT), if waiting_for_ack => {
-                    return Err(SessionError::Protocol(format!(
-                        "no ack for {} s with seqs {}..={} in flight",
-                        ACK_TIMEOUT.as_secs(), window.acked + 1, window.sent
-                    )));
-                }
-                changed = self.spool_seq.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                }
-                m = inbound.message() => match m? {
-                    Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Ack(a)) }) => {
-                        let advanced = window.on_ack(a.seq).map_err(|e| SessionError::Protocol(e.to_string()))?;
-                        if let Some(seq) = advanced {
-                            last_ack = tokio::time::Instant::now();
-                            self.ack(seq).await?;
-                        }
-                    }
-                    Some(v1::UpstreamMessage { msg: Some(upstream_message::Msg::Reject(r)) }) => {
-                        Stats::add(&self.stats.forward_batches_rejected_total, 1);
-                        tracing::error!(seq = r.seq, error = %r.error, "upstream rejected batch; it is dropped");
-                    }
-                    Some(_) => return Err(SessionError::Protocol("unexpected message from upstream".into())),
-                    // What an upstream older than batch parts did with a message over its limit.
-                    None => return Err(SessionError::Protocol("upstream ended the stream without a status".into())),
-                },
+            tracing::debug!(
+                seq = b.seq,
+                increments = b.increments.len(),
+                parts = parts.len(),
+                "batch sent"
+            );
+            if parts.len() > 1 {
+                Stats::add(&self.ctx.stats.forward_batches_split_total, 1);
             }
+            for mut wire in parts {
+                wire.follows_dropped = follows_dropped;
+                link.send(wire).await?;
+            }
+            Stats::add(&self.ctx.stats.forward_batches_sent_total, 1);
+        }
+        Ok(())
+    }
+
+    /// An ack (acknowledged batches leave the spool) or a reject (the batch
+    /// is dropped, counted) from the upstream; anything else ends the stream.
+    async fn on_upstream_message(
+        &mut self,
+        link: &mut Link,
+        message: Option<v1::UpstreamMessage>,
+    ) -> Result<(), SessionError> {
+        match message {
+            Some(v1::UpstreamMessage {
+                msg: Some(upstream_message::Msg::Ack(a)),
+            }) => {
+                let advanced = link
+                    .window
+                    .on_ack(a.seq)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                if let Some(seq) = advanced {
+                    link.last_ack = tokio::time::Instant::now();
+                    self.ack(seq).await?;
+                }
+                Ok(())
+            }
+            Some(v1::UpstreamMessage {
+                msg: Some(upstream_message::Msg::Reject(r)),
+            }) => {
+                Stats::add(&self.ctx.stats.forward_batches_rejected_total, 1);
+                tracing::error!(seq = r.seq, error = %r.error, "upstream rejected batch; it is dropped");
+                Ok(())
+            }
+            Some(_) => Err(SessionError::Protocol(
+                "unexpected message from upstream".into(),
+            )),
+            // What an upstream older than batch parts did with a message over its limit.
+            None => Err(SessionError::Protocol(
+                "upstream ended the stream without a status".into(),
+            )),
         }
     }
 
@@ -399,13 +465,13 @@ impl Forwarder {
         let parts = refs.encode_parts(b.seq, b.watermark_ms, &b.increments, limit);
         if let Some(first) = parts.oversized.first() {
             let n = parts.oversized.len();
-            Stats::add(&self.stats.forward_oversized_increments_total, n as u64);
+            Stats::add(&self.ctx.stats.forward_oversized_increments_total, n as u64);
             let what = format!(
                 "left out {n} increments of batch seq {} that alone are over {whose} limit of {limit} bytes (grpc.max_message_bytes), the first of series {} at {} ({} bytes)",
                 b.seq, first.series, first.bucket_ms, first.bytes
             );
             tracing::error!(seq = b.seq, left_out = n, limit, series = %first.series, bytes = first.bytes, "increments too large for one message left out of the batch");
-            self.pipeline.event("increments_oversized", what.clone());
+            self.ctx.event(EventKind::IncrementsOversized, what.clone());
             self.state.lock().last_oversized = Some((Instant::now(), what));
         }
         Ok(parts.batches)
@@ -417,12 +483,12 @@ impl Forwarder {
         if seq <= prev {
             return Ok(());
         }
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         tokio::task::spawn_blocking(move || store.spool_ack(seq))
             .await
             .map_err(|e| SessionError::Store(e.to_string()))?
             .map_err(|e| SessionError::Store(e.to_string()))?;
-        Stats::add(&self.stats.forward_batches_acked_total, seq - prev);
+        Stats::add(&self.ctx.stats.forward_batches_acked_total, seq - prev);
         tracing::debug!(seq, "acked upstream");
         self.acked.send_replace(seq);
         self.state.lock().delivering();
@@ -443,26 +509,23 @@ mod tests {
         let mut st = ForwarderState::new(&config);
         assert_eq!(st.ko_after, Duration::from_secs(10));
         let t0 = Instant::now();
-        assert_eq!(st.check(0, t0).0, ForwarderHealth::Degraded, "connecting");
+        assert_eq!(st.check(0, t0).0, Health::Degraded, "connecting");
         st.connected = true;
         st.upstream_id = "global".into();
-        assert_eq!(st.check(3, t0).0, ForwarderHealth::Ok);
+        assert_eq!(st.check(3, t0).0, Health::Ok);
         st.failed("upstream: message of 900000 bytes over its limit".into());
         // Connected again, but nothing acknowledged since: still failing.
         st.connected = true;
         let (status, detail) = st.check(3, Instant::now());
-        assert_eq!(status, ForwarderHealth::Degraded);
+        assert_eq!(status, Health::Degraded);
         assert!(detail.contains("over its limit"), "{detail}");
         let later = Instant::now() + Duration::from_secs(11);
-        assert_eq!(st.check(3, later).0, ForwarderHealth::Ko);
+        assert_eq!(st.check(3, later).0, Health::Ko);
         st.delivering();
-        assert_eq!(st.check(0, later).0, ForwarderHealth::Ok);
+        assert_eq!(st.check(0, later).0, Health::Ok);
         st.last_oversized = Some((later, "left out 1 increment".into()));
-        assert_eq!(st.check(0, later).0, ForwarderHealth::Degraded);
-        assert_eq!(
-            st.check(0, later + OVERSIZED_DEGRADED_FOR).0,
-            ForwarderHealth::Ok
-        );
+        assert_eq!(st.check(0, later).0, Health::Degraded);
+        assert_eq!(st.check(0, later + OVERSIZED_DEGRADED_FOR).0, Health::Ok);
         assert_eq!(
             ForwarderState::new(&UpstreamConfig::default()).ko_after,
             Duration::from_secs(30)

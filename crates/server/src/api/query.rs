@@ -13,14 +13,23 @@ use serde_json::{Map, Value, json};
 use strata_model::{MINUTE_MS, State, Step};
 use strata_store::{Resolution, Store};
 
-use crate::pipeline::{Retention, now_ms};
+use crate::context::now_ms;
+use crate::core::retention::Retention;
 
-use crate::sources::Watermarks;
+use crate::core::sources::Watermarks;
+use crate::status::{Class, Classify};
 
-/// A query that cannot be answered as asked.
+/// A query that cannot be answered as asked (400 / `INVALID_ARGUMENT`,
+/// [`crate::status`]).
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{0}")]
 pub struct QueryError(pub String);
+
+impl Classify for QueryError {
+    fn class(&self) -> Class {
+        Class::Invalid
+    }
+}
 
 /// A parsed vector selector.
 #[derive(Debug)]

@@ -1,0 +1,272 @@
+//! The commit writer: one store transaction per flush (merged buckets, the
+//! sources' progress, the outgoing spool batch), then the flush's tickets are
+//! settled — sources acked, `?wait=commit` requests answered — and the
+//! forwarder is woken.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use strata_carrier::Consumer;
+use strata_model::Increment;
+use strata_store::{Commit, CommitOutcome, EventKind, SourceProgress};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::context::Context;
+use crate::core::fatal::fault;
+use crate::core::retention::{self, Retention};
+use crate::core::sources::Watermarks;
+use crate::core::stats::Stats;
+
+/// Something to settle once the flush holding a request's data is committed.
+pub enum Ticket {
+    /// A federation batch: record the source's progress, then ack the seq.
+    Source {
+        progress: SourceProgress,
+        /// The stream to answer on (ack, or an error that ends the stream so
+        /// the source resends); gone if the stream ended meanwhile.
+        ack: mpsc::Sender<Result<u64, String>>,
+    },
+    /// An ingest request with `wait=commit`.
+    Commit(oneshot::Sender<Result<(), String>>),
+}
+
+/// What one flush hands to its outputs.
+pub struct FlushBatch {
+    pub increments: Vec<Increment>,
+    pub tickets: Vec<Ticket>,
+    /// The flush instant: everything submitted before it is in this batch.
+    pub flushed_at_ms: i64,
+}
+
+/// What the commit writer publishes for the rest of the node to read.
+pub(crate) struct Committed {
+    /// Instant up to which this node has committed what it saw itself: its
+    /// own watermark, for completeness and for what it forwards.
+    pub(crate) own_watermark_ms: AtomicI64,
+    /// Last spool seq committed; the forwarder watches it.
+    pub(crate) spool_seq: watch::Sender<u64>,
+    /// Set when a commit failed for good: nothing more is committed, so no
+    /// later ack can cover the lost flush.
+    pub(crate) failed: AtomicBool,
+}
+
+impl Committed {
+    /// Nothing committed yet by this process; the spool's last seq is `last_seq`.
+    pub(crate) fn new(last_seq: u64) -> Committed {
+        Committed {
+            own_watermark_ms: AtomicI64::new(0),
+            spool_seq: watch::channel(last_seq).0,
+            failed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Commits flushes to the store and settles their tickets.
+pub(crate) struct CommitWriter {
+    ctx: Arc<Context>,
+    committed: Arc<Committed>,
+    /// Whether commits also append an outgoing spool batch (an upstream is
+    /// configured).
+    forwarding: bool,
+    retention: Retention,
+    /// When retention last ran; `None` until the first commit after start,
+    /// which runs it (a node down for a while cleans up at once).
+    last_retention: Option<Instant>,
+}
+
+impl Consumer<FlushBatch> for CommitWriter {
+    fn consume(&mut self, items: &mut Vec<FlushBatch>) {
+        // Several queued flushes become one transaction: fewer syncs under load.
+        let mut increments = Vec::new();
+        let mut tickets = Vec::new();
+        let mut flushed_at_ms = 0;
+        for batch in items.drain(..) {
+            increments.extend(batch.increments);
+            tickets.extend(batch.tickets);
+            flushed_at_ms = flushed_at_ms.max(batch.flushed_at_ms);
+        }
+        fault::check("commit", increments.iter().map(|i| i.series.metric()));
+        self.commit(increments, tickets, flushed_at_ms);
+        if self
+            .last_retention
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_retention = Some(Instant::now());
+            retention::apply(&self.ctx, &self.retention, flushed_at_ms);
+        }
+    }
+}
+
+impl CommitWriter {
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        committed: Arc<Committed>,
+        forwarding: bool,
+        retention: Retention,
+    ) -> CommitWriter {
+        CommitWriter {
+            ctx,
+            committed,
+            forwarding,
+            retention,
+            last_retention: None,
+        }
+    }
+
+    /// Commits one or more flushes as one transaction, then settles their
+    /// tickets with the outcome.
+    fn commit(&mut self, increments: Vec<Increment>, tickets: Vec<Ticket>, flushed_at_ms: i64) {
+        let progress = latest_progress(&tickets);
+        let watermarks = self.forwarded_watermarks(&progress, flushed_at_ms);
+        let commit = Commit {
+            increments: &increments,
+            progress: &progress,
+            spool_watermark_ms: self.forwarding.then(|| watermarks.forwarded()),
+            now_ms: flushed_at_ms,
+        };
+        let outcome = if self.committed.failed.load(Ordering::Acquire) {
+            Err("an earlier commit failed for good; restart the node".to_string())
+        } else {
+            self.commit_with_retries(commit)
+        };
+        match outcome {
+            Ok(outcome) => {
+                self.committed_ok(&outcome, increments.len(), &progress, flushed_at_ms);
+                settle(tickets, Ok(()));
+                if let Some(seq) = outcome.spool_seq {
+                    tracing::debug!(seq, increments = increments.len(), "flush spooled");
+                    self.committed.spool_seq.send_replace(seq);
+                }
+            }
+            Err(e) => {
+                // Nothing of this flush is durable, and no later flush may be
+                // committed over the hole: the node stops committing (health
+                // KO) until it is restarted; sources then resend from what the
+                // store has.
+                self.committed.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, increments = increments.len(), "flush lost: store commit failed");
+                self.ctx.event(
+                    EventKind::CommitFailed,
+                    format!(
+                        "a flush of {} increments was lost and committing stopped: {e}",
+                        increments.len()
+                    ),
+                );
+                settle(tickets, Err(e.as_str()));
+            }
+        }
+    }
+
+    /// The watermark this commit forwards, counting the progress it records.
+    fn forwarded_watermarks(&self, progress: &[SourceProgress], flushed_at_ms: i64) -> Watermarks {
+        Watermarks {
+            own_ms: flushed_at_ms,
+            sources: self
+                .ctx
+                .sources
+                .expected()
+                .iter()
+                .map(|s| {
+                    let committed = s.watermark_ms.load(Ordering::Acquire);
+                    progress
+                        .iter()
+                        .find(|p| p.source_id == s.id)
+                        .map_or(committed, |p| committed.max(p.watermark_ms))
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts what a successful commit did and publishes the new watermarks.
+    fn committed_ok(
+        &self,
+        outcome: &CommitOutcome,
+        increments: usize,
+        progress: &[SourceProgress],
+        flushed_at_ms: i64,
+    ) {
+        let stats = &self.ctx.stats;
+        Stats::add(&stats.flushes_total, 1);
+        Stats::add(&stats.committed_increments_total, increments as u64);
+        if !outcome.merge_errors.is_empty() {
+            Stats::add(&stats.merge_errors_total, outcome.merge_errors.len() as u64);
+            for (series, e) in outcome.merge_errors.iter().take(10) {
+                tracing::warn!(%series, error = %e, "increment not merged into the store");
+            }
+        }
+        Stats::add(&stats.quarantined_states_total, outcome.quarantined);
+        Stats::add(&stats.spool_dropped_batches_total, outcome.spool_dropped);
+        self.committed
+            .own_watermark_ms
+            .fetch_max(flushed_at_ms, Ordering::AcqRel);
+        for p in progress {
+            if let Some(live) = self.ctx.sources.get(&p.source_id) {
+                live.mark_committed(p.epoch, p.seq, p.watermark_ms);
+            }
+        }
+    }
+
+    /// Retries a failing commit with backoff (a full disk may be freed), and
+    /// gives up after about a minute.
+    fn commit_with_retries(&self, commit: Commit<'_>) -> Result<CommitOutcome, String> {
+        let ctx = &self.ctx;
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match ctx.store.commit(commit) {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => {
+                    Stats::add(&ctx.stats.store_errors_total, 1);
+                    if attempt >= COMMIT_ATTEMPTS {
+                        return Err(e.to_string());
+                    }
+                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "store commit failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Attempts at one commit before the node gives up committing.
+const COMMIT_ATTEMPTS: u32 = 16;
+
+/// The highest seq per source among the tickets of a commit.
+fn latest_progress(tickets: &[Ticket]) -> Vec<SourceProgress> {
+    let mut progress: HashMap<&str, &SourceProgress> = HashMap::new();
+    for t in tickets {
+        if let Ticket::Source { progress: p, .. } = t {
+            let e = progress.entry(p.source_id.as_str()).or_insert(p);
+            if p.seq > e.seq {
+                *e = p;
+            }
+        }
+    }
+    progress.into_values().cloned().collect()
+}
+
+/// Acks or refuses every ticket of a commit with its result.
+fn settle(tickets: Vec<Ticket>, result: Result<(), &str>) {
+    for t in tickets {
+        match (t, result) {
+            (Ticket::Source { progress, ack }, Ok(())) => {
+                tracing::debug!(source = %progress.source_id, epoch = progress.epoch, seq = progress.seq, "batch committed");
+                let _ = ack.try_send(Ok(progress.seq));
+            }
+            (Ticket::Source { progress, ack }, Err(e)) => {
+                tracing::warn!(source = %progress.source_id, seq = progress.seq, "batch not committed; the source keeps it");
+                let _ = ack.try_send(Err(format!("upstream cannot commit: {e}")));
+            }
+            (Ticket::Commit(tx), Ok(())) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Ticket::Commit(tx), Err(e)) => {
+                let _ = tx.send(Err(format!("store commit failed: {e}")));
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The core of a tier: the aggregator shards, the flush, the commit writer,
+//! retention and self-metrics, and what they keep about metrics, sources and
+//! the node's own figures.
+//!
+//! - [`pipeline`]: submit (the flush gate), the flush loop, the threads.
+//! - [`shard`]: the aggregator shards and what travels to them.
+//! - [`commit`]: the commit writer and the tickets it settles.
+//! - [`retention`]: bucket and event retention, series expiry.
+//! - [`self_metrics`]: the node's counters as `strata_*` metrics.
+//! - [`registry`]: metric kinds, fixed at first sight.
+//! - [`sources`]: downstream sources, watermarks, completeness.
+//! - [`stats`]: the node's counters.
+//! - [`limits`]: what one federation message may hold.
+//! - [`fatal`]: a pipeline thread that panicked stops the node.
+//! - [`health`]: the one health status every component reports.
+
+pub mod commit;
+pub mod fatal;
+pub mod health;
+pub mod limits;
+pub mod pipeline;
+pub mod registry;
+pub mod retention;
+pub mod self_metrics;
+pub mod shard;
+pub mod sources;
+pub mod stats;

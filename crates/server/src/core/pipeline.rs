@@ -1,0 +1,367 @@
+//! The aggregation pipeline of one tier: sharded aggregator, flush, commit.
+//!
+//! ```text
+//! inputs ──submit──> ingest carrier (one partition per shard, by series hash)
+//!                      └─> Shard: delta map (series, minute) -> State
+//! flush thread ── every flush_interval_ms: Flush marker into every shard ──┐
+//!   <── each shard swaps out its delta (the increment) ───────────────────┘
+//!   ──> output carrier ──> CommitWriter: one store transaction per flush
+//!         (merged buckets + source progress + outgoing spool batch),
+//!         then acks to sources, wakes `?wait=commit` requests and the forwarder
+//! ```
+//!
+//! **Flush gate.** An input holds the gate's read side while it enqueues all
+//! the parts of one request or batch (one per shard); the flush holds the
+//! write side while it enqueues its markers. Every shard queue is FIFO, so a
+//! request lands entirely before or entirely after a flush marker in every
+//! shard: the tickets (source progress, commit waiters) taken at that flush
+//! cover exactly the data that flush carries. That is what lets a source's
+//! `seq` be committed in the same transaction as its increments.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as cb;
+use parking_lot::{Mutex, RwLock};
+use strata_carrier::{Carrier, CarrierConfig, CarrierThreads, Produced, Strategy};
+use strata_model::{Increment, SeriesKey, StateParams};
+use tokio::sync::watch;
+
+use crate::context::{Context, now_ms};
+use crate::core::commit::{CommitWriter, Committed, FlushBatch, Ticket};
+use crate::core::fatal::fault;
+use crate::core::retention::Retention;
+use crate::core::self_metrics::SelfMetrics;
+use crate::core::shard::{SampleItem, Shard, ShardMsg};
+use crate::core::sources::Watermarks;
+
+/// The whole request could not be enqueued: the node is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("node is shutting down")]
+pub struct Stopping;
+
+/// Static settings of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub shards: usize,
+    pub params: StateParams,
+    pub carrier_capacity: usize,
+    pub carrier_strategy: Strategy,
+    pub carrier_bulk_max: usize,
+    pub flush_interval: Duration,
+    /// Whether commits also append an outgoing spool batch.
+    pub forwarding: bool,
+    /// How long minute, hour and day buckets are kept.
+    pub retention: Retention,
+}
+
+/// Shared handle to the running pipeline.
+pub struct Pipeline {
+    settings: PipelineSettings,
+    ingest: Carrier<ShardMsg>,
+    /// Read side: an input enqueuing one request; write side: a flush enqueuing markers.
+    gate: RwLock<()>,
+    /// Tickets of requests enqueued since the last flush marker.
+    tickets: Mutex<Vec<Ticket>>,
+    /// Store, counters, sources and the fatal flag the shards, the flush and
+    /// the commit writer share with the rest of the node.
+    ctx: Arc<Context>,
+    /// What the commit writer publishes: own watermark, spool seq, failure.
+    committed: Arc<Committed>,
+}
+
+/// Threads of a running pipeline, stopped in order by [`PipelineThreads::stop`].
+pub struct PipelineThreads {
+    ingest: Carrier<ShardMsg>,
+    flush_stop: cb::Sender<()>,
+    flush_thread: Option<std::thread::JoinHandle<()>>,
+    shards: CarrierThreads,
+    output: Carrier<FlushBatch>,
+    writer: CarrierThreads,
+}
+
+impl Pipeline {
+    /// Starts shards, the flush thread and the commit writer.
+    pub fn start(
+        settings: PipelineSettings,
+        ctx: Arc<Context>,
+    ) -> anyhow::Result<(Arc<Pipeline>, PipelineThreads)> {
+        let fatal = &ctx.fatal;
+        let (ingest, shard_threads) = Carrier::start_with_panic_hook(
+            CarrierConfig {
+                name: "shard".into(),
+                partitions: settings.shards,
+                capacity: settings.carrier_capacity,
+                strategy: settings.carrier_strategy,
+                bulk_max: settings.carrier_bulk_max,
+            },
+            |i| Shard::new(i, settings.params, ctx.node_id.clone(), ctx.stats.clone()),
+            fatal.carrier_hook(),
+        )
+        .map_err(|e| anyhow::anyhow!("starting aggregator shards: {e}"))?;
+        let committed = Arc::new(Committed::new(ctx.store.spool_stats().last_seq));
+        let writer = CommitWriter::new(
+            ctx.clone(),
+            committed.clone(),
+            settings.forwarding,
+            settings.retention,
+        );
+        let pipeline = Arc::new(Pipeline {
+            settings,
+            ingest,
+            gate: RwLock::new(()),
+            tickets: Mutex::new(Vec::new()),
+            ctx: ctx.clone(),
+            committed,
+        });
+        let mut writer = Some(writer);
+        let (output, writer_threads) = Carrier::start_with_panic_hook(
+            CarrierConfig {
+                name: "commit".into(),
+                partitions: 1,
+                capacity: 4,
+                strategy: Strategy::Blocking,
+                bulk_max: 8,
+            },
+            move |_| writer.take().expect("one partition, one writer"),
+            fatal.carrier_hook(),
+        )
+        .map_err(|e| anyhow::anyhow!("starting commit writer: {e}"))?;
+        let (flush_stop, stop_rx) = cb::bounded(1);
+        let flush_thread = {
+            let pipeline = pipeline.clone();
+            let output = output.clone();
+            std::thread::Builder::new()
+                .name("flush".into())
+                .spawn(move || {
+                    let run = || pipeline.flush_loop(&output, &stop_rx);
+                    if let Err(payload) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    {
+                        let message = crate::core::fatal::panic_text(payload.as_ref());
+                        tracing::error!(panic = %message, "flush thread panicked");
+                        pipeline
+                            .ctx
+                            .fatal
+                            .report(format!("the flush thread panicked: {message}"));
+                    }
+                })?
+        };
+        let ingest = pipeline.ingest.clone();
+        Ok((
+            pipeline,
+            PipelineThreads {
+                ingest,
+                flush_stop,
+                flush_thread: Some(flush_thread),
+                shards: shard_threads,
+                output,
+                writer: writer_threads,
+            },
+        ))
+    }
+
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// What the pipeline shares with the rest of the node.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Enqueues one request's samples and increments, all or nothing with
+    /// respect to flushes, plus an optional ticket. Blocks while shard queues
+    /// are full (call it from a blocking thread).
+    pub fn submit(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Stopping> {
+        let n = self.ingest.partitions();
+        let mut sample_parts: Vec<Vec<SampleItem>> = (0..n).map(|_| Vec::new()).collect();
+        // Inputs hand over a series' samples together: hash each series once.
+        let mut last: Option<(*const SeriesKey, usize)> = None;
+        for s in samples {
+            let ptr = Arc::as_ptr(&s.series);
+            let shard = match last {
+                Some((p, shard)) if p == ptr => shard,
+                _ => {
+                    let shard = self.ingest.partition_for(s.series.hash64());
+                    last = Some((ptr, shard));
+                    shard
+                }
+            };
+            sample_parts[shard].push(s);
+        }
+        let mut inc_parts: Vec<Vec<Increment>> = (0..n).map(|_| Vec::new()).collect();
+        for i in increments {
+            inc_parts[self.ingest.partition_for(i.series.hash64())].push(i);
+        }
+        if self.ctx.fatal.is_set() {
+            return Err(Stopping);
+        }
+        let _gate = self.gate.read();
+        for (shard, (samples, incs)) in sample_parts.into_iter().zip(inc_parts).enumerate() {
+            if !samples.is_empty() {
+                self.produce(shard, ShardMsg::Samples(samples))?;
+            }
+            if !incs.is_empty() {
+                self.produce(shard, ShardMsg::Increments(incs))?;
+            }
+        }
+        if let Some(t) = ticket {
+            self.tickets.lock().push(t);
+        }
+        Ok(())
+    }
+
+    fn produce(&self, shard: usize, msg: ShardMsg) -> Result<(), Stopping> {
+        match self.ingest.produce_to(shard, msg) {
+            Produced::Sent => Ok(()),
+            // drop_if_full: the carrier counted it; the request goes on best-effort.
+            Produced::Dropped(_) => Ok(()),
+            Produced::Closed(_) => Err(Stopping),
+        }
+    }
+
+    /// Carrier figures for `/metrics`.
+    pub fn carrier_stats(&self) -> strata_carrier::CarrierStats {
+        self.ingest.stats()
+    }
+
+    /// The watermarks that decide completeness at this node now.
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            own_ms: self.committed.own_watermark_ms.load(Ordering::Acquire),
+            sources: self
+                .ctx
+                .sources
+                .expected()
+                .iter()
+                .map(|s| s.watermark_ms.load(Ordering::Acquire))
+                .collect(),
+        }
+    }
+
+    /// After a pipeline thread failed: answers every request and batch still
+    /// waiting for a commit, which will not come, so the node can stop
+    /// without waiting for them.
+    pub fn fail_pending(&self, why: &str) {
+        for t in std::mem::take(&mut *self.tickets.lock()) {
+            match t {
+                Ticket::Source { progress, ack } => {
+                    tracing::warn!(source = %progress.source_id, seq = progress.seq, "batch not committed; the source keeps it");
+                    let _ = ack.try_send(Err(format!("upstream stopping: {why}")));
+                }
+                Ticket::Commit(tx) => {
+                    let _ = tx.send(Err(format!("node stopping: {why}")));
+                }
+            }
+        }
+    }
+
+    /// Whether a commit failed for good (the node must be restarted).
+    pub fn has_failed(&self) -> bool {
+        self.committed.failed.load(Ordering::Acquire)
+    }
+
+    /// Watches the last committed spool seq (for the forwarder).
+    pub fn spool_seq(&self) -> watch::Receiver<u64> {
+        self.committed.spool_seq.subscribe()
+    }
+
+    fn flush_loop(&self, output: &Carrier<FlushBatch>, stop: &cb::Receiver<()>) {
+        let interval = self.settings.flush_interval;
+        let mut next = Instant::now() + interval;
+        let mut self_metrics = SelfMetrics::new(&self.ctx.node_id);
+        loop {
+            let stopping = match stop.recv_deadline(next) {
+                Err(cb::RecvTimeoutError::Timeout) => false,
+                Ok(()) | Err(cb::RecvTimeoutError::Disconnected) => true,
+            };
+            next += interval;
+            if next < Instant::now() {
+                next = Instant::now() + interval;
+            }
+            let samples = self_metrics.samples(&self.ctx.stats, now_ms());
+            if !samples.is_empty() && self.submit(samples, Vec::new(), None).is_err() {
+                return;
+            }
+            match self.flush() {
+                Some(batch) => {
+                    fault::check("flush", batch.increments.iter().map(|i| i.series.metric()));
+                    if let Produced::Closed(_) = output.produce_to(0, batch) {
+                        tracing::error!("commit writer stopped before the flush loop");
+                        return;
+                    }
+                }
+                None => return,
+            }
+            if stopping {
+                tracing::debug!("final flush enqueued");
+                return;
+            }
+        }
+    }
+
+    /// Swaps out every shard's delta. `None` if the shards are gone.
+    fn flush(&self) -> Option<FlushBatch> {
+        let n = self.ingest.partitions();
+        let mut replies = Vec::with_capacity(n);
+        let (tickets, flushed_at_ms) = {
+            let _gate = self.gate.write();
+            let tickets = std::mem::take(&mut *self.tickets.lock());
+            let at = now_ms();
+            for shard in 0..n {
+                let (tx, rx) = cb::bounded(1);
+                // Markers must never be dropped, whatever the carrier strategy.
+                let mut msg = ShardMsg::Flush(tx);
+                loop {
+                    match self
+                        .ingest
+                        .produce_timeout(shard, msg, Duration::from_secs(1))
+                    {
+                        Produced::Sent => break,
+                        Produced::Dropped(back) => msg = back,
+                        Produced::Closed(_) => return None,
+                    }
+                }
+                replies.push(rx);
+            }
+            (tickets, at)
+        };
+        let mut increments = Vec::new();
+        // A shard that panics drops its queue, this marker included: no hang.
+        for rx in replies {
+            match rx.recv() {
+                Ok(part) => increments.extend(part),
+                Err(_) => return None,
+            }
+        }
+        Some(FlushBatch {
+            increments,
+            tickets,
+            flushed_at_ms,
+        })
+    }
+}
+
+impl PipelineThreads {
+    /// Final flush and commit, then stops every thread. Inputs must already
+    /// be stopped: anything submitted after the final flush is refused.
+    pub fn stop(mut self) {
+        let _ = self.flush_stop.send(());
+        if let Some(t) = self.flush_thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("flush thread panicked");
+        }
+        self.ingest.close();
+        self.shards.join();
+        self.output.close();
+        self.writer.join();
+    }
+}

@@ -1,0 +1,73 @@
+//! Inputs: everything that brings samples or increments into the pipeline.
+//!
+//! - [`samples`]: NDJSON parsing and all-or-nothing admission of samples,
+//!   shared by every protocol.
+//! - [`native`]: strata's own batched gRPC ingest.
+//! - [`federation`]: the receiver of downstream tiers' increments, one stream
+//!   per source; [`delivery`] holds its seq decisions, [`receiver_error`]
+//!   the reasons it refuses a stream or ends one.
+//!
+//! The HTTP NDJSON endpoint is a handler of the API router
+//! ([`crate::api::http`]); both gRPC services are served here, on
+//! `grpc.listen`. Every error an input answers with gets its HTTP status
+//! or gRPC code from the one table in [`crate::status`].
+
+pub mod delivery;
+pub mod federation;
+pub mod native;
+pub mod receiver_error;
+pub mod samples;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_proto::v1::{federation_server::FederationServer, ingest_server::IngestServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::core::limits::MessageLimits;
+use crate::inputs::samples::Ingestor;
+
+/// Binds `grpc.listen` and serves the federation receiver and native ingest
+/// until `stop` is cancelled, which also ends open source streams.
+pub async fn serve_grpc(
+    config: &Config,
+    ingestor: Arc<Ingestor>,
+    limits: Arc<MessageLimits>,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(&config.grpc.listen).await?;
+    let addr = listener.local_addr()?;
+    let max_msg = config.grpc.max_message_bytes;
+    let federation = FederationServer::new(federation::FederationService {
+        ingestor: ingestor.clone(),
+        node_id: config.node.id.clone(),
+        histogram_sigfig: config.aggregation.histogram_significant_digits,
+        limits,
+        max_batch_bytes: config.grpc.max_batch_bytes,
+        shutdown: stop.clone(),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
+    let native =
+        IngestServer::new(native::IngestService { ingestor }).max_decoding_message_size(max_msg);
+    let task = tokio::spawn(async move {
+        // Keepalives let a stream from a vanished source end, freeing its id.
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(federation)
+            .add_service(native)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "grpc server failed");
+        }
+    });
+    Ok((addr, task))
+}
