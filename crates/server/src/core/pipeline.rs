@@ -1,4 +1,6 @@
-//! The aggregation pipeline of one tier: sharded aggregator, flush, commit.
+//! The aggregation pipeline of one tier: `submit` behind the flush gate, the
+//! flush loop, and the threads of the shards ([`crate::core::shard`]) and the
+//! commit writer ([`crate::core::commit`]).
 //!
 //! ```text
 //! inputs ──submit──> ingest carrier (one partition per shard, by series hash)
