@@ -235,7 +235,7 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
     // One machine-readable line with the bound addresses (port 0 resolves here).
     println!(
         "{}",
-        serde_json::json!({"event": "listening", "node": tier.api.id, "http": tier.http_addr.to_string(), "grpc": tier.grpc_addr.to_string()})
+        serde_json::json!({"event": "listening", "node": tier.api.ctx.node_id, "http": tier.http_addr.to_string(), "grpc": tier.grpc_addr.to_string()})
     );
     // A panic in a pipeline thread stops the node like a signal does, then
     // exits non-zero.

@@ -84,10 +84,12 @@ use crate::outputs::forwarder::{Forwarder, ForwarderState};
 
 /// What the HTTP handlers share: built once at start, held by the router.
 pub struct ApiState {
-    pub id: String,
     /// Store, counters, sources: what every handler reads.
     pub ctx: Arc<context::Context>,
+    /// Admits NDJSON ingest requests into the pipeline.
     pub ingestor: Arc<Ingestor>,
+    /// Watermarks (completeness), carrier figures and settings for queries
+    /// and health.
     pub pipeline: Arc<Pipeline>,
     /// Present when the node forwards upstream.
     pub forwarder: Option<Arc<Mutex<ForwarderState>>>,
@@ -154,7 +156,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .map(|up| spawn_forwarder(up, &ctx, &pipeline, &limits));
     let (alarms, alarm_threads) = start_alarms(&config, &pipeline, options.alarms).await?;
     let api = Arc::new(ApiState {
-        id: config.node.id.clone(),
         ctx: ctx.clone(),
         ingestor: ingestor.clone(),
         pipeline,
@@ -379,7 +380,7 @@ impl RunningTier {
     /// start.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
-        tracing::info!(node = %self.api.id, "shutting down: no longer accepting");
+        tracing::info!(node = %self.api.ctx.node_id, "shutting down: no longer accepting");
         self.accept_stop.cancel();
         if let Some(what) = self.api.ctx.fatal.get() {
             // Nothing more will be committed: do not hold requests until the deadline.
@@ -424,7 +425,7 @@ impl RunningTier {
             f.stop.cancel();
             let _ = f.handle.await;
         }
-        tracing::info!(node = %self.api.id, "stopped");
+        tracing::info!(node = %self.api.ctx.node_id, "stopped");
         Ok(())
     }
 }

@@ -179,7 +179,9 @@ pub(crate) async fn health(State(node): State<Arc<ApiState>>) -> Response {
     };
     (
         code,
-        axum::Json(json!({"status": overall.as_str(), "node": node.id, "components": map})),
+        axum::Json(
+            json!({"status": overall.as_str(), "node": node.ctx.node_id, "components": map}),
+        ),
     )
         .into_response()
 }

@@ -64,6 +64,6 @@ pub(crate) async fn prometheus(State(node): State<Arc<ApiState>>) -> Response {
             value: if wm > 0 { (now - wm) as f64 } else { f64::NAN },
         });
     }
-    let text = render_prometheus(&node.id, &node.ctx.stats, &gauges);
+    let text = render_prometheus(&node.ctx.node_id, &node.ctx.stats, &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
