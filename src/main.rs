@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod cli_query;
@@ -20,6 +20,41 @@ mod demo;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format on stderr: `text` (the default; coloured on a
+    /// terminal) or `json` (one object per line, for log pipelines). When
+    /// absent, `STRATA_LOG_FORMAT` decides.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The `--log-format` flag, else `STRATA_LOG_FORMAT` (`text` or `json`),
+    /// else text. An unknown variable value falls back to text; the returned
+    /// warning is logged once logging is set up.
+    fn resolve(flag: Option<LogFormat>) -> (LogFormat, Option<String>) {
+        if let Some(f) = flag {
+            return (f, None);
+        }
+        match std::env::var("STRATA_LOG_FORMAT") {
+            Err(_) => (LogFormat::Text, None),
+            Ok(v) => match LogFormat::from_str(&v, true) {
+                Ok(f) => (f, None),
+                Err(_) => (
+                    LogFormat::Text,
+                    Some(format!(
+                        "STRATA_LOG_FORMAT={v:?} is not text or json: logging text"
+                    )),
+                ),
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -89,15 +124,22 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-/// Logs to stderr; `STRATA_LOG` overrides the default filter.
-fn init_tracing(default_filter: &str) {
+/// Logs to stderr in `format`; `STRATA_LOG` overrides the default filter.
+fn init_tracing(default_filter: &str, (format, warning): (LogFormat, Option<String>)) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -125,6 +167,7 @@ async fn shutdown_signal() {
 #[allow(clippy::print_stdout)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = LogFormat::resolve(cli.log_format);
     match cli.command {
         Command::CheckConfig { file } => match strata_server::Config::load(&file) {
             Ok(_) => {
@@ -166,7 +209,7 @@ fn main() -> ExitCode {
             grace_s,
             reset_store,
         } => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             let result = runtime().and_then(|rt| {
                 let result = rt.block_on(run(config, Duration::from_secs(grace_s), reset_store));
                 // A thread stuck after a failure must not keep the process alive.
@@ -185,7 +228,7 @@ fn main() -> ExitCode {
             concurrency,
         } => {
             // The output is the figures: logs only for warnings.
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let opts = bench::BenchOptions {
                 duration: Duration::from_secs(duration),
                 edges: edges.max(1),
@@ -199,7 +242,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { duration_s } => {
             // The output is the table: logs only for warnings.
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let result = runtime()
                 .and_then(|rt| rt.block_on(demo::run(duration_s.map(Duration::from_secs))));
             exit(result)

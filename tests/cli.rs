@@ -180,3 +180,47 @@ fn demo_runs_and_exits() {
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
 }
+
+/// The node's log lines, each parsed as one JSON object.
+fn json_log_lines(node: &Node) -> Vec<serde_json::Value> {
+    node.log()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_by_flag_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_flag = NodeConfig::new(dir.path(), "flag");
+    by_flag
+        .run_args
+        .extend(["--log-format".into(), "json".into()]);
+    let by_variable = NodeConfig::new(dir.path(), "variable").env("STRATA_LOG_FORMAT", "json");
+    for config in [by_flag, by_variable] {
+        let mut node = Node::start(config);
+        node.sigterm();
+        node.wait_clean_exit(DEADLINE);
+        let lines = json_log_lines(&node);
+        let started = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "tier started")
+            .unwrap_or_else(|| panic!("no tier started line: {lines:?}"));
+        assert_eq!(started["level"], "INFO");
+        assert_eq!(started["fields"]["node"], node.id.as_str());
+        assert!(started["timestamp"].is_string(), "{started}");
+        assert!(lines.iter().any(|l| l["fields"]["message"] == "stopped"));
+    }
+    // Text stays the default: no line of a plain node parses as JSON.
+    let mut plain = Node::start(NodeConfig::new(dir.path(), "plain"));
+    plain.sigterm();
+    plain.wait_clean_exit(DEADLINE);
+    let log = plain.log();
+    assert!(log.contains("tier started"), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{log}"
+    );
+}
