@@ -3,12 +3,8 @@
 //! is refused with nothing merged, the refusal is counted, and the real
 //! source keeps delivering exactly.
 
-use std::time::Duration;
-
 use serde_json::json;
-use strata_proto::v1::{
-    self, federation_client::FederationClient, source_message, upstream_message,
-};
+use strata_proto::v1::{self, upstream_message};
 
 use crate::util::*;
 
@@ -46,66 +42,28 @@ fn forge(
     batches: Vec<v1::Batch>,
     expect_acks: usize,
 ) -> Result<Forged, tonic::Status> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let addr = format!("http://{}", upstream.grpc);
-    let (source, token) = (source.to_string(), token.to_string());
-    rt.block_on(async move {
-        let mut client = FederationClient::connect(addr)
-            .await
-            .expect("connecting to the upstream");
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let hello = v1::Hello {
-            source_id: source,
-            epoch,
-            token,
-        };
-        tx.send(v1::SourceMessage {
-            msg: Some(source_message::Msg::Hello(hello)),
-        })
-        .await
-        .expect("queue hello");
-        let mut inbound = client
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let committed = match inbound.message().await? {
-            Some(v1::UpstreamMessage {
-                msg: Some(upstream_message::Msg::Welcome(w)),
-            }) => w.committed_seq,
-            other => panic!("expected a welcome, got {other:?}"),
-        };
-        let sent = batches.len();
-        for b in batches {
-            tx.send(v1::SourceMessage {
-                msg: Some(source_message::Msg::Batch(b)),
-            })
-            .await
-            .expect("queue batch");
+    let mut stream = FedStream::open(upstream, source, epoch, token)?;
+    let committed = stream.welcome.committed_seq;
+    let sent = batches.len();
+    for b in batches {
+        stream.send(b);
+    }
+    let mut acks = Vec::new();
+    let end = loop {
+        if sent == 0 || (expect_acks > 0 && acks.len() >= expect_acks) {
+            break None;
         }
-        let mut acks = Vec::new();
-        let end = loop {
-            if sent == 0 || (expect_acks > 0 && acks.len() >= expect_acks) {
-                break None;
-            }
-            match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
-                Ok(Ok(Some(v1::UpstreamMessage {
-                    msg: Some(upstream_message::Msg::Ack(a)),
-                }))) => acks.push(a.seq),
-                Ok(Ok(Some(other))) => panic!("unexpected answer {other:?}"),
-                Ok(Ok(None)) => break None,
-                Ok(Err(status)) => break Some(status),
-                Err(_) => panic!("no answer within 30 s (acks so far {acks:?})"),
-            }
-        };
-        drop(tx);
-        Ok(Forged {
-            committed,
-            acks,
-            end,
-        })
+        match stream.recv() {
+            Ok(Some(upstream_message::Msg::Ack(a))) => acks.push(a.seq),
+            Ok(Some(other)) => panic!("unexpected answer {other:?}"),
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    Ok(Forged {
+        committed,
+        acks,
+        end,
     })
 }
 

@@ -917,8 +917,9 @@ impl FedStream {
             .expect("the request stream is open");
     }
 
-    /// The upstream's next message (`Ok(None)`: the stream ended cleanly),
-    /// within [`DEADLINE`].
+    /// The upstream's next message (`Ok(None)`: the stream ended cleanly;
+    /// `Err`: the status that ended it). No answer within [`DEADLINE`] fails
+    /// the test.
     pub fn recv(
         &mut self,
     ) -> Result<Option<strata_proto::v1::upstream_message::Msg>, tonic::Status> {
@@ -926,7 +927,7 @@ impl FedStream {
         self.rt.block_on(async {
             match tokio::time::timeout(DEADLINE, rx.message()).await {
                 Ok(m) => m.map(|m| m.and_then(|m| m.msg)),
-                Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+                Err(_) => panic!("no answer from the upstream within {DEADLINE:?}"),
             }
         })
     }
