@@ -2,8 +2,57 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
+
+/// `--step`: the width of each point, as the query API's `step` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    /// One point per UTC minute.
+    Minute,
+    /// One point per UTC hour.
+    Hour,
+    /// One point per UTC day.
+    Day,
+    /// One point over the whole range.
+    All,
+}
+
+impl Step {
+    /// The query API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Minute => "minute",
+            Step::Hour => "hour",
+            Step::Day => "day",
+            Step::All => "all",
+        }
+    }
+}
+
+/// The base URL `--addr` names. A URL starting with `http://` or
+/// `https://` (any case) is used as given; an address without a scheme,
+/// `host:port`, means plain http. Any other scheme is refused.
+pub fn base_url(addr: &str) -> anyhow::Result<String> {
+    let addr = addr.trim();
+    let Some((scheme, rest)) = addr.split_once("://") else {
+        let base = addr.trim_end_matches('/');
+        if base.is_empty() {
+            bail!("--addr is empty: give host:port or a URL such as http://127.0.0.1:12800");
+        }
+        return Ok(format!("http://{base}"));
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        bail!(
+            "--addr {addr:?}: unsupported scheme {scheme:?}: use http:// or https://, or host:port for http"
+        );
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        bail!("--addr {addr:?} names no host");
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
 
 #[allow(clippy::print_stdout)]
 pub fn run(
@@ -11,21 +60,16 @@ pub fn run(
     selector: &str,
     from: &str,
     to: &str,
-    step: &str,
+    step: Step,
     group_by: Option<&str>,
     raw: bool,
 ) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    let base = if base.starts_with("http://") {
-        base.to_string()
-    } else {
-        format!("http://{base}")
-    };
+    let base = base_url(addr)?;
     let mut req = ureq::get(&format!("{base}/api/v1/query"))
         .query("q", selector)
         .query("from", from)
         .query("to", to)
-        .query("step", step);
+        .query("step", step.as_str());
     if let Some(g) = group_by {
         req = req.query("group_by", g);
     }
@@ -34,7 +78,14 @@ pub fn run(
         .http_status_as_error(false)
         .build()
         .call()
-        .with_context(|| format!("querying {base}"))?;
+        .map_err(|e| match e {
+            // The HTTP client is built without TLS: say so instead of
+            // "TLS required, but transport is unsecured".
+            ureq::Error::TlsRequired => anyhow!(
+                "querying {base}: https is not supported by this build (its HTTP client has no TLS); query the tier over http://"
+            ),
+            e => anyhow::Error::new(e).context(format!("querying {base}")),
+        })?;
     let body: Value = resp
         .body_mut()
         .read_json()
@@ -169,6 +220,29 @@ mod tests {
     fn formats_utc_times() {
         assert_eq!(format_time(0), "1970-01-01 00:00");
         assert_eq!(format_time(1_763_800_020_000), "2025-11-22 08:27");
+    }
+
+    #[test]
+    fn addresses_keep_their_scheme_and_default_to_http() {
+        let base = |a: &str| base_url(a).map_err(|e| e.to_string());
+        assert_eq!(base("127.0.0.1:12800"), Ok("http://127.0.0.1:12800".into()));
+        assert_eq!(base("[::1]:12800/"), Ok("http://[::1]:12800".into()));
+        assert_eq!(base("http://a:1/"), Ok("http://a:1".into()));
+        assert_eq!(base("https://a:1"), Ok("https://a:1".into()));
+        assert_eq!(base("HTTPS://a:1"), Ok("HTTPS://a:1".into()));
+        let err = base("ftp://a:1").unwrap_err();
+        assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
+        assert!(base("https://").unwrap_err().contains("names no host"));
+        assert!(base(" ").unwrap_err().contains("--addr is empty"));
+    }
+
+    #[test]
+    fn steps_are_spelled_as_the_api_takes_them() {
+        use clap::ValueEnum as _;
+        for step in Step::value_variants() {
+            let name = step.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(name.as_deref(), Some(step.as_str()));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod cli_query;
@@ -61,6 +61,7 @@ impl LogFormat {
 enum Command {
     /// Run one tier with its config file.
     Run {
+        /// The node's TOML config file.
         #[arg(long, short)]
         config: PathBuf,
         /// Seconds to finish forwarding at shutdown before leaving the rest in the spool.
@@ -82,15 +83,20 @@ enum Command {
     Query {
         /// PromQL vector selector, e.g. 'http_latency_ms{service="checkout"}'.
         selector: String,
+        /// Start of the range: epoch ms, `now`, or relative (`-15m`, `-2h`, `-1d`, `-30s`).
         #[arg(long, default_value = "-15m", allow_hyphen_values = true)]
         from: String,
+        /// End of the range, in the same forms as --from.
         #[arg(long, default_value = "now", allow_hyphen_values = true)]
         to: String,
-        #[arg(long, default_value = "minute")]
-        step: String,
+        /// Width of each point.
+        #[arg(long, value_enum, default_value_t = cli_query::Step::Minute)]
+        step: cli_query::Step,
         /// Labels to merge by; an empty string merges everything into one.
         #[arg(long)]
         group_by: Option<String>,
+        /// The tier's HTTP API: `host:port` (plain http), or a URL starting
+        /// with `http://` or `https://`, used as given.
         #[arg(long, default_value = "http://127.0.0.1:12800")]
         addr: String,
         /// Print the raw JSON response instead of a table.
@@ -102,6 +108,7 @@ enum Command {
         /// Seconds of load.
         #[arg(long, default_value_t = 20)]
         duration: u64,
+        /// Edge processes forwarding to the one global process.
         #[arg(long, default_value_t = 2)]
         edges: usize,
         /// Distinct series per edge (half histograms, half counters).
@@ -121,7 +128,17 @@ enum Command {
         concurrency: usize,
     },
     /// Validate a config file and name every problem.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The TOML config file to check.
+        file: PathBuf,
+    },
+    /// Print a shell completion script on stdout, e.g.
+    /// `strata completions bash > /etc/bash_completion.d/strata`.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Logs to stderr in `format`; `STRATA_LOG` overrides the default filter.
@@ -132,7 +149,13 @@ fn init_tracing(default_filter: &str, (format, warning): (LogFormat, Option<Stri
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => logs.json().init(),
+        // Span fields go out too: a request's `request_id` on every line
+        // about it (`span`, the innermost span; `spans`, all of them).
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
@@ -164,21 +187,12 @@ async fn shutdown_signal() {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = LogFormat::resolve(cli.log_format);
     match cli.command {
-        Command::CheckConfig { file } => match strata_server::Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Completions { shell } => completions(shell),
         Command::Query {
             selector,
             from,
@@ -188,15 +202,16 @@ fn main() -> ExitCode {
             addr,
             json,
         } => {
-            match cli_query::run(
+            let result = cli_query::run(
                 &addr,
                 &selector,
                 &from,
                 &to,
-                &step,
+                step,
                 group_by.as_deref(),
                 json,
-            ) {
+            );
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -246,6 +261,37 @@ fn main() -> ExitCode {
             let result = runtime()
                 .and_then(|rt| rt.block_on(demo::run(duration_s.map(Duration::from_secs))));
             exit(result)
+        }
+    }
+}
+
+/// `strata check-config FILE`: `FILE: ok` on stdout, or every problem on stderr.
+#[allow(clippy::print_stdout)]
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match strata_server::Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `strata completions SHELL`: the script on stdout. Generated in memory
+/// first, so a closed stdout is an error message, not a panic.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "strata", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the completion script: {e}");
+            ExitCode::FAILURE
         }
     }
 }

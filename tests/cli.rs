@@ -133,6 +133,56 @@ fn query_prints_a_table_of_series() {
     let (ok, _, stderr) = strata_query(&["rate(cli_latency_ms[5m])", "--addr", &addr]);
     assert!(!ok);
     assert!(stderr.contains("vector selector"), "{stderr}");
+
+    // `host:port` without a scheme means http.
+    let bare = node.http.to_string();
+    let (ok, stdout, stderr) = strata_query(&[
+        "cli_latency_ms{service=\"search\"}",
+        "--addr",
+        &bare,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--step",
+        "all",
+        "--json",
+    ]);
+    assert!(ok, "--addr {bare}: {stderr}");
+    assert!(stdout.contains("\"count\": 5"), "{stdout}");
+}
+
+/// `--addr https://…` is used as given: the request goes out over TLS, or,
+/// in a build whose HTTP client has no TLS, fails saying so. It is never
+/// sent as plain http.
+#[test]
+fn query_uses_an_https_address_as_given() {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a listener");
+    let port = listener.local_addr().expect("listener address").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut first = [0u8; 4];
+            let n = conn.read(&mut first).unwrap_or(0);
+            let _ = tx.send(first[..n].to_vec());
+        }
+    });
+    let addr = format!("https://127.0.0.1:{port}");
+    let (ok, _, stderr) = strata_query(&["m", "--addr", &addr, "--json"]);
+    assert!(!ok, "no TLS server listens at {addr}");
+    let received = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    assert!(
+        !received.starts_with(b"GET"),
+        "an https address was queried over plain http"
+    );
+    if stderr.contains("https is not supported by this build") {
+        assert!(stderr.contains(&addr), "{stderr}");
+    } else {
+        // A TLS client opens with a handshake record.
+        assert_eq!(received.first(), Some(&0x16), "{stderr}");
+    }
 }
 
 #[test]

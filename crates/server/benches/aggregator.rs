@@ -54,6 +54,8 @@ fn aggregator(c: &mut Criterion) {
         flush_interval: Duration::from_secs(3600),
         forwarding: false,
         retention: Retention::forever(),
+        watermark_delay_ms: 2_000,
+        allowed_lateness_ms: 600_000,
     };
     let store = Arc::new(MemoryStore::new(StoreOptions::default()));
     let ctx = Arc::new(Context::new("bench", store));

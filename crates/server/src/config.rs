@@ -65,6 +65,11 @@ pub struct Config {
     pub downstream: Vec<DownstreamConfig>,
     /// Alarm rules, evaluated every minute by [`crate::outputs::alarms`].
     pub alarm: Vec<AlarmConfig>,
+    /// `[events]`: how long the event log keeps each type of event.
+    pub events: EventsConfig,
+    /// `[[expiry]]`: series TTLs per metric (and labels), first match in
+    /// file order wins; `storage.series_ttl_s` for series no rule matches.
+    pub expiry: Vec<ExpiryConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -125,6 +130,10 @@ pub struct AggregationConfig {
     /// A source that is no longer declared stays expected (for completeness)
     /// until it has been silent this long.
     pub source_ttl_s: u64,
+    /// How far this node's watermark trails the newest event time it accepted
+    /// (or the clock, when nothing came in): the out-of-orderness allowed to
+    /// applications before a minute is claimed complete.
+    pub watermark_delay_ms: u64,
 }
 
 /// `[carrier]`: the ingest carrier between the inputs and the aggregator
@@ -159,8 +168,9 @@ pub struct StorageConfig {
     pub retention_hours: u64,
     /// Day rollups older than this are deleted.
     pub retention_days: u64,
-    /// Events older than this are deleted (and alarm history with them).
-    pub event_retention_days: u64,
+    /// The older name of `events.retention_days` (setting both is an error);
+    /// `None` when absent.
+    pub event_retention_days: Option<u64>,
     /// A series not updated for this long expires: its buckets at every
     /// resolution are deleted with it.
     pub series_ttl_s: u64,
@@ -230,6 +240,39 @@ pub struct AlarmConfig {
     pub webhooks: Vec<String>,
 }
 
+/// `[events]`: retention of the event log, per event type.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this are deleted, unless their type has a retention
+    /// of its own. Absent: `storage.event_retention_days` (its older name),
+    /// else [`DEFAULT_EVENT_RETENTION_DAYS`].
+    pub retention_days: Option<u64>,
+    /// Retention of single event types by their name (`alarm_fired = 365`),
+    /// longer or shorter than `retention_days`.
+    pub retention_days_by_type: std::collections::BTreeMap<String, u64>,
+}
+
+/// Event retention when neither `events.retention_days` nor
+/// `storage.event_retention_days` is set.
+pub const DEFAULT_EVENT_RETENTION_DAYS: u64 = 30;
+
+/// `[[expiry]]`: one series TTL rule. It matches the series of a metric named
+/// exactly (`metric`) or by a regular expression matching the whole name
+/// (`metric_regex`), optionally only those carrying every label of `labels`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpiryConfig {
+    /// The metric's exact name; exactly one of `metric` and `metric_regex`.
+    pub metric: Option<String>,
+    /// A regular expression the whole metric name must match (`^…$` is implied).
+    pub metric_regex: Option<String>,
+    /// Label values a series must carry, compared exactly; empty: every series of the metric.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// A matching series not updated for this long expires.
+    pub series_ttl_s: Option<u64>,
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -277,6 +320,7 @@ impl Default for AggregationConfig {
             histogram_significant_digits: 2,
             apdex_threshold: 500.0,
             source_ttl_s: 3600,
+            watermark_delay_ms: 2000,
         }
     }
 }
@@ -300,7 +344,7 @@ impl Default for StorageConfig {
             retention_minutes: 7 * 24 * 60,
             retention_hours: 90 * 24,
             retention_days: 2 * 365,
-            event_retention_days: 30,
+            event_retention_days: None,
             series_ttl_s: 30 * 24 * 3600,
         }
     }
@@ -406,6 +450,8 @@ impl Config {
         self.check_duration_limits(&mut p);
         check_downstream(&self.downstream, &self.node.id, &mut p);
         check_alarms(&self.alarm, &self.storage, &mut p);
+        check_events(&self.events, &self.storage, &mut p);
+        check_expiry(&self.expiry, &self.aggregation, &mut p);
         p.0
     }
 
@@ -459,7 +505,7 @@ impl Config {
             ),
             (
                 "storage.event_retention_days".into(),
-                s.event_retention_days,
+                s.event_retention_days.unwrap_or(0),
                 MAX_RETENTION_S / 86_400,
                 YEARS,
             ),
@@ -478,6 +524,32 @@ impl Config {
                 out.push((key.into(), value, MAX_BACKOFF_MS, "1 hour"));
             }
         }
+        if let Some(days) = self.events.retention_days {
+            out.push((
+                "events.retention_days".into(),
+                days,
+                MAX_RETENTION_S / 86_400,
+                YEARS,
+            ));
+        }
+        for (name, &days) in &self.events.retention_days_by_type {
+            out.push((
+                format!("events.retention_days_by_type.{name}"),
+                days,
+                MAX_RETENTION_S / 86_400,
+                YEARS,
+            ));
+        }
+        for (i, r) in self.expiry.iter().enumerate() {
+            if let Some(ttl_s) = r.series_ttl_s {
+                out.push((
+                    format!("expiry[{i}].series_ttl_s"),
+                    ttl_s,
+                    MAX_RETENTION_S,
+                    YEARS,
+                ));
+            }
+        }
         for (i, r) in self.alarm.iter().enumerate() {
             for (field, value) in [
                 ("period_minutes", r.period_minutes),
@@ -492,6 +564,16 @@ impl Config {
             }
         }
         out
+    }
+
+    /// Retention of events of types without one of their own, in days:
+    /// `events.retention_days`, else `storage.event_retention_days`, else
+    /// [`DEFAULT_EVENT_RETENTION_DAYS`].
+    pub fn event_retention_days(&self) -> u64 {
+        self.events
+            .retention_days
+            .or(self.storage.event_retention_days)
+            .unwrap_or(DEFAULT_EVENT_RETENTION_DAYS)
     }
 
     /// Aggregator shard count with `0` resolved to the CPU count.
@@ -664,6 +746,15 @@ fn check_aggregation(a: &AggregationConfig, p: &mut Problems) {
     if !(a.apdex_threshold.is_finite() && a.apdex_threshold > 0.0) {
         p.bad("aggregation.apdex_threshold", "must be a positive number");
     }
+    if u128::from(a.watermark_delay_ms) > u128::from(a.allowed_lateness_s) * 1000 {
+        p.bad(
+            "aggregation.watermark_delay_ms",
+            format!(
+                "{} is more than aggregation.allowed_lateness_s ({} s): stragglers the delay waits for would be refused as late",
+                a.watermark_delay_ms, a.allowed_lateness_s
+            ),
+        );
+    }
 }
 
 /// `[carrier]`: room for at least one message (the strategy is typed).
@@ -704,7 +795,7 @@ fn check_storage(s: &StorageConfig, a: &AggregationConfig, p: &mut Problems) {
             "must cover at least storage.retention_hours",
         );
     }
-    if s.event_retention_days == 0 {
+    if s.event_retention_days == Some(0) {
         p.bad("storage.event_retention_days", "must be greater than 0");
     }
     if s.retention_minutes < 60 {
@@ -847,6 +938,87 @@ fn check_alarms(alarms: &[AlarmConfig], storage: &StorageConfig, p: &mut Problem
                     format!("{w:?} must start with http://"),
                 );
             }
+        }
+    }
+}
+
+/// `[events]`: days greater than 0, only one of the two names of the
+/// default retention, and types the event log knows.
+fn check_events(events: &EventsConfig, storage: &StorageConfig, p: &mut Problems) {
+    if events.retention_days.is_some() && storage.event_retention_days.is_some() {
+        p.bad(
+            "events.retention_days",
+            "is set together with storage.event_retention_days, its older name: keep one",
+        );
+    }
+    if events.retention_days == Some(0) {
+        p.bad("events.retention_days", "must be greater than 0");
+    }
+    for (name, &days) in &events.retention_days_by_type {
+        let key = format!("events.retention_days_by_type.{name}");
+        if strata_store::EventKind::parse(name).is_none() {
+            let known: Vec<&str> = strata_store::EventKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect();
+            p.bad(
+                key,
+                format!("{name:?} is not an event type; known: {}", known.join(", ")),
+            );
+        } else if days == 0 {
+            p.bad(key, "must be greater than 0");
+        }
+    }
+}
+
+/// `[[expiry]]`: exactly one of `metric` (a valid name) and `metric_regex`
+/// (a regex that compiles), valid label names with values, and a TTL greater
+/// than 0 that outlives `aggregation.allowed_lateness_s`.
+fn check_expiry(rules: &[ExpiryConfig], a: &AggregationConfig, p: &mut Problems) {
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("expiry[{i}].{k}");
+        match (&r.metric, &r.metric_regex) {
+            (Some(_), Some(_)) => p.bad(
+                key("metric_regex"),
+                "is set together with metric: a rule names its metric one way",
+            ),
+            (None, None) => p.bad(
+                key("metric"),
+                "missing: a rule names its metric with metric or metric_regex",
+            ),
+            (Some(name), None) => {
+                if let Err(e) = strata_model::SeriesKey::new(name.as_str(), []) {
+                    p.bad(key("metric"), e.to_string());
+                }
+            }
+            (None, Some(pattern)) => {
+                if let Err(e) = crate::core::retention::metric_regex(pattern) {
+                    p.bad(key("metric_regex"), e);
+                }
+            }
+        }
+        for (name, value) in &r.labels {
+            let label = [(name.clone(), "v".to_owned())];
+            if strata_model::SeriesKey::new("m", label).is_err() {
+                p.bad(
+                    key(&format!("labels.{name}")),
+                    format!("{name:?} is not a label name: must match [a-zA-Z_][a-zA-Z0-9_]*"),
+                );
+            } else if value.is_empty() {
+                p.bad(
+                    key(&format!("labels.{name}")),
+                    "must not be empty: a series never carries an empty label",
+                );
+            }
+        }
+        match r.series_ttl_s {
+            None => p.bad(key("series_ttl_s"), "missing: every rule sets its own TTL"),
+            Some(0) => p.bad(key("series_ttl_s"), "must be greater than 0"),
+            Some(ttl_s) if ttl_s < a.allowed_lateness_s => p.bad(
+                key("series_ttl_s"),
+                "is shorter than aggregation.allowed_lateness_s: a series could expire while late data for it is still accepted",
+            ),
+            Some(_) => {}
         }
     }
 }
@@ -1147,6 +1319,106 @@ mod tests {
             p,
             ["grpc.max_batch_bytes: 65536 is less than grpc.max_message_bytes (1048576)"]
         );
+    }
+
+    fn problems_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn expiry_rules_are_checked_naming_the_key() {
+        let text = r#"
+            [aggregation]
+            allowed_lateness_s = 60
+            [[expiry]]
+            metric = "a"
+            metric_regex = "a.*"
+            series_ttl_s = 60
+            [[expiry]]
+            labels = { env = "dev" }
+            series_ttl_s = 60
+            [[expiry]]
+            metric_regex = "debug_(.*"
+            series_ttl_s = 0
+            [[expiry]]
+            metric = "1bad"
+            labels = { "bad-name" = "x", env = "" }
+            [[expiry]]
+            metric = "ok"
+            series_ttl_s = 59
+            [[expiry]]
+            metric_regex = "ok_.*"
+            series_ttl_s = 3153600001
+        "#;
+        assert_eq!(
+            problems_of(text),
+            [
+                // Bounds are checked with every other duration key, first.
+                "expiry[5].series_ttl_s: 3153600001 is more than 3153600000 (100 years)",
+                "expiry[0].metric_regex: is set together with metric: a rule names its metric one way",
+                "expiry[1].metric: missing: a rule names its metric with metric or metric_regex",
+                "expiry[2].metric_regex: \"debug_(.*\" is not a valid regular expression: unclosed group",
+                "expiry[2].series_ttl_s: must be greater than 0",
+                "expiry[3].metric: invalid name: metric name \"1bad\" must match [a-zA-Z_:][a-zA-Z0-9_:]*",
+                "expiry[3].labels.bad-name: \"bad-name\" is not a label name: must match [a-zA-Z_][a-zA-Z0-9_]*",
+                "expiry[3].labels.env: must not be empty: a series never carries an empty label",
+                "expiry[3].series_ttl_s: missing: every rule sets its own TTL",
+                "expiry[4].series_ttl_s: is shorter than aggregation.allowed_lateness_s: a series could expire while late data for it is still accepted",
+            ]
+        );
+        let ok = r#"
+            [[expiry]]
+            metric = "debug_requests"
+            labels = { env = "dev" }
+            series_ttl_s = 600
+            [[expiry]]
+            metric_regex = "debug_.*"
+            series_ttl_s = 3153600000
+        "#;
+        let config = Config::from_toml(ok).map_err(|e| e.to_string());
+        assert_eq!(config.map(|c| c.expiry.len()), Ok(2));
+        let err = Config::from_toml("[[expiry]]\nmetric = \"a\"\nttl_s = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("expiry[0].ttl_s: unknown field"), "{err}");
+    }
+
+    #[test]
+    fn event_retention_per_type_is_checked_naming_the_key() {
+        let text = r#"
+            [storage]
+            event_retention_days = 10
+            [events]
+            retention_days = 0
+            [events.retention_days_by_type]
+            alarm_fired = 36501
+            source_connected = 0
+            alarm_fird = 7
+        "#;
+        let problems = problems_of(text);
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        for (problem, expected) in problems.iter().zip([
+            // Bounds are checked with every other duration key, first.
+            "events.retention_days_by_type.alarm_fired: 36501 is more than 36500 (100 years)",
+            "events.retention_days: is set together with storage.event_retention_days, its older name: keep one",
+            "events.retention_days: must be greater than 0",
+            "events.retention_days_by_type.alarm_fird: \"alarm_fird\" is not an event type; known: source_connected, ",
+            "events.retention_days_by_type.source_connected: must be greater than 0",
+        ]) {
+            assert!(problem.starts_with(expected), "{problem}");
+        }
+        let ok =
+            "[events]\nretention_days = 7\n[events.retention_days_by_type]\nalarm_fired = 365\n";
+        let config = Config::from_toml(ok).map_err(|e| e.to_string());
+        assert_eq!(config.map(|c| c.event_retention_days()), Ok(7));
+        let old =
+            Config::from_toml("[storage]\nevent_retention_days = 9\n").map_err(|e| e.to_string());
+        assert_eq!(old.map(|c| c.event_retention_days()), Ok(9));
+        assert_eq!(Config::default().event_retention_days(), 30);
     }
 
     #[test]

@@ -240,7 +240,9 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         carrier_bulk_max: config.carrier.bulk_max,
         flush_interval: Duration::from_millis(agg.flush_interval_ms),
         forwarding: config.upstream.is_some(),
-        retention: Retention::from_config(&config.storage),
+        retention: Retention::from_config(config),
+        watermark_delay_ms: strata_model::time::span_ms(agg.watermark_delay_ms, 1),
+        allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
     }
 }
 

@@ -122,9 +122,25 @@ pub fn grpc_status<E: Classify + ?Sized>(e: &E) -> Status {
     status_of_class(e.class(), e.to_string())
 }
 
-/// A gRPC status of `class` with `message` (and the retry hint).
+/// A gRPC status of `class` with `message` (and the retry hint). Inside a
+/// request ([`crate::api::request_id::current`]) the message ends in
+/// ` [request_id=…]` and the status carries `x-request-id` metadata.
 pub fn status_of_class(class: Class, message: impl Into<String>) -> Status {
+    let mut message = message.into();
+    let id = crate::api::request_id::current();
+    if let Some(id) = &id {
+        message.push_str(" [request_id=");
+        message.push_str(id.as_str());
+        message.push(']');
+    }
     let mut status = Status::new(class.grpc_code(), message);
+    if let Some(id) = id
+        && let Ok(value) = id.as_str().parse()
+    {
+        status
+            .metadata_mut()
+            .insert(crate::api::request_id::HEADER, value);
+    }
     if let Some(wait) = class.retry_after() {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         status
@@ -258,6 +274,30 @@ mod tests {
         for (e, code) in receiver {
             assert_eq!(grpc_status(&e).code(), code, "{e}");
         }
+    }
+
+    /// Inside a request, a status names the request id in its message and
+    /// its metadata (docs/OPERATIONS.md, "Request ids"); outside, neither.
+    #[tokio::test]
+    async fn statuses_inside_a_request_name_its_id() {
+        use crate::api::request_id::{self, RequestId};
+        let e = IngestError::Busy;
+        let id = RequestId::parse("abc-123").expect("valid id");
+        let status = request_id::scope(id, async { grpc_status(&e) }).await;
+        assert_eq!(
+            status.message(),
+            "node is busy, retry later [request_id=abc-123]"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(request_id::HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("abc-123")
+        );
+        let outside = grpc_status(&e);
+        assert_eq!(outside.message(), "node is busy, retry later");
+        assert!(outside.metadata().get(request_id::HEADER).is_none());
     }
 
     /// PROTOCOL.md: `UNAVAILABLE` and busy `RESOURCE_EXHAUSTED` carry

@@ -494,6 +494,40 @@ async fn only_complete_minutes_count_unless_the_rule_opts_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_data_in_an_evaluated_minute_fires_for_that_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start().await;
+    let mut cfg = config(dir.path(), vec![rule("lat-max", &hook)]);
+    cfg.storage.engine = StorageEngine::Memory;
+    let m0 = minutes_ago(5);
+    // The evaluator thread's own first tick evaluates up to m0 + 2 min.
+    let clock = Arc::new(AtomicI64::new(m0 + 3 * M + 1_000));
+    let tier = start(cfg, &clock).await;
+    let alarms = tier.api.alarms.clone();
+    poll("the first evaluation", || {
+        alarms.evaluated_through().get("lat-max") == Some(&(m0 + 2 * M))
+    })
+    .await;
+
+    // A breach arrives for m0, long complete and behind the rule's window.
+    ingest(&tier, vec![lat(m0 + 2_000, 300.0)]).await;
+    poll("the firing notification", || !hook.delivered().is_empty()).await;
+    let firing = &hook.delivered()[0];
+    assert_eq!(
+        (&firing["state"], &firing["ts_ms"], &firing["value"]),
+        (&json!("firing"), &json!(m0), &json!(300.0)),
+        "{firing}"
+    );
+    // The current window has nothing breaching: the tick that follows
+    // resolves it.
+    poll("the resolved notification", || hook.delivered().len() == 2).await;
+    assert_eq!(hook.delivered()[1]["state"], "resolved");
+    assert_eq!(hook.delivered()[1]["ts_ms"], json!(m0 + 2 * M));
+    assert_eq!(tier.api.pipeline.late_after_complete(), 1);
+    tier.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_rules_alarms_are_deactivated_and_the_api_answers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), Vec::new());
@@ -505,7 +539,7 @@ async fn without_rules_alarms_are_deactivated_and_the_api_answers() {
     let answer = get(&tier, "/api/v1/alarms").await;
     assert_eq!(
         answer,
-        json!({"status": "success", "data": {"active": [], "history": []}})
+        json!({"status": "success", "data": {"active": [], "history": [], "rules": []}})
     );
     tier.shutdown(Duration::from_secs(10)).await.unwrap();
 }

@@ -19,9 +19,9 @@ use crate::codec::{decode_spool_batch, encode_spool_batch};
 use crate::index::{Loaded, Quarantined, SeriesIndex, plan_commit, unreadable_reason};
 use crate::spool::SpoolLedger;
 use crate::{
-    AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, MetricInfo, OutboxEntry,
-    Resolution, SourceProgress, SpoolBatch, SpoolStats, Store, StoreError, StoreOptions,
-    wall_clock_ms,
+    AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventCutoffs, EventQuery,
+    MetricInfo, OutboxEntry, Resolution, SourceProgress, SpoolBatch, SpoolStats, Store, StoreError,
+    StoreOptions, wall_clock_ms,
 };
 
 /// A [`Store`] over the backend `B`: what the server codes against, whatever
@@ -376,23 +376,26 @@ impl<B: Backend> Store for BackedStore<B> {
         Ok(())
     }
 
-    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        if limit == 0 {
+    fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        if query.limit == 0 || query.to_ms.is_some_and(|to| to <= query.from_ms) {
             return Ok(Vec::new());
         }
-        self.backend.events(since_ms, limit)
+        self.backend.events(query)
     }
 
-    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+    fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError> {
         let _writing = self.writer.lock();
-        self.backend.delete_before(Retention::Events, before_ms)
+        self.backend.delete_events(cutoffs)
     }
 
-    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError> {
+    fn expire_series_with(
+        &self,
+        idle_before: &dyn Fn(&SeriesKey) -> i64,
+    ) -> Result<u64, StoreError> {
         let _writing = self.writer.lock();
         let (expiry, next_id) = {
             let index = self.index.read();
-            (index.plan_expiry(idle_before_ms), index.next_id())
+            (index.plan_expiry(idle_before), index.next_id())
         };
         if expiry.series.is_empty() {
             return Ok(0);
@@ -403,7 +406,6 @@ impl<B: Backend> Store for BackedStore<B> {
         tracing::debug!(
             series = expiry.series.len(),
             metrics = expiry.metrics.len(),
-            idle_before_ms,
             "series expired"
         );
         Ok(expiry.series.len() as u64)

@@ -6,7 +6,7 @@
 //! spool batches the cap drops, which events a commit appends, what is
 //! quarantined: all of that is decided once, above the backend, by
 //! [`crate::BackedStore`], and handed down as a planned [`Transaction`]. A
-//! new backend (PostgreSQL is next) implements these fifteen methods and
+//! new backend (PostgreSQL is next) implements these sixteen methods and
 //! passes the behaviour suite (`suite.rs`); it gets every behaviour of the
 //! [`crate::Store`] trait from them.
 
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use strata_model::{Kind, SeriesKey, State};
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, Notification, OutboxEntry, Resolution,
-    SeriesId, SourceProgress, StoreError,
+    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventCutoffs, EventQuery, Notification,
+    OutboxEntry, Resolution, SeriesId, SourceProgress, StoreError,
 };
 
 /// Bucket states of one resolution, by (series id, bucket start).
@@ -147,8 +147,6 @@ pub struct Transaction<'a> {
 pub enum Retention {
     /// Bucket states of one resolution whose bucket starts before the time.
     Buckets(Resolution),
-    /// Events with `ts_ms` before the time.
-    Events,
     /// Alarm history records with `ts_ms` before the time.
     AlarmHistory,
 }
@@ -204,6 +202,11 @@ pub trait Backend: Send + Sync + 'static {
     /// transaction; returns how many entries were deleted.
     fn delete_before(&self, what: Retention, before_ms: i64) -> Result<u64, StoreError>;
 
+    /// Event retention: deletes every event whose `ts_ms` is before its
+    /// kind's cutoff (an event whose stored bytes do not decode has the
+    /// default cutoff), in one transaction; returns how many were deleted.
+    fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError>;
+
     /// Series expiry: deletes `series` (their keys, last-update times and
     /// buckets at every resolution) and `metrics` (their kinds), and records
     /// `next_series_id` (see [`Restored::series_next_id`]), in one
@@ -226,9 +229,9 @@ pub trait Backend: Send + Sync + 'static {
         max_batches: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Events with `ts_ms >= since_ms`, newest first (equal timestamps: last
-    /// appended first), at most `limit`.
-    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// The events `query` selects, newest first (equal timestamps: last
+    /// appended first), at most `query.limit`.
+    fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
 
     /// Every alarm state, in any order.
     fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError>;

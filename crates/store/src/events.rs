@@ -1,5 +1,9 @@
-//! [`Event`]: one entry of the node's event log, and [`EventKind`], what
-//! happened.
+//! [`Event`]: one entry of the node's event log, [`EventKind`], what
+//! happened, and the two ways the log is selected: [`EventQuery`] (what
+//! [`crate::Store::query_events`] lists) and [`EventCutoffs`] (what
+//! [`crate::Store::delete_events`] deletes, per kind).
+
+use std::collections::BTreeMap;
 
 /// A notable event (source connected or refused, alarm fired or resolved,
 /// spool overflow), kept in the store's event log with its own retention.
@@ -131,6 +135,92 @@ impl EventKind {
     }
 }
 
+/// Which events [`crate::Store::query_events`] lists: those with
+/// `from_ms <= ts_ms < to_ms`, of the given kinds, newest first, at most
+/// `limit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Oldest timestamp listed (inclusive), ms since the Unix epoch.
+    pub from_ms: i64,
+    /// Events at or after this are left out; `None`: no upper bound.
+    pub to_ms: Option<i64>,
+    /// Only events of these kinds; empty: every kind (also
+    /// [`EventKind::Unknown`]).
+    pub kinds: Vec<EventKind>,
+    /// Most events listed; the newest are kept.
+    pub limit: usize,
+}
+
+impl EventQuery {
+    /// Every event with `ts_ms >= since_ms`, at most `limit`.
+    pub fn since(since_ms: i64, limit: usize) -> Self {
+        EventQuery {
+            from_ms: since_ms,
+            to_ms: None,
+            kinds: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Whether the query lists an event of `kind` at `ts_ms` (the limit
+    /// aside).
+    pub fn matches(&self, ts_ms: i64, kind: EventKind) -> bool {
+        ts_ms >= self.from_ms
+            && self.to_ms.is_none_or(|to| ts_ms < to)
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+    }
+}
+
+/// How far event retention reaches, per kind: [`crate::Store::delete_events`]
+/// deletes every event whose `ts_ms` is before its kind's cutoff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventCutoffs {
+    /// The cutoff of every kind not in `by_kind`, and of events whose kind
+    /// this build does not know ([`EventKind::Unknown`]) or whose stored
+    /// bytes do not decode.
+    pub default_before_ms: i64,
+    /// Kinds with a cutoff of their own.
+    pub by_kind: BTreeMap<EventKind, i64>,
+}
+
+impl EventCutoffs {
+    /// The same cutoff for every kind.
+    pub fn uniform(before_ms: i64) -> Self {
+        EventCutoffs {
+            default_before_ms: before_ms,
+            by_kind: BTreeMap::new(),
+        }
+    }
+
+    /// The cutoff of `kind`: its events before it are deleted.
+    pub fn before_ms(&self, kind: EventKind) -> i64 {
+        self.by_kind
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.default_before_ms)
+    }
+
+    /// Whether an event of `kind` at `ts_ms` is deleted.
+    pub fn deletes(&self, ts_ms: i64, kind: EventKind) -> bool {
+        ts_ms < self.before_ms(kind)
+    }
+
+    /// The latest cutoff: no event at or after it is deleted, so a backend
+    /// looks only at events before it.
+    pub fn latest_ms(&self) -> i64 {
+        self.by_kind
+            .values()
+            .copied()
+            .fold(self.default_before_ms, i64::max)
+    }
+
+    /// Whether every kind has the same cutoff: then the deletion is one
+    /// range of timestamps, whatever the kinds.
+    pub fn is_uniform(&self) -> bool {
+        self.by_kind.values().all(|&c| c == self.default_before_ms)
+    }
+}
+
 impl std::fmt::Display for EventKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -153,5 +243,46 @@ mod tests {
         assert_eq!(names.len(), EventKind::ALL.len(), "names are unique");
         assert_eq!(EventKind::parse("unknown"), None);
         assert_eq!(EventKind::parse("Source_Connected"), None);
+    }
+
+    #[test]
+    fn a_query_matches_its_half_open_range_and_its_kinds() {
+        let mut q = EventQuery::since(100, 10);
+        assert!(q.matches(100, EventKind::Unknown));
+        assert!(q.matches(i64::MAX, EventKind::AlarmFired));
+        assert!(!q.matches(99, EventKind::AlarmFired));
+        q.to_ms = Some(200);
+        assert!(q.matches(199, EventKind::AlarmFired));
+        assert!(!q.matches(200, EventKind::AlarmFired));
+        q.kinds = vec![EventKind::AlarmFired, EventKind::SourceConnected];
+        assert!(q.matches(150, EventKind::SourceConnected));
+        assert!(!q.matches(150, EventKind::AlarmResolved));
+        assert!(!q.matches(150, EventKind::Unknown));
+    }
+
+    #[test]
+    fn cutoffs_fall_back_to_the_default_and_know_their_latest() {
+        let uniform = EventCutoffs::uniform(50);
+        assert!(uniform.is_uniform());
+        assert_eq!(uniform.latest_ms(), 50);
+        let cutoffs = EventCutoffs {
+            default_before_ms: 50,
+            by_kind: BTreeMap::from([
+                (EventKind::AlarmFired, 10),
+                (EventKind::SourceConnected, 90),
+            ]),
+        };
+        assert!(!cutoffs.is_uniform());
+        assert_eq!(cutoffs.latest_ms(), 90);
+        assert_eq!(cutoffs.before_ms(EventKind::Unknown), 50);
+        assert!(cutoffs.deletes(49, EventKind::SpoolOverflow));
+        assert!(!cutoffs.deletes(50, EventKind::SpoolOverflow));
+        assert!(!cutoffs.deletes(10, EventKind::AlarmFired));
+        assert!(cutoffs.deletes(89, EventKind::SourceConnected));
+        let same = EventCutoffs {
+            default_before_ms: 50,
+            by_kind: BTreeMap::from([(EventKind::AlarmFired, 50)]),
+        };
+        assert!(same.is_uniform());
     }
 }

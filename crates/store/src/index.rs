@@ -160,10 +160,11 @@ impl SeriesIndex {
         *at = (*at).max(seen_ms);
     }
 
-    /// Which series expiry at `idle_before_ms` removes: every series last
-    /// updated before it (one never stamped counts as updated at
-    /// `i64::MIN`), and the metrics left without a series.
-    pub(crate) fn plan_expiry(&self, idle_before_ms: i64) -> Expiry {
+    /// Which series expiry removes: every series last updated before
+    /// `idle_before(series)` (one never stamped counts as updated at
+    /// `i64::MIN`), and the metrics left without a series. Asks
+    /// `idle_before` about each series once, metric by metric.
+    pub(crate) fn plan_expiry(&self, idle_before: &dyn Fn(&SeriesKey) -> i64) -> Expiry {
         let mut expiry = Expiry::default();
         for (name, metric) in &self.metrics {
             let mut kept = 0;
@@ -171,7 +172,7 @@ impl SeriesIndex {
                 let Some(&id) = self.ids.get(key) else {
                     continue;
                 };
-                if self.last_seen(id).unwrap_or(i64::MIN) < idle_before_ms {
+                if self.last_seen(id).unwrap_or(i64::MIN) < idle_before(key) {
                     expiry.series.push((id, Arc::clone(key)));
                 } else {
                     kept += 1;

@@ -22,7 +22,7 @@
 //! (restore, load and read buckets, write one planned
 //! [`Transaction`](backend::Transaction),
 //! retention, series removal, spool, events, alarms, outbox). A backend
-//! decides nothing; a new one (PostgreSQL is next) implements the fifteen
+//! decides nothing; a new one (PostgreSQL is next) implements the sixteen
 //! primitives and runs the behaviour suite.
 //!
 //! Two backends today:
@@ -43,7 +43,8 @@
 //! - [`Commit`] / [`CommitOutcome`]: one flush in, what happened out.
 //! - [`Resolution`]: minute, hour or day; the width of a stored bucket.
 //! - [`Event`] and [`EventKind`]: one entry of the event log, and what it
-//!   records.
+//!   records; [`EventQuery`] and [`EventCutoffs`]: which events a listing
+//!   selects and which retention deletes, per kind.
 //! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
 //!   readers get back.
 //! - [`AlarmState`], [`AlarmRecord`], [`OutboxEntry`] and [`AlarmUpdate`]: what
@@ -65,7 +66,10 @@
 //! commit's `now_ms`, persisted with the series. [`Store::expire_series`]
 //! removes, in one transaction, every series last stamped before a given
 //! time: its key, its buckets at every resolution, and its metric once the
-//! metric has no series left (its kind is then no longer fixed). Series ids
+//! metric has no series left (its kind is then no longer fixed).
+//! [`Store::expire_series_with`] does the same with a time per series (the
+//! server's per-metric expiry rules). Expiry is by last update: a series
+//! updated within its TTL is kept however old its first sample. Series ids
 //! are never reused, also after expiry.
 //!
 //! # Quarantine
@@ -85,8 +89,9 @@
 //!
 //! # Event log
 //! [`Store::append_events`] adds events in one transaction;
-//! [`Store::events`] lists them newest first; [`Store::delete_events_before`]
-//! is their retention. Events are keyed by timestamp and a store-assigned,
+//! [`Store::query_events`] lists them newest first, by time range and kind
+//! ([`EventQuery`]); [`Store::delete_events`] is their retention, with a
+//! cutoff per kind ([`EventCutoffs`]). Events are keyed by timestamp and a store-assigned,
 //! persisted, increasing id, so equal timestamps never overwrite each other.
 //!
 //! Series get store-assigned ids ([`SeriesId`]); the store keeps every series
@@ -105,7 +110,7 @@
 //! - `codec.rs`: byte encodings of series keys, spool batches, events and
 //!   alarm records.
 //! - `error.rs`: [`StoreError`], [`DecodeError`].
-//! - `events.rs`: [`Event`], [`EventKind`].
+//! - `events.rs`: [`Event`], [`EventKind`], [`EventQuery`], [`EventCutoffs`].
 //! - `alarm.rs`: [`AlarmKey`], [`AlarmState`], [`AlarmRecord`],
 //!   [`Notification`], [`OutboxEntry`], [`AlarmUpdate`].
 //! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
@@ -161,7 +166,7 @@ pub use alarm::{AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Notification, Ou
 pub use backed::BackedStore;
 pub use backend::Backend;
 pub use error::{BackendError, DecodeError, StoreError};
-pub use events::{Event, EventKind};
+pub use events::{Event, EventCutoffs, EventKind, EventQuery};
 pub use memory::{Memory, MemoryStore};
 pub use redb::{Redb, RedbStore};
 pub use resolution::Resolution;
@@ -327,19 +332,42 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events to the log, all in one transaction.
     fn append_events(&self, events: &[Event]) -> Result<(), StoreError>;
     /// Events with `ts_ms >= since_ms`, newest first (equal timestamps: last
-    /// appended first), at most `limit`.
-    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// appended first), at most `limit`: [`Store::query_events`] of
+    /// [`EventQuery::since`].
+    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.query_events(&EventQuery::since(since_ms, limit))
+    }
+    /// The events `query` selects, newest first (equal timestamps: last
+    /// appended first), at most `query.limit`.
+    fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// Event retention: deletes events with `ts_ms < before_ms`; returns how
-    /// many were deleted.
-    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// many were deleted. [`Store::delete_events`] of one cutoff for every
+    /// kind.
+    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.delete_events(&EventCutoffs::uniform(before_ms))
+    }
+    /// Event retention per kind: deletes every event whose `ts_ms` is before
+    /// its kind's cutoff, in one transaction; returns how many were deleted.
+    fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError>;
 
     /// Series TTL: removes every series whose last update (the `now_ms` of
     /// the last commit that merged an increment into it) is before
     /// `idle_before_ms` — its key, its buckets at every resolution, and its
     /// metric if no series of it is left — in one transaction; returns how
     /// many series were removed. A later increment of the same key creates a
-    /// new series with a new id.
-    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError>;
+    /// new series with a new id. [`Store::expire_series_with`] of one time
+    /// for every series.
+    fn expire_series(&self, idle_before_ms: i64) -> Result<u64, StoreError> {
+        self.expire_series_with(&|_| idle_before_ms)
+    }
+    /// Series TTL per series: as [`Store::expire_series`], with each series
+    /// removed when its last update is before `idle_before(series)`. Called
+    /// once per series, metric by metric, with the writer excluded: keep it
+    /// cheap.
+    fn expire_series_with(
+        &self,
+        idle_before: &dyn Fn(&SeriesKey) -> i64,
+    ) -> Result<u64, StoreError>;
 
     /// Applies alarm state changes, history records, new outbox
     /// notifications and events in one transaction; returns the outbox ids

@@ -15,8 +15,8 @@ use strata_model::State;
 
 use crate::backend::{Backend, BucketKey, Buckets, Restored, Retention, Stored, Transaction};
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, BackedStore, DecodeError, Event, OutboxEntry, Resolution,
-    SeriesId, StoreError, StoreOptions, new_epoch,
+    AlarmKey, AlarmRecord, AlarmState, BackedStore, DecodeError, Event, EventCutoffs, EventQuery,
+    OutboxEntry, Resolution, SeriesId, StoreError, StoreOptions, new_epoch,
 };
 
 /// A [`Backend`] in memory: for tests, and for nodes that accept losing
@@ -169,15 +169,23 @@ impl Backend for Memory {
                 buckets.retain(|&(_, bucket_ms), _| bucket_ms >= before_ms);
                 before - buckets.len()
             }
-            Retention::Events => {
-                let kept = tables.events.split_off(&(before_ms, 0));
-                std::mem::replace(&mut tables.events, kept).len()
-            }
             Retention::AlarmHistory => {
                 let kept = tables.alarm_history.split_off(&(before_ms, 0));
                 std::mem::replace(&mut tables.alarm_history, kept).len()
             }
         };
+        Ok(deleted as u64)
+    }
+
+    fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError> {
+        let mut tables = self.tables.write();
+        // Only events before the latest cutoff can go.
+        let kept = tables.events.split_off(&(cutoffs.latest_ms(), 0));
+        let mut older = std::mem::replace(&mut tables.events, kept);
+        let before = older.len();
+        older.retain(|&(ts_ms, _), event| !cutoffs.deletes(ts_ms, event.kind));
+        let deleted = before - older.len();
+        tables.events.append(&mut older);
         Ok(deleted as u64)
     }
 
@@ -213,13 +221,18 @@ impl Backend for Memory {
             .collect())
     }
 
-    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let tables = self.tables.read();
+        let end = match query.to_ms {
+            Some(to_ms) => Bound::Excluded((to_ms, 0)),
+            None => Bound::Unbounded,
+        };
         Ok(tables
             .events
-            .range((since_ms, 0)..)
+            .range((Bound::Included((query.from_ms, 0)), end))
             .rev()
-            .take(limit)
+            .filter(|(_, event)| query.matches(event.ts_ms, event.kind))
+            .take(query.limit)
             .map(|(_, event)| event.clone())
             .collect())
     }

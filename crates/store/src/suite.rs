@@ -11,9 +11,9 @@ use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
 use tempfile::TempDir;
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventKind,
-    MemoryStore, Notification, RedbStore, Resolution, SourceProgress, SpoolStats, Store,
-    StoreOptions,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventCutoffs,
+    EventKind, EventQuery, MemoryStore, Notification, RedbStore, Resolution, SourceProgress,
+    SpoolStats, Store, StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
@@ -890,6 +890,100 @@ fn event_retention(open: &Open) {
     assert!(s.events(i64::MIN, 10).unwrap().is_empty());
 }
 
+fn events_are_queried_by_range_and_kind(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    s.append_events(&[
+        event(100, EventKind::SourceConnected, "a"),
+        event(200, EventKind::AlarmFired, "b"),
+        event(200, EventKind::SourceConnected, "c"),
+        event(300, EventKind::AlarmResolved, "d"),
+        event(400, EventKind::SourceConnected, "e"),
+    ])
+    .unwrap();
+    let query = |from_ms, to_ms, kinds: &[EventKind], limit| {
+        let q = EventQuery {
+            from_ms,
+            to_ms,
+            kinds: kinds.to_vec(),
+            limit,
+        };
+        messages(&s.query_events(&q).unwrap())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let connected = [EventKind::SourceConnected];
+    assert_eq!(query(i64::MIN, None, &[], 10), ["e", "d", "c", "b", "a"]);
+    assert_eq!(query(i64::MIN, None, &connected, 10), ["e", "c", "a"]);
+    // `to` is exclusive, `from` inclusive; the limit keeps the newest matches.
+    assert_eq!(query(200, Some(400), &[], 10), ["d", "c", "b"]);
+    assert_eq!(query(100, Some(400), &connected, 1), ["c"]);
+    assert_eq!(
+        query(
+            i64::MIN,
+            None,
+            &[EventKind::AlarmFired, EventKind::AlarmResolved],
+            10
+        ),
+        ["d", "b"]
+    );
+    assert!(query(i64::MIN, None, &[EventKind::SpoolOverflow], 10).is_empty());
+    assert!(query(300, Some(300), &[], 10).is_empty());
+    assert!(query(400, Some(100), &[], 10).is_empty());
+    assert!(query(i64::MIN, None, &[], 0).is_empty());
+    assert_eq!(query(i64::MIN, Some(i64::MAX), &[], usize::MAX).len(), 5);
+}
+
+fn event_retention_per_kind(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let kinds = [
+        EventKind::AlarmFired,
+        EventKind::SourceConnected,
+        EventKind::SpoolOverflow,
+    ];
+    let events: Vec<Event> = [10, 20, 30]
+        .into_iter()
+        .flat_map(|ts| kinds.map(|k| event(ts, k, &format!("{k}@{ts}"))))
+        .collect();
+    s.append_events(&events).unwrap();
+    // Alarms kept longer, connections shorter than the rest.
+    let cutoffs = EventCutoffs {
+        default_before_ms: 20,
+        by_kind: [(EventKind::AlarmFired, 0), (EventKind::SourceConnected, 31)].into(),
+    };
+    assert_eq!(s.delete_events(&cutoffs).unwrap(), 4);
+    assert_eq!(s.delete_events(&cutoffs).unwrap(), 0);
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()),
+        vec![
+            "spool_overflow@30",
+            "alarm_fired@30",
+            "spool_overflow@20",
+            "alarm_fired@20",
+            "alarm_fired@10",
+        ]
+    );
+    // A cutoff of its own that equals the default is one range.
+    let same = EventCutoffs {
+        default_before_ms: 25,
+        by_kind: [(EventKind::AlarmFired, 25)].into(),
+    };
+    assert_eq!(s.delete_events(&same).unwrap(), 3);
+    assert_eq!(
+        messages(&s.events(i64::MIN, 10).unwrap()),
+        vec!["spool_overflow@30", "alarm_fired@30"]
+    );
+    // New events after retention still never collide with the kept ones.
+    s.append_events(&[event(30, EventKind::AlarmFired, "new")])
+        .unwrap();
+    assert_eq!(
+        messages(&s.events(30, 10).unwrap()),
+        vec!["new", "spool_overflow@30", "alarm_fired@30"]
+    );
+}
+
 fn spool_overflow_appends_an_event(open: &Open) {
     let f = open(StoreOptions {
         spool_max_bytes: 1,
@@ -1065,6 +1159,56 @@ fn idle_series_expire_with_their_buckets(open: &Open) {
     assert_eq!(s.expire_series(401).unwrap(), 3);
     assert!(s.metrics().is_empty());
     assert_eq!(s.series_count(), 0);
+}
+
+fn series_expire_each_by_their_own_time(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let short = key("requests_total", &[("env", "dev")]);
+    let long = key("requests_total", &[("env", "prod")]);
+    let other = key("other_total", &[]);
+    merge_at(
+        s,
+        100,
+        &[
+            inc(&short, 0, State::Counter(1)),
+            inc(&long, 0, State::Counter(2)),
+            inc(&other, 0, State::Counter(3)),
+        ],
+    );
+    let asked = std::sync::Mutex::new(Vec::new());
+    // `dev` series idle since before 150 expire, the rest since before 50.
+    let idle_before = |k: &SeriesKey| {
+        asked.lock().unwrap().push(k.to_string());
+        if k.label("env") == Some("dev") {
+            150
+        } else {
+            50
+        }
+    };
+    assert_eq!(s.expire_series_with(&idle_before).unwrap(), 1);
+    let mut asked = asked.into_inner().unwrap();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "other_total",
+            "requests_total{env=\"dev\"}",
+            "requests_total{env=\"prod\"}"
+        ],
+        "each series asked about once"
+    );
+    assert_eq!(s.series_of("requests_total"), vec![Arc::clone(&long)]);
+    assert!(read_all(s, &short, Resolution::Day).is_empty());
+    // A series updated again is kept by its new stamp, however old its
+    // first sample.
+    merge_at(s, 300, &[inc(&long, M, State::Counter(1))]);
+    assert_eq!(s.expire_series_with(&|_| 200).unwrap(), 1);
+    assert_eq!(s.metric_kind("other_total"), None);
+    assert_eq!(
+        read_all(s, &long, Resolution::Minute),
+        vec![(0, State::Counter(2)), (M, State::Counter(1))]
+    );
 }
 
 fn alarm_key(rule: &str, group: &[(&str, &str)]) -> AlarmKey {
@@ -1294,8 +1438,11 @@ suite!(
     retention_is_per_resolution,
     events_are_listed_newest_first,
     event_retention,
+    events_are_queried_by_range_and_kind,
+    event_retention_per_kind,
     spool_overflow_appends_an_event,
     idle_series_expire_with_their_buckets,
+    series_expire_each_by_their_own_time,
     alarm_states_are_upserted_and_cleared,
     alarm_history_is_newest_first_with_retention,
     outbox_keeps_notifications_until_deleted,
@@ -1467,6 +1614,33 @@ mod durable {
             .insert((id, bucket), bytes)
             .unwrap();
         txn.commit().unwrap();
+    }
+
+    /// An event whose bytes do not decode has the default cutoff of a
+    /// retention per kind: it never outlives the log's retention.
+    #[test]
+    fn an_undecodable_event_goes_at_the_default_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        s.append_events(&[
+            event(5, EventKind::AlarmFired, "kept"),
+            event(6, EventKind::SpoolOverflow, "old"),
+        ])
+        .unwrap();
+        {
+            let txn = s.backend.db.begin_write().unwrap();
+            txn.open_table(crate::redb::schema::EVENTS)
+                .unwrap()
+                .insert((7, 99), &[0xEE, 1, 2][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let cutoffs = EventCutoffs {
+            default_before_ms: 10,
+            by_kind: [(EventKind::AlarmFired, 0)].into(),
+        };
+        assert_eq!(s.delete_events(&cutoffs).unwrap(), 2);
+        assert_eq!(messages(&s.events(i64::MIN, 10).unwrap()), vec!["kept"]);
     }
 
     /// A sum whose total is NaN: what +inf merged with -inf used to store.

@@ -1,6 +1,7 @@
 //! The `data` of `GET /api/v1/alarms` (DESIGN §8): firing alarm instances,
 //! each with its rule's metric, field, op and threshold, and the alarm
-//! history, newest first. Built from what [`Alarms`] exposes; the handler in
+//! history, newest first, and each rule with the newest minute it has been
+//! evaluated up to. Built from what [`Alarms`] exposes; the handler in
 //! [`super::http`] wraps it in `{"status":"success","data":…}`.
 
 use std::collections::HashMap;
@@ -49,7 +50,21 @@ pub fn data(alarms: &Alarms, limit: usize) -> Result<Value, StoreError> {
             })
         })
         .collect();
-    Ok(json!({"active": active, "history": history}))
+    let evaluated = alarms.evaluated_through();
+    let rules: Vec<Value> = alarms
+        .rules()
+        .map(|r| {
+            json!({
+                "alarm": r.name,
+                "metric": r.metric,
+                "field": r.field,
+                "op": r.op.as_str(),
+                "threshold": r.threshold,
+                "evaluated_through_ms": evaluated.get(&r.name),
+            })
+        })
+        .collect();
+    Ok(json!({"active": active, "history": history, "rules": rules}))
 }
 
 /// An instance's group labels as a JSON object.

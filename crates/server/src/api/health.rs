@@ -83,9 +83,9 @@ fn queue_depth(node: &ApiState) -> (Health, String) {
 /// KO when nothing was committed for ten flush intervals (at least 10 s).
 fn last_commit(node: &ApiState) -> (Health, String) {
     let flush_ms = node.pipeline.settings().flush_interval.as_millis() as i64;
-    let own = node.pipeline.watermarks().own_ms;
-    let age = now_ms() - own;
-    if own == 0 {
+    let last = node.pipeline.last_commit_ms();
+    let age = now_ms() - last;
+    if last == 0 {
         (Health::Degraded, "no commit yet".into())
     } else if age > 10 * flush_ms.max(1000) {
         (Health::Ko, format!("last commit {age} ms ago"))

@@ -4,6 +4,10 @@
 //! Error answers take their status and `Retry-After` from the error's class
 //! ([`crate::status`], through [`crate::api::json`]); only axum's own
 //! refusals of a body keep axum's status.
+//!
+//! Every answer carries its request's `x-request-id`, every JSON error a
+//! `request_id` field, and blocking work runs in the request's span
+//! ([`crate::api::request_id`], the router's outermost layer).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ApiState;
 use crate::api::json::{answer, error, error_of, refusal};
 use crate::api::query::{self, QueryError};
-use crate::api::{health, metrics};
+use crate::api::{events, health, metrics, request_id};
 use crate::config::HttpConfig;
 use crate::context::now_ms;
+use crate::core::retention::Retention;
 use crate::inputs::samples::{IngestError, parse_ndjson};
 use crate::status::{Class, Classify};
 
@@ -58,7 +63,7 @@ pub fn router(node: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics_list))
         .route("/api/v1/sources", get(sources))
-        .route("/api/v1/events", get(events))
+        .route("/api/v1/events", get(events::list))
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/quarantine", delete(clear_quarantine))
         .route("/health", get(health::health))
@@ -66,6 +71,8 @@ pub fn router(node: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(node)
+        // Outermost: every answer, the fallback's included, carries its id.
+        .layer(axum::middleware::from_fn(request_id::http))
 }
 
 async fn ingest(
@@ -73,6 +80,7 @@ async fn ingest(
     QueryParams(params): QueryParams<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = node.ctx.stats.latency.ingest_http.start_timer();
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -124,6 +132,7 @@ async fn query(
     State(node): State<Arc<ApiState>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
+    let _timer = node.ctx.stats.latency.query.start_timer();
     let parsed = (|| -> Result<query::Query, QueryError> {
         let now = now_ms();
         let selector = params
@@ -161,9 +170,9 @@ async fn query(
     };
     let store = node.ctx.store.clone();
     let watermarks = node.pipeline.watermarks();
-    let retention = node.pipeline.settings().retention;
+    let retention = node.pipeline.settings().retention.clone();
     let result =
-        tokio::task::spawn_blocking(move || query::execute(&*store, &watermarks, &retention, &q))
+        request_id::spawn_blocking(move || query::execute(&*store, &watermarks, &retention, &q))
             .await;
     match result {
         Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
@@ -174,14 +183,38 @@ async fn query(
 
 async fn metrics_list(State(node): State<Arc<ApiState>>) -> Response {
     let store = node.ctx.store.clone();
-    let metrics = tokio::task::spawn_blocking(move || store.metrics())
+    let metrics = request_id::spawn_blocking(move || store.metrics())
         .await
         .unwrap_or_default();
+    let retention = &node.pipeline.settings().retention;
     let data: Vec<Value> = metrics
         .into_iter()
-        .map(|m| json!({"name": m.name, "kind": m.kind.as_str(), "series": m.series}))
+        .map(|m| {
+            let mut v = json!({"name": m.name, "kind": m.kind.as_str(), "series": m.series});
+            add_expiry(&mut v, retention, &m.name);
+            v
+        })
         .collect();
     axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// A metric's series TTL, as `/api/v1/metrics` shows it: `series_ttl_s` of
+/// its series no label-scoped rule takes, `series_ttl_from` the key it comes
+/// from, and `expiry_rules`, the label-scoped rules that take some of its
+/// series first, in the order they apply.
+fn add_expiry(v: &mut Value, retention: &Retention, metric: &str) {
+    let expiry = retention.metric_expiry(metric);
+    v["series_ttl_s"] = json!(expiry.series_ttl_s);
+    v["series_ttl_from"] = json!(
+        expiry
+            .rule
+            .map_or_else(|| "storage.series_ttl_s".to_owned(), |r| r.key())
+    );
+    v["expiry_rules"] = expiry
+        .by_labels
+        .iter()
+        .map(|r| json!({"rule": r.key(), "labels": r.labels, "series_ttl_s": r.ttl_s}))
+        .collect();
 }
 
 async fn sources(State(node): State<Arc<ApiState>>) -> Response {
@@ -204,38 +237,19 @@ async fn sources(State(node): State<Arc<ApiState>>) -> Response {
                 "batches": s.batches.load(Ordering::Relaxed),
                 "increments": s.increments.load(Ordering::Relaxed),
                 "duplicates": s.duplicates.load(Ordering::Relaxed),
+                "late_after_complete": s.late_after_complete.load(Ordering::Relaxed),
             })
         })
         .collect();
-    axum::Json(json!({"status": "success", "data": data})).into_response()
-}
-
-/// `GET /api/v1/events?since=-1h&limit=100`: the event log, newest first.
-async fn events(
-    State(node): State<Arc<ApiState>>,
-    QueryParams(params): QueryParams<HashMap<String, String>>,
-) -> Response {
-    let since = params.get("since").map_or("-1d", String::as_str);
-    let since = match query::parse_time_param("since", since, now_ms()) {
-        Ok(t) => t,
-        Err(e) => return error_of(&e),
-    };
-    let limit = match limit_param(&params) {
-        Ok(n) => n,
-        Err(message) => return refusal(Class::Invalid, message),
-    };
-    let store = node.ctx.store.clone();
-    match tokio::task::spawn_blocking(move || store.events(since, limit)).await {
-        Ok(Ok(list)) => {
-            let data: Vec<Value> = list
-                .into_iter()
-                .map(|e| json!({"ts_ms": e.ts_ms, "kind": e.kind.as_str(), "message": e.message}))
-                .collect();
-            axum::Json(json!({"status": "success", "data": data})).into_response()
-        }
-        Ok(Err(e)) => refusal(Class::Internal, format!("reading events: {e}")),
-        Err(e) => refusal(Class::Internal, format!("reading events: {e}")),
-    }
+    // What applications send this node directly, beside its sources.
+    let own_watermark = node.pipeline.watermarks().own_ms;
+    let local = json!({
+        "id": node.ctx.node_id,
+        "watermark_ms": own_watermark,
+        "lag_ms": if own_watermark > 0 { Some(now - own_watermark) } else { None },
+        "late_after_complete": node.pipeline.late_after_complete(),
+    });
+    axum::Json(json!({"status": "success", "data": data, "local": local})).into_response()
 }
 
 /// `?limit=`: 1 to 10 000, default 100.
@@ -258,7 +272,7 @@ async fn alarms(
         Err(message) => return refusal(Class::Invalid, message),
     };
     let alarms = node.alarms.clone();
-    match tokio::task::spawn_blocking(move || crate::api::alarms::data(&alarms, limit)).await {
+    match request_id::spawn_blocking(move || crate::api::alarms::data(&alarms, limit)).await {
         Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
         Ok(Err(e)) => refusal(Class::Internal, format!("reading alarms: {e}")),
         Err(e) => refusal(Class::Internal, format!("reading alarms: {e}")),
@@ -270,7 +284,7 @@ async fn alarms(
 /// `quarantine` health check.
 async fn clear_quarantine(State(node): State<Arc<ApiState>>) -> Response {
     let store = node.ctx.store.clone();
-    let cleared = tokio::task::spawn_blocking(move || store.clear_quarantine())
+    let cleared = request_id::spawn_blocking(move || store.clear_quarantine())
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));

@@ -4,6 +4,9 @@
 //! The code and the `Retry-After` header come from the error's class, in the
 //! one table of [`crate::status`]: `error_of` for a classified error,
 //! `refusal` for a message of a given class.
+//!
+//! The router's request-id middleware ([`crate::api::request_id::http`])
+//! adds `"request_id"` to every one of these bodies on its way out.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -14,6 +14,7 @@ use strata_store::{Commit, CommitOutcome, EventKind, SourceProgress};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::context::Context;
+use crate::core::event_time::LateMinutes;
 use crate::core::fatal::fault;
 use crate::core::retention::{self, Retention};
 use crate::core::sources::Watermarks;
@@ -36,8 +37,65 @@ pub enum Ticket {
 pub struct FlushBatch {
     pub increments: Vec<Increment>,
     pub tickets: Vec<Ticket>,
+    /// The requests and batches this flush holds, by name, for its commit line.
+    pub request_ids: RequestIds,
     /// The flush instant: everything submitted before it is in this batch.
     pub flushed_at_ms: i64,
+    /// The watermark this flush may claim for the node's own ingest
+    /// ([`crate::core::event_time`]).
+    pub own_watermark_ms: i64,
+    /// Minutes that received data after they were complete.
+    pub late_minutes: Vec<i64>,
+}
+
+/// Names of the requests and batches a flush holds (request ids, or
+/// `source/seq` for federation batches): the first [`RequestIds::KEPT`] in
+/// the order they came, and a count of the rest, so the commit line stays
+/// short however busy the node is. Displayed as `a,b,c (+120 more)`.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestIds {
+    kept: Vec<Arc<str>>,
+    /// How many more there were.
+    more: u64,
+}
+
+impl RequestIds {
+    /// Most names kept per flush.
+    pub const KEPT: usize = 16;
+
+    /// Adds one name (counted only, once [`RequestIds::KEPT`] are kept).
+    pub fn push(&mut self, name: Arc<str>) {
+        if self.kept.len() < Self::KEPT {
+            self.kept.push(name);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Adds the names of a later flush committed in the same transaction.
+    pub fn absorb(&mut self, later: RequestIds) {
+        let room = Self::KEPT
+            .saturating_sub(self.kept.len())
+            .min(later.kept.len());
+        let mut names = later.kept.into_iter();
+        self.kept.extend(names.by_ref().take(room));
+        self.more += names.len() as u64 + later.more;
+    }
+}
+
+impl std::fmt::Display for RequestIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, name) in self.kept.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        if self.more > 0 {
+            write!(f, " (+{} more)", self.more)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the commit writer publishes for the rest of the node to read.
@@ -50,6 +108,14 @@ pub(crate) struct Committed {
     /// Set when a commit failed for good: nothing more is committed, so no
     /// later ack can cover the lost flush.
     pub(crate) failed: AtomicBool,
+    /// Everything before this instant is complete here: the lowest of the
+    /// own watermark and every expected source's, as of the last commit.
+    pub(crate) complete_through_ms: AtomicI64,
+    /// Flush instant of the last successful commit (0 before the first).
+    pub(crate) last_commit_ms: AtomicI64,
+    /// Committed minutes that received data after they were complete, for
+    /// the alarm evaluator.
+    pub(crate) late_minutes: LateMinutes,
 }
 
 impl Committed {
@@ -59,6 +125,9 @@ impl Committed {
             own_watermark_ms: AtomicI64::new(0),
             spool_seq: watch::channel(last_seq).0,
             failed: AtomicBool::new(false),
+            complete_through_ms: AtomicI64::new(0),
+            last_commit_ms: AtomicI64::new(0),
+            late_minutes: LateMinutes::default(),
         }
     }
 }
@@ -71,31 +140,40 @@ pub(crate) struct CommitWriter {
     /// configured).
     forwarding: bool,
     retention: Retention,
-    /// When retention last ran; `None` until the first commit after start,
-    /// which runs it (a node down for a while cleans up at once).
-    last_retention: Option<Instant>,
+    /// When retention and series expiry last ran; nothing until the first
+    /// commit after start, which runs them (a node down for a while cleans up
+    /// at once).
+    last_retention: retention::LastRuns,
 }
 
 impl Consumer<FlushBatch> for CommitWriter {
     fn consume(&mut self, items: &mut Vec<FlushBatch>) {
         // Several queued flushes become one transaction: fewer syncs under load.
-        let mut increments = Vec::new();
-        let mut tickets = Vec::new();
-        let mut flushed_at_ms = 0;
+        let mut all = FlushBatch {
+            increments: Vec::new(),
+            tickets: Vec::new(),
+            request_ids: RequestIds::default(),
+            flushed_at_ms: 0,
+            own_watermark_ms: 0,
+            late_minutes: Vec::new(),
+        };
         for batch in items.drain(..) {
-            increments.extend(batch.increments);
-            tickets.extend(batch.tickets);
-            flushed_at_ms = flushed_at_ms.max(batch.flushed_at_ms);
+            all.increments.extend(batch.increments);
+            all.tickets.extend(batch.tickets);
+            all.request_ids.absorb(batch.request_ids);
+            all.flushed_at_ms = all.flushed_at_ms.max(batch.flushed_at_ms);
+            all.own_watermark_ms = all.own_watermark_ms.max(batch.own_watermark_ms);
+            all.late_minutes.extend(batch.late_minutes);
         }
-        fault::check("commit", increments.iter().map(|i| i.series.metric()));
-        self.commit(increments, tickets, flushed_at_ms);
-        if self
-            .last_retention
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-        {
-            self.last_retention = Some(Instant::now());
-            retention::apply(&self.ctx, &self.retention, flushed_at_ms);
-        }
+        fault::check("commit", all.increments.iter().map(|i| i.series.metric()));
+        let flushed_at_ms = all.flushed_at_ms;
+        self.commit(all);
+        retention::run_due(
+            &self.ctx,
+            &self.retention,
+            &mut self.last_retention,
+            flushed_at_ms,
+        );
     }
 }
 
@@ -111,15 +189,23 @@ impl CommitWriter {
             committed,
             forwarding,
             retention,
-            last_retention: None,
+            last_retention: retention::LastRuns::default(),
         }
     }
 
     /// Commits one or more flushes as one transaction, then settles their
     /// tickets with the outcome.
-    fn commit(&mut self, increments: Vec<Increment>, tickets: Vec<Ticket>, flushed_at_ms: i64) {
+    fn commit(&mut self, batch: FlushBatch) {
+        let FlushBatch {
+            increments,
+            tickets,
+            request_ids,
+            flushed_at_ms,
+            own_watermark_ms,
+            late_minutes,
+        } = batch;
         let progress = latest_progress(&tickets);
-        let watermarks = self.forwarded_watermarks(&progress, flushed_at_ms);
+        let watermarks = self.forwarded_watermarks(&progress, own_watermark_ms);
         let commit = Commit {
             increments: &increments,
             progress: &progress,
@@ -133,7 +219,12 @@ impl CommitWriter {
         };
         match outcome {
             Ok(outcome) => {
-                self.committed_ok(&outcome, increments.len(), &progress, flushed_at_ms);
+                self.committed_ok(&outcome, increments.len(), &progress, &watermarks);
+                self.committed
+                    .last_commit_ms
+                    .fetch_max(flushed_at_ms, Ordering::AcqRel);
+                self.committed.late_minutes.add(late_minutes);
+                tracing::debug!(increments = increments.len(), request_ids = %request_ids, "flush committed");
                 settle(tickets, Ok(()));
                 if let Some(seq) = outcome.spool_seq {
                     tracing::debug!(seq, increments = increments.len(), "flush spooled");
@@ -159,10 +250,15 @@ impl CommitWriter {
         }
     }
 
-    /// The watermark this commit forwards, counting the progress it records.
-    fn forwarded_watermarks(&self, progress: &[SourceProgress], flushed_at_ms: i64) -> Watermarks {
+    /// The watermarks as of this commit, counting the progress it records
+    /// and the own watermark it claims (never behind an earlier claim).
+    fn forwarded_watermarks(
+        &self,
+        progress: &[SourceProgress],
+        own_watermark_ms: i64,
+    ) -> Watermarks {
         Watermarks {
-            own_ms: flushed_at_ms,
+            own_ms: own_watermark_ms.max(self.committed.own_watermark_ms.load(Ordering::Acquire)),
             sources: self
                 .ctx
                 .sources
@@ -185,7 +281,7 @@ impl CommitWriter {
         outcome: &CommitOutcome,
         increments: usize,
         progress: &[SourceProgress],
-        flushed_at_ms: i64,
+        watermarks: &Watermarks,
     ) {
         let stats = &self.ctx.stats;
         Stats::add(&stats.flushes_total, 1);
@@ -200,12 +296,15 @@ impl CommitWriter {
         Stats::add(&stats.spool_dropped_batches_total, outcome.spool_dropped);
         self.committed
             .own_watermark_ms
-            .fetch_max(flushed_at_ms, Ordering::AcqRel);
+            .fetch_max(watermarks.own_ms, Ordering::AcqRel);
         for p in progress {
             if let Some(live) = self.ctx.sources.get(&p.source_id) {
                 live.mark_committed(p.epoch, p.seq, p.watermark_ms);
             }
         }
+        self.committed
+            .complete_through_ms
+            .store(watermarks.forwarded(), Ordering::Release);
     }
 
     /// Retries a failing commit with backoff (a full disk may be freed), and
@@ -215,7 +314,10 @@ impl CommitWriter {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
-            match ctx.store.commit(commit) {
+            let started = Instant::now();
+            let result = ctx.store.commit(commit);
+            ctx.stats.latency.flush_commit.observe(started.elapsed());
+            match result {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => {
                     Stats::add(&ctx.stats.store_errors_total, 1);
@@ -268,5 +370,36 @@ fn settle(tickets: Vec<Ticket>, result: Result<(), &str>) {
                 let _ = tx.send(Err(format!("store commit failed: {e}")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod request_ids_tests {
+    use super::*;
+
+    fn names(range: std::ops::Range<usize>) -> RequestIds {
+        let mut ids = RequestIds::default();
+        for i in range {
+            ids.push(Arc::from(format!("r{i}")));
+        }
+        ids
+    }
+
+    #[test]
+    fn request_ids_keep_the_first_16_and_count_the_rest() {
+        assert_eq!(RequestIds::default().to_string(), "");
+        assert_eq!(names(0..3).to_string(), "r0,r1,r2");
+        let many = names(0..20);
+        let shown = many.to_string();
+        assert!(shown.starts_with("r0,r1,"), "{shown}");
+        assert!(shown.ends_with(",r15 (+4 more)"), "{shown}");
+        let mut merged = names(0..10);
+        merged.absorb(names(10..30));
+        assert_eq!(merged, many_of(30));
+        assert!(merged.to_string().ends_with("r15 (+14 more)"), "{merged}");
+    }
+
+    fn many_of(n: usize) -> RequestIds {
+        names(0..n)
     }
 }

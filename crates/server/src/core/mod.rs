@@ -5,18 +5,22 @@
 //! - [`pipeline`]: submit (the flush gate), the flush loop, the threads.
 //! - [`shard`]: the aggregator shards and what travels to them.
 //! - [`commit`]: the commit writer and the tickets it settles.
+//! - [`event_time`]: the node's own watermark and data late after completeness.
 //! - [`retention`]: bucket and event retention, series expiry.
 //! - [`self_metrics`]: the node's counters as `strata_*` metrics.
 //! - [`registry`]: metric kinds, fixed at first sight.
 //! - [`sources`]: downstream sources, watermarks, completeness.
-//! - [`stats`]: the node's counters.
+//! - [`stats`]: the node's counters and their Prometheus text exposition.
+//! - [`latency`]: lock-free latency histograms (ingest, commit, query).
 //! - [`limits`]: what one federation message may hold.
 //! - [`fatal`]: a pipeline thread that panicked stops the node.
 //! - [`health`]: the one health status every component reports.
 
 pub mod commit;
+pub mod event_time;
 pub mod fatal;
 pub mod health;
+pub mod latency;
 pub mod limits;
 pub mod pipeline;
 pub mod registry;

@@ -31,7 +31,8 @@ use strata_model::{Increment, SeriesKey, StateParams};
 use tokio::sync::watch;
 
 use crate::context::{Context, now_ms};
-use crate::core::commit::{CommitWriter, Committed, FlushBatch, Ticket};
+use crate::core::commit::{CommitWriter, Committed, FlushBatch, RequestIds, Ticket};
+use crate::core::event_time::{EventClock, LateMinutes, late_buckets};
 use crate::core::fatal::fault;
 use crate::core::retention::Retention;
 use crate::core::self_metrics::SelfMetrics;
@@ -56,6 +57,11 @@ pub struct PipelineSettings {
     pub forwarding: bool,
     /// How long minute, hour and day buckets are kept.
     pub retention: Retention,
+    /// How far the own watermark trails the newest event time accepted
+    /// (`aggregation.watermark_delay_ms`).
+    pub watermark_delay_ms: i64,
+    /// `aggregation.allowed_lateness_s`, in ms: the most the watermark trails.
+    pub allowed_lateness_ms: i64,
 }
 
 /// Shared handle to the running pipeline.
@@ -66,6 +72,13 @@ pub struct Pipeline {
     gate: RwLock<()>,
     /// Tickets of requests enqueued since the last flush marker.
     tickets: Mutex<Vec<Ticket>>,
+    /// Names of the requests and batches enqueued since the last flush
+    /// marker (bounded), for the commit line of the flush holding them.
+    request_ids: Mutex<RequestIds>,
+    /// Newest event time of what applications sent since the last flush.
+    event_clock: EventClock,
+    /// Minutes that received data after they were complete, since the last flush.
+    late_since_flush: LateMinutes,
     /// Store, counters, sources and the fatal flag the shards, the flush and
     /// the commit writer share with the rest of the node.
     ctx: Arc<Context>,
@@ -107,13 +120,16 @@ impl Pipeline {
             ctx.clone(),
             committed.clone(),
             settings.forwarding,
-            settings.retention,
+            settings.retention.clone(),
         );
         let pipeline = Arc::new(Pipeline {
+            event_clock: EventClock::new(settings.watermark_delay_ms, settings.allowed_lateness_ms),
             settings,
             ingest,
             gate: RwLock::new(()),
             tickets: Mutex::new(Vec::new()),
+            request_ids: Mutex::new(RequestIds::default()),
+            late_since_flush: LateMinutes::default(),
             ctx: ctx.clone(),
             committed,
         });
@@ -173,10 +189,76 @@ impl Pipeline {
         &self.ctx
     }
 
+    /// [`Pipeline::submit_from`] for what no request names.
+    pub fn submit(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Stopping> {
+        self.submit_from(samples, increments, ticket, None)
+    }
+
     /// Enqueues one request's samples and increments, all or nothing with
     /// respect to flushes, plus an optional ticket. Blocks while shard queues
-    /// are full (call it from a blocking thread).
-    pub fn submit(
+    /// are full (call it from a blocking thread). Samples are what
+    /// applications sent: their event times move this node's own watermark.
+    /// What lands in a minute already complete here is counted as late after
+    /// completeness (for the ticket's source, or for the node's own ingest)
+    /// and has the alarms look at that minute again once committed.
+    ///
+    /// `origin` names the request (its request id) or the batch
+    /// (`source/seq`) in the commit line of the flush that holds it.
+    pub fn submit_from(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        ticket: Option<Ticket>,
+        origin: Option<Arc<str>>,
+    ) -> Result<(), Stopping> {
+        let newest_event = samples.iter().map(|s| s.ts_ms).max();
+        let (late, late_minutes) = late_buckets(
+            samples
+                .iter()
+                .map(|s| s.bucket_ms)
+                .chain(increments.iter().map(|i| i.bucket_ms)),
+            self.committed.complete_through_ms.load(Ordering::Acquire),
+        );
+        let late_source = match &ticket {
+            Some(Ticket::Source { progress, .. }) if late > 0 => {
+                self.ctx.sources.get(&progress.source_id)
+            }
+            _ => None,
+        };
+        let _gate = self.gate.read();
+        if let Some(ts) = newest_event {
+            self.event_clock.accepted(ts);
+        }
+        self.enqueue(samples, increments, ticket)?;
+        if let Some(origin) = origin {
+            self.request_ids.lock().push(origin);
+        }
+        if late > 0 {
+            match late_source {
+                Some(source) => {
+                    source
+                        .late_after_complete
+                        .fetch_add(late, Ordering::Relaxed);
+                }
+                None => {
+                    self.event_clock
+                        .late_after_complete
+                        .fetch_add(late, Ordering::Relaxed);
+                }
+            }
+            self.late_since_flush.add(late_minutes);
+        }
+        Ok(())
+    }
+
+    /// Hands samples and increments to their shards and keeps the ticket for
+    /// the next flush. The caller holds the flush gate's read side.
+    fn enqueue(
         &self,
         samples: Vec<SampleItem>,
         increments: Vec<Increment>,
@@ -205,7 +287,6 @@ impl Pipeline {
         if self.ctx.fatal.is_set() {
             return Err(Stopping);
         }
-        let _gate = self.gate.read();
         for (shard, (samples, incs)) in sample_parts.into_iter().zip(inc_parts).enumerate() {
             if !samples.is_empty() {
                 self.produce(shard, ShardMsg::Samples(samples))?;
@@ -248,6 +329,23 @@ impl Pipeline {
         }
     }
 
+    /// Flush instant of the last successful commit (0 before the first).
+    pub fn last_commit_ms(&self) -> i64 {
+        self.committed.last_commit_ms.load(Ordering::Acquire)
+    }
+
+    /// Samples sent to this node directly that came in for a minute already
+    /// complete here.
+    pub fn late_after_complete(&self) -> u64 {
+        self.event_clock.late_after_complete.load(Ordering::Relaxed)
+    }
+
+    /// Takes the minutes whose late data has been committed since the last
+    /// call, oldest first: the alarm evaluator looks at them again.
+    pub fn take_late_minutes(&self) -> Vec<i64> {
+        self.committed.late_minutes.take()
+    }
+
     /// After a pipeline thread failed: answers every request and batch still
     /// waiting for a commit, which will not come, so the node can stop
     /// without waiting for them.
@@ -288,9 +386,14 @@ impl Pipeline {
             if next < Instant::now() {
                 next = Instant::now() + interval;
             }
+            // The node's own figures, stamped now: not application events,
+            // so they move no watermark.
             let samples = self_metrics.samples(&self.ctx.stats, now_ms());
-            if !samples.is_empty() && self.submit(samples, Vec::new(), None).is_err() {
-                return;
+            if !samples.is_empty() {
+                let _gate = self.gate.read();
+                if self.enqueue(samples, Vec::new(), None).is_err() {
+                    return;
+                }
             }
             match self.flush() {
                 Some(batch) => {
@@ -313,10 +416,14 @@ impl Pipeline {
     fn flush(&self) -> Option<FlushBatch> {
         let n = self.ingest.partitions();
         let mut replies = Vec::with_capacity(n);
-        let (tickets, flushed_at_ms) = {
+        let request_ids;
+        let (tickets, flushed_at_ms, own_watermark_ms, late_minutes) = {
             let _gate = self.gate.write();
             let tickets = std::mem::take(&mut *self.tickets.lock());
+            request_ids = std::mem::take(&mut *self.request_ids.lock());
             let at = now_ms();
+            let own_watermark_ms = self.event_clock.flush(at);
+            let late_minutes = self.late_since_flush.take();
             for shard in 0..n {
                 let (tx, rx) = cb::bounded(1);
                 // Markers must never be dropped, whatever the carrier strategy.
@@ -333,7 +440,7 @@ impl Pipeline {
                 }
                 replies.push(rx);
             }
-            (tickets, at)
+            (tickets, at, own_watermark_ms, late_minutes)
         };
         let mut increments = Vec::new();
         // A shard that panics drops its queue, this marker included: no hang.
@@ -346,7 +453,10 @@ impl Pipeline {
         Some(FlushBatch {
             increments,
             tickets,
+            request_ids,
             flushed_at_ms,
+            own_watermark_ms,
+            late_minutes,
         })
     }
 }

@@ -50,6 +50,8 @@ pub struct SourceLive {
     pub batches: AtomicU64,
     pub increments: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Increments that came in for a minute already complete here.
+    pub late_after_complete: AtomicU64,
     /// Serialises epoch changes against the stream that owns the id.
     epoch_lock: Mutex<()>,
 }
@@ -68,6 +70,7 @@ impl SourceLive {
             batches: AtomicU64::new(0),
             increments: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            late_after_complete: AtomicU64::new(0),
             epoch_lock: Mutex::new(()),
         }
     }

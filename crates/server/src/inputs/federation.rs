@@ -9,6 +9,11 @@
 //!
 //! Every refusal is a [`ReceiverError`]; its gRPC code and retry hint come
 //! from the one table in [`crate::status`].
+//!
+//! A stream's session runs in the span of the call that opened it (its
+//! `request_id`) for as long as the stream lasts; batch lines name their
+//! `source`, `epoch` and `seq`, and a flush's commit line names the batches
+//! it holds as `source/seq`.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -25,6 +30,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::request_id;
 use crate::context::now_ms;
 use crate::core::commit::Ticket;
 use crate::core::limits::MessageLimits;
@@ -90,7 +96,8 @@ impl Federation for FederationService {
             parts: None,
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        // The stream's request span and id last as long as the session.
+        request_id::spawn(async move {
             let _claim = claim;
             session.run(inbound, shutdown).await;
         });
@@ -436,10 +443,14 @@ impl Session {
         let n = increments.len() as u64;
         live.set_received(seq);
         let pipeline = self.ingestor.pipeline.clone();
-        tokio::task::spawn_blocking(move || pipeline.submit(Vec::new(), increments, Some(ticket)))
-            .await
-            .map_err(|_| ReceiverError::ShuttingDown)?
-            .map_err(|_| ReceiverError::ShuttingDown)?;
+        // The flush that commits this batch names it `source/seq`.
+        let origin = Some(Arc::from(format!("{}/{seq}", live.id)));
+        request_id::spawn_blocking(move || {
+            pipeline.submit_from(Vec::new(), increments, Some(ticket), origin)
+        })
+        .await
+        .map_err(|_| ReceiverError::ShuttingDown)?
+        .map_err(|_| ReceiverError::ShuttingDown)?;
         let stats = &self.ingestor.ctx.stats;
         live.batches.fetch_add(1, Ordering::Relaxed);
         live.increments.fetch_add(n, Ordering::Relaxed);

@@ -58,6 +58,8 @@ pub async fn serve_grpc(
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // Every call gets its request id, span and `x-request-id`.
+            .layer(crate::api::request_id::GrpcLayer)
             .add_service(federation)
             .add_service(native)
             .serve_with_incoming_shutdown(

@@ -21,6 +21,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
+        let _timer = self.ingestor.ctx.stats.latency.ingest_grpc.start_timer();
         let req = request.into_inner();
         let mut input = Vec::with_capacity(req.series.len());
         let mut point = 0usize;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::api::request_id;
 use crate::context::{Context, now_ms};
 use crate::core::commit::Ticket;
 use crate::core::limits::MessageLimits;
@@ -455,7 +456,9 @@ impl Ingestor {
             (None, None)
         };
         let pipeline = self.pipeline.clone();
-        tokio::task::spawn_blocking(move || pipeline.submit(items, Vec::new(), ticket))
+        // The flush that commits these samples names the request.
+        let origin = request_id::current().map(|id| id.shared());
+        request_id::spawn_blocking(move || pipeline.submit_from(items, Vec::new(), ticket, origin))
             .await
             .map_err(|_| IngestError::Stopping)?
             .map_err(|_| IngestError::Stopping)?;

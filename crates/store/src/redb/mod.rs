@@ -21,8 +21,8 @@ use strata_model::State;
 
 use crate::backend::{Backend, BucketKey, Restored, Retention, Stored, Transaction};
 use crate::{
-    AlarmRecord, AlarmState, BackedStore, DecodeError, Event, OutboxEntry, Resolution, SeriesId,
-    StoreError,
+    AlarmRecord, AlarmState, BackedStore, DecodeError, Event, EventCutoffs, EventQuery,
+    OutboxEntry, Resolution, SeriesId, StoreError,
 };
 
 mod migrate;
@@ -88,6 +88,10 @@ impl Backend for Redb {
         write::delete_before(&self.db, what, before_ms)
     }
 
+    fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError> {
+        write::delete_events(&self.db, cutoffs)
+    }
+
     fn remove_series(
         &self,
         series: &[SeriesId],
@@ -109,8 +113,8 @@ impl Backend for Redb {
         read::spool_read(&self.db, after_seq, max_batches)
     }
 
-    fn events(&self, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        read::events(&self.db, since_ms, limit)
+    fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        read::events(&self.db, query)
     }
 
     fn alarm_states(&self) -> Result<Vec<AlarmState>, StoreError> {

@@ -12,7 +12,8 @@ use crate::backend::{BucketKey, Stored};
 use crate::codec::decode_outbox_entry;
 use crate::codec::{decode_alarm_key, decode_alarm_record, decode_alarm_state, decode_event};
 use crate::{
-    AlarmRecord, AlarmState, DecodeError, Event, OutboxEntry, Resolution, SeriesId, StoreError,
+    AlarmRecord, AlarmState, DecodeError, Event, EventQuery, OutboxEntry, Resolution, SeriesId,
+    StoreError,
 };
 
 /// A bucket state as stored: decoded, or why not.
@@ -84,20 +85,31 @@ pub(super) fn spool_read(
     Ok(out)
 }
 
-pub(super) fn events(db: &Database, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+/// The events `query` selects, newest first: a reverse scan of its time
+/// range, each event decoded and kept if its kind is one asked for.
+pub(super) fn events(db: &Database, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
     let txn = ReadTxn::begin(db, "events")?;
     let table = txn.table(EVENTS)?;
+    let end = match query.to_ms {
+        // Ids start at 1: `(to_ms, 0)` sorts before every event at `to_ms`.
+        Some(to_ms) => Bound::Excluded((to_ms, 0u64)),
+        None => Bound::Unbounded,
+    };
     let mut out = Vec::new();
     for entry in table
-        .range::<(i64, u64)>((since_ms, 0)..)?
+        .range::<(i64, u64)>((Bound::Included((query.from_ms, 0u64)), end))?
         .rev()
-        .take(limit)
     {
+        if out.len() >= query.limit {
+            break;
+        }
         let (key, value) = entry?;
         let (ts_ms, id) = key.value();
         let event = decode_event(ts_ms, value.value())
             .map_err(|e| table.corrupt(format_args!("event {id} at {ts_ms}"), e))?;
-        out.push(event);
+        if query.matches(event.ts_ms, event.kind) {
+            out.push(event);
+        }
     }
     Ok(out)
 }

@@ -12,10 +12,10 @@ use super::schema::{
 use super::table::WriteTxn;
 use crate::backend::{BucketKey, Buckets, Retention, SpoolWrite, Transaction};
 use crate::codec::{
-    decode_outbox_entry, encode_alarm_key, encode_alarm_record, encode_alarm_state, encode_event,
-    encode_outbox_entry, encode_series_key,
+    decode_event, decode_outbox_entry, encode_alarm_key, encode_alarm_record, encode_alarm_state,
+    encode_event, encode_outbox_entry, encode_series_key,
 };
-use crate::{Event, OutboxEntry, Resolution, SeriesId, StoreError};
+use crate::{Event, EventCutoffs, EventKind, OutboxEntry, Resolution, SeriesId, StoreError};
 
 /// Applies `t` in one transaction; returns the outbox ids assigned to its
 /// notifications. Only the tables `t` changes are opened.
@@ -249,17 +249,43 @@ pub(super) fn delete_before(
             drop(table);
             (txn, deleted)
         }
-        Retention::Events => {
-            let txn = WriteTxn::begin(db, "event retention")?;
-            let deleted = txn.table(EVENTS)?.remove_range(..(before_ms, 0u64))?;
-            (txn, deleted)
-        }
         Retention::AlarmHistory => {
             let txn = WriteTxn::begin(db, "alarm history retention")?;
             let deleted = txn
                 .table(ALARM_HISTORY)?
                 .remove_range(..(before_ms, 0u64))?;
             (txn, deleted)
+        }
+    };
+    txn.finish(deleted > 0)?;
+    Ok(deleted)
+}
+
+/// Deletes the events before their kind's cutoff: one range when every
+/// kind has the same cutoff, otherwise a scan of the events before the
+/// latest cutoff, each decoded for its kind (one that does not decode has
+/// the default cutoff, so it never outlives the log's retention).
+pub(super) fn delete_events(db: &Database, cutoffs: &EventCutoffs) -> Result<u64, StoreError> {
+    let txn = WriteTxn::begin(db, "event retention")?;
+    let deleted = {
+        let mut table = txn.table(EVENTS)?;
+        if cutoffs.is_uniform() {
+            table.remove_range(..(cutoffs.default_before_ms, 0u64))?
+        } else {
+            let mut doomed = Vec::new();
+            for entry in table.range::<(i64, u64)>(..(cutoffs.latest_ms(), 0u64))? {
+                let (key, value) = entry?;
+                let (ts_ms, id) = key.value();
+                let kind =
+                    decode_event(ts_ms, value.value()).map_or(EventKind::Unknown, |e| e.kind);
+                if cutoffs.deletes(ts_ms, kind) {
+                    doomed.push((ts_ms, id));
+                }
+            }
+            for &key in &doomed {
+                table.remove(key)?;
+            }
+            doomed.len() as u64
         }
     };
     txn.finish(deleted > 0)?;

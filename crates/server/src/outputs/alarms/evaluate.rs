@@ -10,9 +10,7 @@
 //! `Alarms::record` (the one transaction, then the evaluator's memory).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
 
-use crossbeam_channel as cb;
 use strata_model::{MINUTE_MS, Step, minute_start};
 use strata_store::{
     AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Event, EventKind, Notification, Resolution,
@@ -48,9 +46,9 @@ pub(crate) struct EvalState {
     /// Per rule, the newest minute evaluated: a window never moves back
     /// (after a restart until the first commit, or when a source without a
     /// watermark becomes expected, completeness falls behind).
-    newest_evaluated: HashMap<String, i64>,
+    pub(super) newest_evaluated: HashMap<String, i64>,
     /// Rules whose field is not a value of their metric's kind, warned once.
-    misconfigured: HashSet<String>,
+    pub(super) misconfigured: HashSet<String>,
 }
 
 impl EvalState {
@@ -91,7 +89,7 @@ impl InstanceEvaluation {
 pub(crate) struct Transition {
     key: AlarmKey,
     /// `true`: it starts firing; `false`: it resolves.
-    firing: bool,
+    pub(super) firing: bool,
     /// The minute point that decided it, and its value (NaN when undefined).
     minute_ms: i64,
     value: f64,
@@ -101,21 +99,9 @@ pub(crate) struct Transition {
     last_fired_ms: Option<i64>,
 }
 
-/// How one rule's evaluation in a tick ended.
-enum RuleEvaluation {
-    /// Nothing is complete at this node yet.
-    Waiting,
-    /// Nothing to do this tick (already evaluated further, or misconfigured).
-    Skipped,
-    /// Its data could not be read: the error, prefixed with the rule's name.
-    Failed(String),
-    /// Evaluated up to this minute.
-    Evaluated { newest: i64 },
-}
-
 /// What one tick records, in one store transaction.
 #[derive(Default)]
-struct Changes {
+pub(super) struct Changes {
     states: Vec<AlarmState>,
     clear: Vec<AlarmKey>,
     history: Vec<AlarmRecord>,
@@ -134,8 +120,14 @@ impl Changes {
 }
 
 impl Alarms {
-    /// Evaluates every rule as of `now_ms` and records the transitions (one
-    /// store transaction for all of them). Errors reading one rule's data
+    /// Evaluates every rule as of `now_ms` and records the transitions.
+    /// Each rule evaluates the window ending at the newest minute complete
+    /// here and, when completeness jumped several minutes since its last
+    /// evaluation (a source came back after a while), first the windows
+    /// ending at each minute it skipped, oldest first, so
+    /// no breach goes unseen ([`windows_to_evaluate`]). Windows are recorded
+    /// round by round (one store transaction per round), each round seeing
+    /// what the one before fired or resolved. Errors reading one rule's data
     /// are reported in [`TickOutcome::errors`] and skip only that rule; an
     /// error recording the transitions is returned, and the next tick finds
     /// them again.
@@ -143,22 +135,38 @@ impl Alarms {
         let mut eval = self.eval.lock();
         let watermarks = self.pipeline.watermarks();
         let mut out = TickOutcome::default();
-        let mut changes = Changes::default();
-        let mut evaluated_minutes = Vec::new();
+        let mut plans = Vec::new();
         for rule in &self.rules {
-            match self.evaluate_rule(rule, &mut eval, &watermarks, now_ms, &mut changes) {
-                RuleEvaluation::Waiting => out.waiting += 1,
-                RuleEvaluation::Skipped => {}
-                RuleEvaluation::Failed(error) => out.errors.push(error),
-                RuleEvaluation::Evaluated { newest } => {
-                    evaluated_minutes.push((rule.config.name.clone(), newest));
-                }
+            let c = &rule.config;
+            let Some(newest) = window_end(c.include_incomplete, now_ms, watermarks.forwarded())
+            else {
+                out.waiting += 1;
+                continue;
+            };
+            let windows = windows_to_evaluate(eval.newest_evaluated.get(&c.name).copied(), newest);
+            if !windows.is_empty() && self.field_applies(rule, &mut eval.misconfigured) {
+                plans.push((rule, windows));
             }
         }
-        self.record(&mut eval, changes, &mut out)?;
-        for (rule, newest) in evaluated_minutes {
-            eval.newest_evaluated.insert(rule, newest);
+        let rounds = plans.iter().map(|(_, w)| w.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut changes = Changes::default();
+            let mut evaluated_minutes = Vec::new();
+            for (rule, windows) in &plans {
+                let Some(&newest) = windows.get(round) else {
+                    continue;
+                };
+                match self.evaluate_rule(rule, &eval, &watermarks, newest, now_ms, &mut changes) {
+                    Ok(()) => evaluated_minutes.push((rule.config.name.clone(), newest)),
+                    Err(error) => out.errors.push(error),
+                }
+            }
+            self.record(&mut eval, changes, &mut out)?;
+            for (rule, newest) in evaluated_minutes {
+                eval.newest_evaluated.insert(rule, newest);
+            }
         }
+        out.errors.dedup();
         let mut status = self.status.lock();
         // The system clock: "last evaluated" in the health check.
         status.last_tick_ms = Some(crate::context::now_ms());
@@ -166,35 +174,24 @@ impl Alarms {
         Ok(out)
     }
 
-    /// One rule's part of a tick: its window, its instances' evaluations,
-    /// their transitions, and the resolved states no longer worth keeping.
+    /// One rule's window ending at minute `newest`: its instances'
+    /// evaluations, their transitions, and the resolved states no longer
+    /// worth keeping. `Err` names the rule and why its data could not be read.
     fn evaluate_rule(
         &self,
         rule: &Rule,
-        eval: &mut EvalState,
+        eval: &EvalState,
         watermarks: &Watermarks,
+        newest: i64,
         now_ms: i64,
         changes: &mut Changes,
-    ) -> RuleEvaluation {
+    ) -> Result<(), String> {
         let c = &rule.config;
-        let Some(newest) = window_end(c.include_incomplete, now_ms, watermarks.forwarded()) else {
-            return RuleEvaluation::Waiting;
-        };
-        if eval
-            .newest_evaluated
-            .get(&c.name)
-            .is_some_and(|&done| done > newest)
-        {
-            return RuleEvaluation::Skipped;
-        }
-        if !self.field_applies(rule, &mut eval.misconfigured) {
-            return RuleEvaluation::Skipped;
-        }
         let mut evaluations = match self.evaluate_instances(rule, watermarks, newest) {
             Ok(evaluations) => evaluations,
             Err(e) => {
                 tracing::warn!(alarm = %c.name, error = %e, "alarm rule not evaluated");
-                return RuleEvaluation::Failed(format!("{}: {e}", c.name));
+                return Err(format!("{}: {e}", c.name));
             }
         };
         // A firing instance without any point now has nothing breaching.
@@ -218,12 +215,12 @@ impl Alarms {
                 changes.clear.push(key.clone());
             }
         }
-        RuleEvaluation::Evaluated { newest }
+        Ok(())
     }
 
     /// Whether the rule's field is a value of its metric's kind (or the
     /// metric is not known yet); warns once per rule when it is not.
-    fn field_applies(&self, rule: &Rule, misconfigured: &mut HashSet<String>) -> bool {
+    pub(super) fn field_applies(&self, rule: &Rule, misconfigured: &mut HashSet<String>) -> bool {
         let c = &rule.config;
         match self.ctx.store.metric_kind(&c.metric) {
             Some(kind) if !kind.value_fields().contains(&c.field.as_str()) => {
@@ -242,7 +239,7 @@ impl Alarms {
     /// Merges the rule's window ending at minute `newest` per instance and
     /// evaluates each point that counts (complete ones, unless the rule
     /// includes incomplete minutes).
-    fn evaluate_instances(
+    pub(super) fn evaluate_instances(
         &self,
         rule: &Rule,
         watermarks: &Watermarks,
@@ -285,7 +282,7 @@ impl Alarms {
 
     /// Adds one transition to `changes`: the instance's new state, its
     /// history record, an event and one notification per webhook.
-    fn transition(&self, rule: &Rule, t: Transition, changes: &mut Changes) {
+    pub(super) fn transition(&self, rule: &Rule, t: Transition, changes: &mut Changes) {
         let c = &rule.config;
         let body =
             notify::notification_body(&self.node_id, rule, &t.key, t.firing, t.minute_ms, t.value);
@@ -335,7 +332,7 @@ impl Alarms {
     /// to the evaluator's memory, the counters and `out`, and rings the
     /// sender when notifications were queued. On a store error nothing is
     /// applied: the next tick finds the same transitions again.
-    fn record(
+    pub(super) fn record(
         &self,
         eval: &mut EvalState,
         changes: Changes,
@@ -378,38 +375,9 @@ impl Alarms {
         Ok(())
     }
 
-    /// The evaluator thread: a tick at start (retried every second until
-    /// something is complete), then one per minute.
-    pub(super) fn evaluate_loop(&self, stop: &cb::Receiver<()>) {
-        let flush = self.pipeline.settings().flush_interval;
-        let delay = self.settings.evaluation_delay + flush;
-        let mut history_retention: Option<Instant> = None;
-        loop {
-            let waiting = match self.tick((self.settings.clock)()) {
-                Ok(outcome) => outcome.waiting > 0,
-                Err(_) => false,
-            };
-            if history_retention.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
-                history_retention = Some(Instant::now());
-                self.apply_history_retention();
-            }
-            let wait = if waiting {
-                Duration::from_secs(1)
-            } else {
-                let now = now_ms();
-                let next = minute_start(now) + MINUTE_MS;
-                Duration::from_millis(u64::try_from(next - now).unwrap_or(0)) + delay
-            };
-            match stop.recv_timeout(wait) {
-                Err(cb::RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(cb::RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    }
-
-    /// Deletes alarm history older than the event retention.
-    fn apply_history_retention(&self) {
-        let keep_ms = self.pipeline.settings().retention.events_ms;
+    /// Deletes alarm history older than the retention of the alarm events.
+    pub(super) fn apply_history_retention(&self) {
+        let keep_ms = self.pipeline.settings().retention.alarm_history_ms();
         let before = (self.settings.clock)().saturating_sub(keep_ms);
         match self.ctx.store.delete_alarm_history_before(before) {
             Ok(0) => {}
@@ -417,6 +385,40 @@ impl Alarms {
             Err(e) => tracing::warn!(error = %e, "alarm history retention failed"),
         }
     }
+}
+
+/// Windows skipped since the last evaluation that a tick catches up on, at
+/// most: completeness that jumped further (a source back after hours) has
+/// the older windows skipped, with a warning.
+const MAX_CATCH_UP_WINDOWS: i64 = 60;
+
+/// The windows a rule evaluates when its newest window ends at `newest` and
+/// it last evaluated up to `done`: every one after `done`, oldest first, or
+/// the window at `done` again when nothing is newer; only `newest` before
+/// the first evaluation; nothing when it already evaluated further.
+pub(crate) fn windows_to_evaluate(done: Option<i64>, newest: i64) -> Vec<i64> {
+    let Some(done) = done else {
+        return vec![newest];
+    };
+    if done >= newest {
+        return if done == newest {
+            vec![newest]
+        } else {
+            Vec::new()
+        };
+    }
+    let mut first = done + MINUTE_MS;
+    if (newest - first) / MINUTE_MS > MAX_CATCH_UP_WINDOWS {
+        first = newest - MAX_CATCH_UP_WINDOWS * MINUTE_MS;
+        tracing::warn!(
+            skipped_from_ms = done,
+            skipped_to_ms = first,
+            "alarm windows skipped: completeness jumped further than the evaluator catches up"
+        );
+    }
+    (0..=(newest - first) / MINUTE_MS)
+        .map(|i| first + i * MINUTE_MS)
+        .collect()
 }
 
 /// The newest minute a rule's window ends at, as of `now_ms`: the current
@@ -513,6 +515,23 @@ mod tests {
         let listed: Vec<_> = rule_states(&states, "b").map(|(k, _)| k.clone()).collect();
         assert_eq!(listed, vec![key("b", "1"), key("b", "2")]);
         assert_eq!(rule_states(&states, "a").count(), 1);
+    }
+
+    #[test]
+    fn skipped_windows_are_caught_up_oldest_first_within_a_bound() {
+        let m = MINUTE_MS;
+        assert_eq!(windows_to_evaluate(None, 10 * m), vec![10 * m]);
+        assert_eq!(windows_to_evaluate(Some(10 * m), 10 * m), vec![10 * m]);
+        assert_eq!(
+            windows_to_evaluate(Some(8 * m), 10 * m),
+            vec![9 * m, 10 * m]
+        );
+        assert!(windows_to_evaluate(Some(11 * m), 10 * m).is_empty());
+        let far = windows_to_evaluate(Some(0), 1000 * m);
+        assert_eq!(far.len() as i64, MAX_CATCH_UP_WINDOWS + 1);
+        assert_eq!(windows_to_evaluate(Some(0), 61 * m).len(), 61);
+        assert_eq!(far.first(), Some(&((1000 - MAX_CATCH_UP_WINDOWS) * m)));
+        assert_eq!(far.last(), Some(&(1000 * m)));
     }
 
     #[test]

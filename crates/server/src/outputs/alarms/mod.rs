@@ -38,9 +38,10 @@
 //! oldest entries are dropped, counted and logged.
 //!
 //! # Threads
-//! - `alarm-eval`: evaluates every rule once at start (as soon as this node
-//!   has committed once) and then every minute, shortly after the minute
-//!   boundary ([`Alarms::tick`]); also applies the history's retention.
+//! - `alarm-eval`: evaluates every rule ([`Alarms::tick`]) as soon as a
+//!   minute is complete at this node, at least once a minute, and again
+//!   when late data lands in a minute it has already evaluated (`schedule`);
+//!   also applies the history's retention.
 //! - `alarm-notify`: delivers the outbox with a blocking HTTP client (plain
 //!   `http://` only), woken when a transition queues notifications.
 //!
@@ -50,7 +51,9 @@
 //! # Layout
 //! - `mod.rs`: [`Alarms`] (start, threads, health checks, what the API reads).
 //! - [`rules`]: [`Op`], the compiled rule, [`AlarmSettings`].
-//! - [`evaluate`]: [`Alarms::tick`] in named steps, and the evaluator thread.
+//! - [`evaluate`]: [`Alarms::tick`] in named steps.
+//! - `schedule`: the evaluator thread (when a tick is due) and the
+//!   re-evaluation of minutes that received late data.
 //! - [`notify`]: the sender thread (outbox, delivery, backoff) and the
 //!   notification body.
 //!
@@ -72,6 +75,7 @@ use crate::core::pipeline::Pipeline;
 pub mod evaluate;
 pub mod notify;
 pub mod rules;
+mod schedule;
 
 pub use evaluate::TickOutcome;
 pub use rules::{AlarmSettings, Op};
@@ -214,6 +218,12 @@ impl Alarms {
     /// The configured rules, in config order.
     pub fn rules(&self) -> impl Iterator<Item = &AlarmConfig> {
         self.rules.iter().map(|r| &r.config)
+    }
+
+    /// Per rule, the newest minute its window has been evaluated up to
+    /// (absent before its first evaluation).
+    pub fn evaluated_through(&self) -> std::collections::HashMap<String, i64> {
+        self.eval.lock().newest_evaluated.clone()
     }
 
     /// The firing alarm instances, as stored (blocks on the store).
