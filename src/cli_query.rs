@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, anyhow, bail};
+use std::path::Path;
+
+use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// `--step`: the width of each point, as the query API's `step` takes it.
@@ -54,38 +56,57 @@ pub fn base_url(addr: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
+/// What `strata query` asks, and where.
+pub struct QueryArgs<'a> {
+    /// `--addr`: `host:port` or an `http://` / `https://` URL.
+    pub addr: &'a str,
+    /// `--ca-file`: PEM CA certificates an `https://` tier is verified
+    /// against, instead of the system's roots.
+    pub ca_file: Option<&'a Path>,
+    pub selector: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub step: Step,
+    pub group_by: Option<&'a str>,
+    /// `--json`: print the response as it is.
+    pub raw: bool,
+}
+
+/// The HTTP client of `strata query`: over `https://` it verifies the tier
+/// against `--ca-file`, else the system's roots, on the node's TLS provider.
+fn client(base: &str, ca_file: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+    let tls = if base
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        || ca_file.is_some()
+    {
+        strata_server::net::tls::http_client_tls("--ca-file", ca_file)?
+    } else {
+        strata_server::net::tls::http_client_tls_with(Vec::new())
+    };
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into())
+}
+
 #[allow(clippy::print_stdout)]
-pub fn run(
-    addr: &str,
-    selector: &str,
-    from: &str,
-    to: &str,
-    step: Step,
-    group_by: Option<&str>,
-    raw: bool,
-) -> anyhow::Result<()> {
-    let base = base_url(addr)?;
-    let mut req = ureq::get(&format!("{base}/api/v1/query"))
-        .query("q", selector)
-        .query("from", from)
-        .query("to", to)
-        .query("step", step.as_str());
-    if let Some(g) = group_by {
+pub fn run(args: &QueryArgs<'_>) -> anyhow::Result<()> {
+    let base = base_url(args.addr)?;
+    let agent = client(&base, args.ca_file)?;
+    let mut req = agent
+        .get(&format!("{base}/api/v1/query"))
+        .query("q", args.selector)
+        .query("from", args.from)
+        .query("to", args.to)
+        .query("step", args.step.as_str());
+    if let Some(g) = args.group_by {
         req = req.query("group_by", g);
     }
     let mut resp = req
-        .config()
-        .http_status_as_error(false)
-        .build()
         .call()
-        .map_err(|e| match e {
-            // The HTTP client is built without TLS: say so instead of
-            // "TLS required, but transport is unsecured".
-            ureq::Error::TlsRequired => anyhow!(
-                "querying {base}: https is not supported by this build (its HTTP client has no TLS); query the tier over http://"
-            ),
-            e => anyhow::Error::new(e).context(format!("querying {base}")),
-        })?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("querying {base}")))?;
     let body: Value = resp
         .body_mut()
         .read_json()
@@ -93,7 +114,7 @@ pub fn run(
     if body["status"] != "success" {
         bail!("{}", body["error"].as_str().unwrap_or("query failed"));
     }
-    if raw {
+    if args.raw {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }

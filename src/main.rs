@@ -99,6 +99,10 @@ enum Command {
         /// with `http://` or `https://`, used as given.
         #[arg(long, default_value = "http://127.0.0.1:12800")]
         addr: String,
+        /// PEM file of the CA certificates an `https://` tier is verified
+        /// against (default: the system's trusted roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Print the raw JSON response instead of a table.
         #[arg(long)]
         json: bool,
@@ -187,7 +191,34 @@ async fn shutdown_signal() {
     }
 }
 
+/// Re-reads the listeners' certificates at every SIGHUP, until aborted.
+fn reload_on_sighup(
+    reloader: strata_server::net::tls::Reloader,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading TLS certificates");
+                // File reads, off the async threads.
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        Ok(tokio::spawn(async {}))
+    }
+}
+
 fn main() -> ExitCode {
+    // Every TLS user of the process (listeners, forwarder, HTTP clients)
+    // runs on this one provider.
+    strata_server::net::tls::install_crypto_provider();
     let cli = Cli::parse();
     let log_format = LogFormat::resolve(cli.log_format);
     match cli.command {
@@ -200,17 +231,19 @@ fn main() -> ExitCode {
             step,
             group_by,
             addr,
+            ca_file,
             json,
         } => {
-            let result = cli_query::run(
-                &addr,
-                &selector,
-                &from,
-                &to,
+            let result = cli_query::run(&cli_query::QueryArgs {
+                addr: &addr,
+                ca_file: ca_file.as_deref(),
+                selector: &selector,
+                from: &from,
+                to: &to,
                 step,
-                group_by.as_deref(),
-                json,
-            );
+                group_by: group_by.as_deref(),
+                raw: json,
+            });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -265,10 +298,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// `strata check-config FILE`: `FILE: ok` on stdout, or every problem on stderr.
+/// `strata check-config FILE`: `FILE: ok` on stdout, or every problem on
+/// stderr. The TLS files the config names are read too.
 #[allow(clippy::print_stdout)]
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match strata_server::Config::load(file) {
+    let checked = strata_server::Config::load(file).and_then(|config| {
+        let problems = strata_server::net::tls::check_files(&config);
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(strata_server::config::ConfigError::Invalid(problems)),
+        }
+    });
+    match checked {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
@@ -321,6 +362,9 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
         ..Default::default()
     };
     let tier = strata_server::start_with(config, options).await?;
+    // Ready before the listening line: SIGHUP never finds the default
+    // action (exit) once the addresses are out.
+    let reload = reload_on_sighup(tier.tls_reloader())?;
     // One machine-readable line with the bound addresses (port 0 resolves here).
     println!(
         "{}",
@@ -335,6 +379,7 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
     if let Some(what) = &fatal {
         tracing::error!(error = %what, "stopping the node: a pipeline thread failed");
     }
+    reload.abort();
     let stopped = tier.shutdown(grace).await;
     match fatal {
         Some(what) => Err(anyhow::anyhow!("the node stopped because {what}")),

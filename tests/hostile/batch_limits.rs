@@ -15,6 +15,10 @@ use crate::util::*;
 /// The smallest message limit a node accepts.
 const SMALL: &str = "max_message_bytes = 65536";
 
+/// Label values long enough to meet the message limits, which
+/// `limits.max_label_value_bytes` (2048 by default) would refuse first.
+const LONG_LABELS: &str = "max_label_value_bytes = 1048576";
+
 /// One counter sample per new series, `n` series of `metric` in the minute
 /// `base`, each with a label long enough that the batch is several times 64 KiB;
 /// series `i` counts `i % 7 + 1`. Returns the lines and their total.
@@ -345,10 +349,19 @@ fn a_series_that_could_never_be_forwarded_is_refused_at_ingest_naming_the_limit(
     let global = Node::start(
         NodeConfig::new(dir.path(), "global")
             .downstream("edge")
-            .set("grpc", SMALL),
+            .set("grpc", SMALL)
+            .set("limits", LONG_LABELS),
     );
-    let small_edge = Node::start(NodeConfig::new(dir.path(), "small-edge").set("grpc", SMALL));
-    let edge = Node::start(NodeConfig::new(dir.path(), "edge").upstream(&global));
+    let small_edge = Node::start(
+        NodeConfig::new(dir.path(), "small-edge")
+            .set("grpc", SMALL)
+            .set("limits", LONG_LABELS),
+    );
+    let edge = Node::start(
+        NodeConfig::new(dir.path(), "edge")
+            .upstream(&global)
+            .set("limits", LONG_LABELS),
+    );
     wait_forwarder_ok(&edge);
     let base = base_minute_ms();
     let blob = "x".repeat(70_000);

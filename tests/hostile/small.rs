@@ -97,7 +97,7 @@ fn far_future_timestamps_are_refused_as_in_the_future() {
             error.contains(&format!("ts_ms {ts} is in the future")),
             "ts_ms {ts}: {v}"
         );
-        assert!(error.contains("aggregation.max_future_s"), "{v}");
+        assert!(error.contains("limits.max_future_s"), "{v}");
         assert!(!error.contains("older"), "{v}");
     }
     assert_eq!(node.prom("strata_future_samples_total"), 2.0);

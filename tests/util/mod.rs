@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub extra: Vec<(String, String)>,
     /// Extra environment variables of the process, see [`NodeConfig::env`].
     pub env: Vec<(String, String)>,
+    /// TOML appended as it is, e.g. `[[alarm]]` tables, see [`NodeConfig::raw`].
+    pub raw: String,
 }
 
 /// The token a source named `id` presents (and its upstream expects).
@@ -91,7 +93,15 @@ impl NodeConfig {
             run_args: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
+            raw: String::new(),
         }
+    }
+
+    /// Appends `toml` to the config as it is (after every section).
+    pub fn raw(mut self, toml: &str) -> NodeConfig {
+        self.raw += toml;
+        self.raw.push('\n');
+        self
     }
 
     /// Adds `line` (`key = value`, TOML) to `section` of the config, e.g.
@@ -121,6 +131,14 @@ impl NodeConfig {
     pub fn upstream(mut self, upstream: &Node) -> NodeConfig {
         self.upstream = Some((format!("http://{}", upstream.grpc), token_of(&self.id)));
         self
+    }
+
+    /// Forwards to `upstream` over TLS (`https://`), verifying its
+    /// certificate against the PEM CA file `ca_file`.
+    pub fn upstream_https(mut self, upstream: &Node, ca_file: &Path) -> NodeConfig {
+        self.upstream = Some((format!("https://{}", upstream.grpc), token_of(&self.id)));
+        let ca = serde_json::to_string(&ca_file.to_string_lossy()).expect("strings serialize");
+        self.set("upstream", &format!("ca_file = {ca}"))
     }
 
     /// Accepts a downstream source named `id`.
@@ -182,6 +200,7 @@ impl NodeConfig {
         for (id, token) in &self.downstream {
             t += &format!("[[downstream]]\nid = {}\ntoken = {}\n\n", q(id), q(token));
         }
+        t += &self.raw;
         t
     }
 }
@@ -325,6 +344,11 @@ impl Node {
     /// Sends SIGTERM (graceful shutdown); the process stays owned by this guard.
     pub fn sigterm(&self) {
         self.signal("TERM");
+    }
+
+    /// Sends SIGHUP: the node re-reads its TLS certificates.
+    pub fn sighup(&self) {
+        self.signal("HUP");
     }
 
     /// Freezes the process (SIGSTOP): its sockets stay open, nothing is read.

@@ -1,5 +1,5 @@
 //! Model benchmarks: recording samples and merging states per kind, and the storage codec
-//! on histograms.
+//! on both histogram kinds.
 //!
 //! Inputs are generated deterministically (xorshift) so runs are comparable: histogram
 //! latencies are log-normal-ish (median ~40 ms, long tail to seconds), like request
@@ -51,7 +51,9 @@ fn samples(kind: Kind, seed: u64) -> Vec<SampleValue> {
             Kind::Sum | Kind::Avg | Kind::Max | Kind::Min | Kind::Latest => {
                 SampleValue::Number(rng.normal() * 100.0)
             }
-            Kind::Apdex | Kind::Histogram => SampleValue::Number(rng.latency_ms()),
+            Kind::Apdex | Kind::Histogram | Kind::ExpHistogram => {
+                SampleValue::Number(rng.latency_ms())
+            }
         })
         .collect()
 }
@@ -104,19 +106,21 @@ fn bench_merge(c: &mut Criterion) {
 fn bench_codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
-    let hist = record_all(Kind::Histogram, &samples(Kind::Histogram, 1));
-    let bytes = hist.to_bytes();
-    group.bench_function("encode/histogram", |b| {
-        let mut out = Vec::with_capacity(bytes.len());
-        b.iter(|| {
-            out.clear();
-            black_box(&hist).encode(&mut out);
-            black_box(out.len())
+    for kind in [Kind::Histogram, Kind::ExpHistogram] {
+        let hist = record_all(kind, &samples(kind, 1));
+        let bytes = hist.to_bytes();
+        group.bench_function(format!("encode/{kind}"), |b| {
+            let mut out = Vec::with_capacity(bytes.len());
+            b.iter(|| {
+                out.clear();
+                black_box(&hist).encode(&mut out);
+                black_box(out.len())
+            });
         });
-    });
-    group.bench_function("decode/histogram", |b| {
-        b.iter(|| State::decode(black_box(&bytes)).expect("valid encoding"));
-    });
+        group.bench_function(format!("decode/{kind}"), |b| {
+            b.iter(|| State::decode(black_box(&bytes)).expect("valid encoding"));
+        });
+    }
     group.finish();
 }
 

@@ -5,7 +5,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 1 | format version, [`FORMAT_VERSION`] |
-//! | 1 | kind tag: 1 counter, 2 sum, 3 avg, 4 max, 5 min, 6 latest, 7 percent, 8 apdex, 9 histogram |
+//! | 1 | kind tag: 1 counter, 2 sum, 3 avg, 4 max, 5 min, 6 latest, 7 percent, 8 apdex, 9 histogram, 10 exp_histogram |
 //! | … | payload |
 //!
 //! Payloads: counter `u64`; sum `f64 sum, f64 compensation`; avg `f64 sum, f64
@@ -13,13 +13,15 @@
 //! value, i64 ts_ms, u32 source length, source UTF-8`; percent `u64 matched, u64 total`;
 //! apdex `u64 satisfied, u64 tolerating, u64 total, f64 threshold`; histogram the
 //! HdrHistogram V2 bytes (uncompressed, big-endian inside, as the format defines) up to
-//! the end of the input.
+//! the end of the input; exp_histogram the compact varint form of
+//! [`ExpHist::write_payload`] up to the end of the input.
 //!
 //! Decoding checks every byte: the version, the tag, exact length, and the invariants a
 //! real state keeps ([`State::validate`]: finite totals, `matched <= total`, a finite
 //! threshold, ...). Garbage gives [`ModelError::Decode`], never a panic.
 
 use crate::error::ModelError;
+use crate::exp_hist::ExpHist;
 use crate::hist::Hist;
 use crate::kind::Kind;
 use crate::state::{Apdex, Avg, Latest, State, Sum};
@@ -39,6 +41,7 @@ pub fn kind_tag(kind: Kind) -> u8 {
         Kind::Percent => 7,
         Kind::Apdex => 8,
         Kind::Histogram => 9,
+        Kind::ExpHistogram => 10,
     }
 }
 
@@ -85,6 +88,7 @@ impl State {
                 out.extend_from_slice(&a.threshold.to_le_bytes());
             }
             State::Histogram(h) => h.write_v2(out),
+            State::ExpHistogram(h) => h.write_payload(out),
         }
     }
 
@@ -152,6 +156,7 @@ impl State {
                 })
             }
             Kind::Histogram => State::Histogram(Hist::from_v2_bytes(r.rest())?),
+            Kind::ExpHistogram => State::ExpHistogram(ExpHist::from_payload(r.rest())?),
         };
         if !r.bytes.is_empty() {
             return Err(decode_err(format!(
@@ -277,7 +282,8 @@ mod tests {
             assert_eq!(kind_from_tag(kind_tag(kind)), Some(kind));
         }
         assert_eq!(kind_from_tag(0), None);
-        assert_eq!(kind_from_tag(10), None);
+        assert_eq!(kind_from_tag(10), Some(Kind::ExpHistogram));
+        assert_eq!(kind_from_tag(11), None);
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub enum ModelError {
     InvalidName(String),
     /// A kind name that is not one of [`Kind::ALL`].
     #[error(
-        "unknown metric kind {0:?}: expected one of counter, sum, avg, max, min, latest, percent, apdex, histogram"
+        "unknown metric kind {0:?}: expected one of counter, sum, avg, max, min, latest, percent, apdex, histogram, exp_histogram"
     )]
     UnknownKind(String),
     /// A step name that is not `minute`, `hour`, `day` or `all`.

@@ -592,8 +592,10 @@ impl Hist {
             return f64::NAN;
         }
         let q = q.clamp(0.0, 1.0);
-        // HdrHistogram's `value_at_quantile`.
-        let target = ((q * self.total as f64).ceil() as u64).max(1);
+        // HdrHistogram's `value_at_quantile`. Above 2^53 the float product may round
+        // past the total, where no bucket would be found: the largest sample is the
+        // answer then.
+        let target = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
         let found = with_counts!(&self.counts, v => {
             let mut seen = 0u64;
             v.iter().position(|&c| {
@@ -1167,6 +1169,19 @@ mod tests {
         assert_eq!(read_varint(&[0xff; 9]), Some((u64::MAX, 9)));
         assert_eq!(read_varint(&[0x80]), None);
         assert_eq!(read_varint(&[]), None);
+    }
+
+    #[test]
+    fn quantiles_of_counts_beyond_float_precision_stay_within_min_and_max() {
+        // A total above 2^53 rounds up as a float: q = 1 once asked for one sample more
+        // than the histogram holds and answered 0.
+        let mut h = Hist::new(5).unwrap();
+        h.record_n(0.054, 162_129_260_167_822_143).unwrap();
+        assert_eq!(h.quantile(1.0), h.max());
+        assert_eq!(h.quantile(0.999), h.max());
+        let back = Hist::from_v2_bytes(&h.to_v2_bytes()).unwrap();
+        assert_eq!(back.quantile(1.0), back.max());
+        assert!(back.max() > 0.0);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The nine metric kinds.
+//! The ten metric kinds.
 //!
 //! A metric's kind is fixed at first sight; it decides which [`State`](crate::State) the
 //! metric aggregates into and which value fields a query returns for it.
@@ -35,11 +35,15 @@ pub enum Kind {
     Apdex,
     /// Full HDR histogram of non-negative floats; percentiles are computed at query time.
     Histogram,
+    /// Base-2 exponential histogram of any finite floats, the layout of OpenTelemetry's
+    /// ExponentialHistogram and Prometheus native histograms; percentiles at query time.
+    #[serde(rename = "exp_histogram")]
+    ExpHistogram,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Counter,
         Kind::Sum,
         Kind::Avg,
@@ -49,6 +53,7 @@ impl Kind {
         Kind::Percent,
         Kind::Apdex,
         Kind::Histogram,
+        Kind::ExpHistogram,
     ];
 
     /// The lowercase name users write and read.
@@ -63,6 +68,7 @@ impl Kind {
             Kind::Percent => "percent",
             Kind::Apdex => "apdex",
             Kind::Histogram => "histogram",
+            Kind::ExpHistogram => "exp_histogram",
         }
     }
 
@@ -80,6 +86,9 @@ impl Kind {
             Kind::Apdex => &["satisfied", "tolerating", "total", "apdex"],
             Kind::Histogram => &[
                 "count", "min", "max", "mean", "p50", "p75", "p90", "p95", "p99", "p999",
+            ],
+            Kind::ExpHistogram => &[
+                "count", "sum", "min", "max", "mean", "p50", "p75", "p90", "p95", "p99", "p999",
             ],
         }
     }

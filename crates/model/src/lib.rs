@@ -9,10 +9,12 @@
 //! computed only at query time, from merged state.
 //!
 //! Main types:
-//! - [`Kind`]: the nine metric kinds and their names.
+//! - [`Kind`]: the ten metric kinds and their names.
 //! - [`State`]: per-kind state; [`State::record`] adds a [`SampleValue`], [`State::merge`]
 //!   adds another state, [`State::values`] derives what a query prints.
 //! - [`Hist`]: auto-resizing HdrHistogram of non-negative floats, V2-serialisable.
+//! - [`ExpHist`]: base-2 exponential histogram (OpenTelemetry ExponentialHistogram,
+//!   Prometheus native histogram layout) of any finite floats, with a bounded bucket count.
 //! - [`SeriesKey`]: validated metric name and sorted labels, with a stable
 //!   [`SeriesKey::hash64`] for sharding.
 //! - [`Step`], [`minute_start`]: time buckets.
@@ -26,6 +28,7 @@
 //! - [`state`] — [`State`], [`SampleValue`], [`StateParams`] and the per-kind parts
 //!   ([`Sum`], [`Avg`], [`Latest`], [`Apdex`]).
 //! - [`hist`] — [`Hist`].
+//! - [`exp_hist`] — [`ExpHist`], its index mapping and its compact encoding.
 //! - [`series`] — [`SeriesKey`].
 //! - [`time`] — [`Step`], [`minute_start`], [`MINUTE_MS`].
 //! - [`codec`] — the versioned binary encoding of states ([`State::encode`],
@@ -67,6 +70,9 @@
 
 pub mod codec;
 pub mod error;
+pub mod exp_hist;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hist;
 pub mod kind;
 pub mod series;
@@ -76,6 +82,7 @@ pub mod time;
 use std::sync::Arc;
 
 pub use error::ModelError;
+pub use exp_hist::ExpHist;
 pub use hist::Hist;
 pub use kind::Kind;
 pub use series::SeriesKey;

@@ -16,6 +16,7 @@
 //! conflict. Decoders check [`State::validate`], so a forged state never enters.
 
 use crate::error::ModelError;
+use crate::exp_hist::{self, ExpHist};
 use crate::hist::Hist;
 use crate::kind::Kind;
 
@@ -36,6 +37,12 @@ pub struct StateParams {
     pub histogram_sigfig: u8,
     /// Apdex threshold T, in the unit of the samples (milliseconds by convention).
     pub apdex_threshold: f64,
+    /// Most buckets either side of an exponential histogram may span (2..=16384); past
+    /// it the histogram lowers its scale. Bounds its memory and wire size.
+    pub exp_histogram_max_buckets: u32,
+    /// The scale (-10..=20) exponential histograms start recording at: the finest one
+    /// their bucket bound allows is kept.
+    pub exp_histogram_scale: i32,
 }
 
 impl Default for StateParams {
@@ -43,15 +50,19 @@ impl Default for StateParams {
         StateParams {
             histogram_sigfig: 2,
             apdex_threshold: 500.0,
+            exp_histogram_max_buckets: exp_hist::DEFAULT_MAX_BUCKETS,
+            exp_histogram_scale: exp_hist::MAX_SCALE,
         }
     }
 }
 
 impl StateParams {
-    /// Checks the parameters: 1..=5 histogram digits, a finite apdex threshold `> 0`.
+    /// Checks the parameters: 1..=5 histogram digits, a finite apdex threshold `> 0`, an
+    /// exponential histogram scale in -10..=20 and bucket bound in 2..=16384.
     /// [`State::empty`] tolerates invalid parameters (see there); config loading should
     /// call this to name the problem instead.
     pub fn validate(&self) -> Result<(), ModelError> {
+        ExpHist::new(self.exp_histogram_scale, self.exp_histogram_max_buckets)?;
         if !(1..=5).contains(&self.histogram_sigfig) {
             return Err(ModelError::InvalidValue {
                 kind: Kind::Histogram,
@@ -97,7 +108,7 @@ impl Sum {
     }
 
     /// `self + x`, compensated; may be non-finite (callers check).
-    fn plus(&self, x: f64) -> Sum {
+    pub(crate) fn plus(&self, x: f64) -> Sum {
         let t = self.sum + x;
         let mut compensation = self.compensation;
         // Past an overflow the error term is meaningless (inf - inf = NaN); the caller
@@ -138,14 +149,18 @@ impl Sum {
     }
 
     /// `self + other` if finite, else the overflow error of a `kind` state.
-    fn checked_merge(&self, other: &Sum, kind: Kind) -> Result<Sum, ModelError> {
+    pub(crate) fn checked_merge(&self, other: &Sum, kind: Kind) -> Result<Sum, ModelError> {
         Self::finite(self.merged(other), kind, || {
             format!("{} + {}", self.value(), other.value())
         })
     }
 
     /// `sum` if finite, else the overflow error for `kind`, described by `what`.
-    fn finite(sum: Sum, kind: Kind, what: impl FnOnce() -> String) -> Result<Sum, ModelError> {
+    pub(crate) fn finite(
+        sum: Sum,
+        kind: Kind,
+        what: impl FnOnce() -> String,
+    ) -> Result<Sum, ModelError> {
         if sum.is_finite() {
             Ok(sum)
         } else {
@@ -379,12 +394,15 @@ pub enum State {
     Apdex(Apdex),
     /// Full HDR histogram.
     Histogram(Hist),
+    /// Base-2 exponential histogram (OpenTelemetry / Prometheus native layout).
+    ExpHistogram(ExpHist),
 }
 
 impl State {
     /// The identity of `kind`'s add-function: merging it changes nothing.
     ///
-    /// Histogram digits outside 1..=5 are clamped into that range (use
+    /// Histogram digits outside 1..=5, exponential histogram scales outside -10..=20 and
+    /// bucket bounds outside 2..=16384 are clamped into those ranges (use
     /// [`StateParams::validate`] to reject them up front).
     pub fn empty(kind: Kind, params: &StateParams) -> State {
         match kind {
@@ -405,6 +423,18 @@ impl State {
                     Hist::new(sigfig).expect("1..=5 significant digits always make a histogram"),
                 )
             }
+            Kind::ExpHistogram => {
+                let scale = params
+                    .exp_histogram_scale
+                    .clamp(exp_hist::MIN_SCALE, exp_hist::MAX_SCALE);
+                let max_buckets = params
+                    .exp_histogram_max_buckets
+                    .clamp(exp_hist::MIN_MAX_BUCKETS, exp_hist::MAX_MAX_BUCKETS);
+                State::ExpHistogram(
+                    ExpHist::new(scale, max_buckets)
+                        .expect("a clamped scale and bound always make a histogram"),
+                )
+            }
         }
     }
 
@@ -420,6 +450,7 @@ impl State {
             State::Percent { .. } => Kind::Percent,
             State::Apdex(_) => Kind::Apdex,
             State::Histogram(_) => Kind::Histogram,
+            State::ExpHistogram(_) => Kind::ExpHistogram,
         }
     }
 
@@ -431,6 +462,7 @@ impl State {
     /// - percent: a flag
     /// - apdex: a finite number `>= 0`
     /// - histogram: a finite number in `0..=Hist::MAX_VALUE`
+    /// - exp_histogram: a finite number
     pub fn validate_sample(kind: Kind, value: SampleValue) -> Result<(), ModelError> {
         let invalid = |reason: String| Err(ModelError::InvalidValue { kind, reason });
         let v = match (kind, value) {
@@ -468,6 +500,7 @@ impl State {
                 }
             }
             Kind::Histogram => Hist::check_value(v)?,
+            Kind::ExpHistogram => ExpHist::check_value(v)?,
             Kind::Percent => {}
         }
         Ok(())
@@ -506,6 +539,7 @@ impl State {
             }
             (State::Apdex(a), SampleValue::Number(v)) => a.record(v)?,
             (State::Histogram(h), SampleValue::Number(v)) => h.record(v)?,
+            (State::ExpHistogram(h), SampleValue::Number(v)) => h.record(v)?,
             // Excluded by `validate_sample`; an error rather than a panic all the same.
             (_, value) => {
                 return Err(ModelError::InvalidValue {
@@ -558,6 +592,7 @@ impl State {
             }
             (State::Apdex(a), State::Apdex(b)) => a.merge(b)?,
             (State::Histogram(a), State::Histogram(b)) => a.merge(b)?,
+            (State::ExpHistogram(a), State::ExpHistogram(b)) => a.merge(b)?,
             (this, other) => {
                 return Err(ModelError::KindMismatch {
                     expected: this.kind(),
@@ -588,6 +623,7 @@ impl State {
             ) => percent_merged((*matched, *total), (*other_matched, *other_total)).map(drop),
             (State::Apdex(a), State::Apdex(b)) => a.merged(b).map(drop),
             (State::Histogram(a), State::Histogram(b)) => a.check_merge(b),
+            (State::ExpHistogram(a), State::ExpHistogram(b)) => a.check_merge(b),
             (this, other) if this.kind() != other.kind() => Err(ModelError::KindMismatch {
                 expected: this.kind(),
                 found: other.kind(),
@@ -606,8 +642,10 @@ impl State {
     /// - latest: a finite value
     /// - percent: `matched <= total`
     /// - apdex: `satisfied + tolerating <= total`, a finite threshold `>= 0`
+    /// - exp_histogram: everything [`ExpHist::validate`] checks (scale, bound, buckets
+    ///   adding up to the count, finite sum, min and max)
     ///
-    /// Counters hold any `u64`; histograms are checked by their own decoder.
+    /// Counters hold any `u64`; HDR histograms are checked by their own decoder.
     pub fn validate(&self) -> Result<(), ModelError> {
         let kind = self.kind();
         let invalid = |reason: String| Err(ModelError::InvalidState { kind, reason });
@@ -648,6 +686,7 @@ impl State {
             State::Apdex(a) if !(a.threshold.is_finite() && a.threshold >= 0.0) => invalid(
                 format!("threshold {} is not a finite number >= 0", a.threshold),
             ),
+            State::ExpHistogram(h) => h.validate().or_else(invalid),
             _ => Ok(()),
         }
     }
@@ -665,6 +704,7 @@ impl State {
             State::Percent { matched, total } => *matched == 0 && *total == 0,
             State::Apdex(a) => a.satisfied == 0 && a.tolerating == 0 && a.total == 0,
             State::Histogram(h) => h.is_empty(),
+            State::ExpHistogram(h) => h.is_empty(),
         }
     }
 
@@ -719,6 +759,19 @@ impl State {
                 ("p99", h.quantile(0.99)),
                 ("p999", h.quantile(0.999)),
             ],
+            State::ExpHistogram(h) => vec![
+                ("count", h.count() as f64),
+                ("sum", h.sum().value()),
+                ("min", h.min()),
+                ("max", h.max()),
+                ("mean", h.mean()),
+                ("p50", h.quantile(0.5)),
+                ("p75", h.quantile(0.75)),
+                ("p90", h.quantile(0.9)),
+                ("p95", h.quantile(0.95)),
+                ("p99", h.quantile(0.99)),
+                ("p999", h.quantile(0.999)),
+            ],
         }
     }
 
@@ -727,6 +780,7 @@ impl State {
         match self {
             State::Latest(Some(l)) => l.source.capacity(),
             State::Histogram(h) => h.heap_bytes(),
+            State::ExpHistogram(h) => h.heap_bytes(),
             _ => 0,
         }
     }
@@ -739,6 +793,8 @@ mod tests {
     const P: StateParams = StateParams {
         histogram_sigfig: 2,
         apdex_threshold: 100.0,
+        exp_histogram_max_buckets: 160,
+        exp_histogram_scale: 20,
     };
 
     fn num(v: f64) -> SampleValue {

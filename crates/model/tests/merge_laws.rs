@@ -9,7 +9,9 @@
 //!
 //! Float kinds use dyadic samples (multiples of 1/8 in a bounded range), whose sums are
 //! exact, so equality is exact; `approx_*` tests cover arbitrary finite floats for sum and
-//! avg with a relative tolerance.
+//! avg with a relative tolerance. Exponential histograms get samples over forty binades,
+//! and bucket bounds down to 2, so most cases go through downscaling on overflow;
+//! `tests/exp_histogram.rs` covers arbitrary floats and mixed parameters.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -83,7 +85,14 @@ fn sample(kind: Kind) -> BoxedStrategy<Sample> {
             dyadic_latency(),
         ])
         .boxed(),
+        Kind::ExpHistogram => number(prop_oneof![dyadic(), wide_dyadic(), Just(0.0)]).boxed(),
     }
+}
+
+/// `±m * 2^e` with `m < 2^10`, `e` in -10..=20: forty binades, all partial sums of a few
+/// hundred exact (multiples of 2^-10 below 2^37).
+fn wide_dyadic() -> impl Strategy<Value = f64> {
+    (-1023i32..=1023, -10i32..=20).prop_map(|(m, e)| f64::from(m) * 2f64.powi(e))
 }
 
 fn samples(kind: Kind) -> impl Strategy<Value = Vec<Sample>> {
@@ -103,6 +112,18 @@ fn params(kind: Kind) -> BoxedStrategy<StateParams> {
                 apdex_threshold,
                 ..StateParams::default()
             })
+            .boxed(),
+        Kind::ExpHistogram => (
+            prop::sample::select(vec![2u32, 3, 8, 160]),
+            prop::sample::select(vec![20, 3, 0, -10]),
+        )
+            .prop_map(
+                |(exp_histogram_max_buckets, exp_histogram_scale)| StateParams {
+                    exp_histogram_max_buckets,
+                    exp_histogram_scale,
+                    ..StateParams::default()
+                },
+            )
             .boxed(),
         _ => Just(StateParams::default()).boxed(),
     }
@@ -201,6 +222,7 @@ merge_laws!(latest, Kind::Latest);
 merge_laws!(percent, Kind::Percent);
 merge_laws!(apdex, Kind::Apdex);
 merge_laws!(histogram, Kind::Histogram);
+merge_laws!(exp_histogram, Kind::ExpHistogram);
 
 /// Arbitrary finite floats over many magnitudes (bounded so sums cannot overflow).
 fn any_finite() -> impl Strategy<Value = f64> {
@@ -275,9 +297,15 @@ proptest! {
         seed_a in any::<u64>(),
         seed_b in any::<u64>(),
     ) {
-        // Precision and threshold differ too whenever the kinds match.
-        let pa = StateParams { histogram_sigfig: 2, apdex_threshold: 100.0 };
-        let pb = StateParams { histogram_sigfig: 3, apdex_threshold: 250.0 };
+        // Precision and threshold differ too whenever the kinds match; exponential
+        // histograms of any scale and bound merge.
+        let pa = StateParams { histogram_sigfig: 2, apdex_threshold: 100.0, ..StateParams::default() };
+        let pb = StateParams {
+            histogram_sigfig: 3,
+            apdex_threshold: 250.0,
+            exp_histogram_max_buckets: 4,
+            exp_histogram_scale: 0,
+        };
         let a = seeded_state(ka, &pa, seed_a);
         let b = seeded_state(kb, &pb, seed_b);
         let mut target = a.clone();
@@ -365,7 +393,7 @@ proptest! {
     /// and changes nothing. So no stored or forwarded state is ever NaN or infinite.
     #[test]
     fn records_and_merges_never_make_an_invalid_state(
-        kind in prop::sample::select(vec![Kind::Sum, Kind::Avg, Kind::Max, Kind::Min, Kind::Latest]),
+        kind in prop::sample::select(vec![Kind::Sum, Kind::Avg, Kind::Max, Kind::Min, Kind::Latest, Kind::ExpHistogram]),
         steps in prop::collection::vec((any::<bool>(), prop::collection::vec(edge_float(), 1..4)), 1..12),
     ) {
         let params = StateParams::default();

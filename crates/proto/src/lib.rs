@@ -31,7 +31,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message as _;
-use strata_model::{Apdex, Avg, Hist, Increment, Kind, Latest, ModelError, SeriesKey, State, Sum};
+use strata_model::{
+    Apdex, Avg, ExpHist, Hist, Increment, Kind, Latest, ModelError, SeriesKey, State, Sum,
+};
 
 /// Generated code for package `strata.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -52,6 +54,10 @@ pub enum ConvertError {
     UnknownSeriesRef(u32),
     #[error("series ref {0} was defined as an invalid series")]
     InvalidSeriesRef(u32),
+    #[error(
+        "series {series}: bucket_ms {bucket_ms} is not the start of a UTC minute between years 1 and 9999"
+    )]
+    Bucket { series: String, bucket_ms: i64 },
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -68,6 +74,7 @@ impl From<Kind> for v1::Kind {
             Kind::Percent => v1::Kind::Percent,
             Kind::Apdex => v1::Kind::Apdex,
             Kind::Histogram => v1::Kind::Histogram,
+            Kind::ExpHistogram => v1::Kind::ExpHistogram,
         }
     }
 }
@@ -84,6 +91,7 @@ pub fn kind_from_wire(raw: i32) -> Result<Kind, ConvertError> {
         Ok(v1::Kind::Percent) => Kind::Percent,
         Ok(v1::Kind::Apdex) => Kind::Apdex,
         Ok(v1::Kind::Histogram) => Kind::Histogram,
+        Ok(v1::Kind::ExpHistogram) => Kind::ExpHistogram,
         Ok(v1::Kind::Unspecified) | Err(_) => return Err(ConvertError::UnknownKind(raw)),
     })
 }
@@ -133,6 +141,7 @@ impl From<&State> for v1::State {
                 threshold: a.threshold,
             }),
             State::Histogram(h) => W::Histogram(h.to_v2_bytes()),
+            State::ExpHistogram(h) => W::ExpHistogram(h.to_payload()),
         };
         v1::State { kind: Some(kind) }
     }
@@ -176,6 +185,7 @@ impl TryFrom<&v1::State> for State {
                 threshold: a.threshold,
             }),
             W::Histogram(bytes) => State::Histogram(Hist::from_v2_bytes(bytes)?),
+            W::ExpHistogram(bytes) => State::ExpHistogram(ExpHist::from_payload(bytes)?),
         };
         state.validate()?;
         Ok(state)
@@ -260,11 +270,15 @@ fn named_entry_len(series: &SeriesKey, series_ref: u32) -> usize {
 
 /// Upper bound of the message carrying one increment of `series` alone, the series
 /// named in full and its state as large as `kind` allows (a histogram of
-/// `histogram_sigfig` digits: [`Hist::max_v2_len`]). An increment is forwardable
+/// `histogram_sigfig` digits: [`Hist::max_v2_len`]; an exponential histogram at the
+/// largest bucket bound any tier may configure: [`ExpHist::MAX_PAYLOAD_LEN`]). An
+/// increment is forwardable
 /// through any link whose smaller `max_message_bytes` is at least this.
 pub fn max_increment_message_len(series: &SeriesKey, kind: Kind, histogram_sigfig: u8) -> usize {
     let state = match kind {
         Kind::Histogram => field_len(Hist::max_v2_len(histogram_sigfig)),
+        // A forwarded state keeps the bound of the tier that made it: the largest one.
+        Kind::ExpHistogram => field_len(ExpHist::MAX_PAYLOAD_LEN),
         _ => MAX_FIXED_STATE_LEN,
     };
     // `bucket_ms` (at most 11 bytes) and the state.
@@ -579,6 +593,14 @@ impl KnownSeries {
         for s in &batch.series {
             let series = self.series(s)?;
             for b in &s.buckets {
+                // A bucket no node makes: apart from its own bucket, it would land
+                // where bucket arithmetic (`bucket_ms + 60_000`) overflows.
+                if !is_minute_bucket(b.bucket_ms) {
+                    return Err(ConvertError::Bucket {
+                        series: series.to_string(),
+                        bucket_ms: b.bucket_ms,
+                    });
+                }
                 let wire = b
                     .state
                     .as_ref()
@@ -599,6 +621,12 @@ impl KnownSeries {
         }
         Ok(out)
     }
+}
+
+/// Whether `bucket_ms` starts a UTC minute within the accepted time range
+/// ([`strata_model::time::in_range`]).
+fn is_minute_bucket(bucket_ms: i64) -> bool {
+    strata_model::time::in_range(bucket_ms) && strata_model::minute_start(bucket_ms) == bucket_ms
 }
 
 #[cfg(test)]
@@ -635,6 +663,44 @@ mod tests {
         let batch = encode_batch(3, 99, &incs);
         assert_eq!(batch.series.len(), incs.len());
         assert_eq!(decode_batch(&batch).unwrap(), incs);
+    }
+
+    #[test]
+    fn buckets_that_do_not_start_a_minute_of_the_accepted_range_are_refused() {
+        use strata_model::time::{MAX_TS_MS, MIN_TS_MS};
+        let s = key("requests", "checkout");
+        for bucket_ms in [
+            60_008,
+            -1,
+            i64::MAX,
+            i64::MIN,
+            MAX_TS_MS,
+            MIN_TS_MS - 60_000,
+        ] {
+            let batch = encode_batch(1, 0, &[counter_at(&s, bucket_ms)]);
+            let err = decode_batch(&batch).unwrap_err();
+            assert!(
+                matches!(err, ConvertError::Bucket { bucket_ms: b, .. } if b == bucket_ms),
+                "{bucket_ms}: {err}"
+            );
+            assert!(
+                err.to_string().contains("not the start of a UTC minute"),
+                "{err}"
+            );
+        }
+        let first = strata_model::minute_start(MAX_TS_MS);
+        for bucket_ms in [0, -60_000, MIN_TS_MS, first] {
+            let incs = [counter_at(&s, bucket_ms)];
+            assert_eq!(decode_batch(&encode_batch(1, 0, &incs)).unwrap(), incs);
+        }
+    }
+
+    fn counter_at(series: &Arc<SeriesKey>, bucket_ms: i64) -> Increment {
+        Increment {
+            series: series.clone(),
+            bucket_ms,
+            state: State::Counter(1),
+        }
     }
 
     #[test]

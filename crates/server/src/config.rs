@@ -70,6 +70,9 @@ pub struct Config {
     /// `[[expiry]]`: series TTLs per metric (and labels), first match in
     /// file order wins; `storage.series_ttl_s` for series no rule matches.
     pub expiry: Vec<ExpiryConfig>,
+    /// `[limits]`: what a client may send or ask (docs/OPERATIONS.md,
+    /// "Limits and authentication").
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -86,10 +89,32 @@ pub struct NodeConfig {
 pub struct HttpConfig {
     /// Query API, NDJSON ingest, /health, /metrics. Port 0 picks a free port (reported on stdout).
     pub listen: String,
-    /// Largest accepted ingest request body.
-    pub max_body_bytes: usize,
+    /// The older name of `limits.max_body_bytes` (setting both is an error);
+    /// `None` when absent.
+    pub max_body_bytes: Option<usize>,
     /// Ingest requests admitted at once; more are answered 429 with Retry-After.
     pub max_inflight_requests: usize,
+    /// Bearer token every route but `/health*` and `/ready` requires; empty: none.
+    pub token: String,
+    /// A second bearer token accepted on the ingest routes only, so that
+    /// applications that send data cannot read it; empty: none.
+    pub ingest_token: String,
+    /// A request body not received within this is answered 408 and its
+    /// connection closed: a slow upload cannot hold a request slot.
+    pub body_read_timeout_ms: u64,
+    /// PEM certificate chain served over HTTPS; with `tls_key_file`, the API
+    /// speaks only HTTPS. Re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Connections held at once; at the bound the oldest connection without a
+    /// request makes room (`crate::net::slots`).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (also the longest a
+    /// connection may sit idle between requests).
+    pub header_read_timeout_ms: u64,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -104,12 +129,83 @@ pub struct GrpcConfig {
     /// comes in: a batch is committed whole, so its parts are held in memory until
     /// the last one arrives.
     pub max_batch_bytes: usize,
+    /// PEM certificate chain served over TLS; with `tls_key_file`, the port
+    /// speaks only TLS. Re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate signed by one
+    /// of them (mTLS), or the handshake fails. Re-read on SIGHUP.
+    pub client_ca_file: Option<PathBuf>,
+    /// Connections held at once; at the bound the oldest connection not yet
+    /// established makes room.
+    pub max_connections: usize,
+    /// The TLS handshake and the HTTP/2 preface must be done within this.
+    pub handshake_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     pub listen: String,
+}
+
+/// `[limits]`: what a client, an application or a downstream source may send,
+/// and what a query may ask for. Resolved into [`crate::core::limits::Limits`]
+/// by [`Config::limits`].
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest ingest body, and largest once decompressed; `None`:
+    /// `http.max_body_bytes`, its older name, else 16 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// Most NDJSON lines (native gRPC: points) in one ingest request.
+    pub max_lines_per_request: usize,
+    /// Most labels one series may carry (ingest and federation).
+    pub max_labels_per_series: usize,
+    /// Longest label name, in bytes.
+    pub max_label_name_bytes: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: usize,
+    /// Longest metric name, in bytes.
+    pub max_metric_name_bytes: usize,
+    /// Most distinct series one source may bring (a downstream at a receiving
+    /// tier; all direct ingest at a node): requests bringing more new series
+    /// are refused, existing series keep flowing.
+    pub max_series_per_source: usize,
+    /// Most distinct metrics one source may bring, as for series.
+    pub max_metrics_per_source: usize,
+    /// Samples further ahead of the node's clock than this are rejected;
+    /// `None`: `aggregation.max_future_s`, its older name, else 300.
+    pub max_future_s: Option<u64>,
+    /// Most series one query may select: more is answered 422.
+    pub max_query_series: usize,
+    /// Most points one query may answer with: more is answered 422.
+    pub max_query_points: usize,
+}
+
+/// `limits.max_body_bytes` when neither it nor `http.max_body_bytes` is set.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+
+/// `limits.max_future_s` when neither it nor `aggregation.max_future_s` is set.
+pub const DEFAULT_MAX_FUTURE_S: u64 = 300;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: None,
+            max_lines_per_request: 100_000,
+            max_labels_per_series: 64,
+            max_label_name_bytes: 256,
+            max_label_value_bytes: 2048,
+            max_metric_name_bytes: 256,
+            max_series_per_source: 100_000,
+            max_metrics_per_source: 10_000,
+            max_future_s: None,
+            max_query_series: 10_000,
+            max_query_points: 500_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -119,14 +215,21 @@ pub struct AggregationConfig {
     pub flush_interval_ms: u64,
     /// Samples and increments further behind the watermark than this are rejected.
     pub allowed_lateness_s: u64,
-    /// Samples further ahead of the node's clock than this are rejected.
-    pub max_future_s: u64,
+    /// The older name of `limits.max_future_s` (setting both is an error);
+    /// `None` when absent.
+    pub max_future_s: Option<u64>,
     /// Aggregator shards (threads); 0 means one per CPU.
     pub shards: usize,
     /// HdrHistogram significant digits: 2 gives ≤1% relative error, 3 gives ≤0.1%.
     pub histogram_significant_digits: u8,
     /// Apdex threshold T (in the metric's unit) when a sample names none.
     pub apdex_threshold: f64,
+    /// Most buckets either side of an exponential histogram may span: bounds its
+    /// memory and wire size; past it the histogram lowers its scale to fit.
+    pub exp_histogram_max_buckets: u32,
+    /// The scale exponential histograms start recording samples at (-10..=20, 20 the
+    /// finest); lowered only as far as the bucket bound needs.
+    pub exp_histogram_scale: i32,
     /// A source that is no longer declared stays expected (for completeness)
     /// until it has been silent this long.
     pub source_ttl_s: u64,
@@ -199,6 +302,13 @@ pub struct UpstreamConfig {
     /// First reconnect delay; doubles up to `max_backoff_ms`, with jitter.
     pub min_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// PEM CA certificates an `https://` upstream's certificate is verified
+    /// against; absent: the system's roots. Re-read at each connection.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to an upstream that requires one (mTLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -236,8 +346,11 @@ pub struct AlarmConfig {
     pub silence_minutes: u32,
     /// Also evaluate minutes not yet complete (by default only complete ones count).
     pub include_incomplete: bool,
-    /// `http://` URLs each firing and resolved notification is POSTed to.
+    /// `http://` or `https://` URLs each firing and resolved notification is POSTed to.
     pub webhooks: Vec<String>,
+    /// PEM CA certificates the rule's `https://` webhooks are verified
+    /// against; absent: the system's roots.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// `[events]`: retention of the event log, per event type.
@@ -286,8 +399,16 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:12800".into(),
-            max_body_bytes: 16 << 20,
+            max_body_bytes: None,
             max_inflight_requests: 256,
+            token: String::new(),
+            ingest_token: String::new(),
+            body_read_timeout_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -298,6 +419,11 @@ impl Default for GrpcConfig {
             listen: "127.0.0.1:11800".into(),
             max_message_bytes: 64 << 20,
             max_batch_bytes: 256 << 20,
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -315,10 +441,12 @@ impl Default for AggregationConfig {
         AggregationConfig {
             flush_interval_ms: 1000,
             allowed_lateness_s: 600,
-            max_future_s: 300,
+            max_future_s: None,
             shards: 0,
             histogram_significant_digits: 2,
             apdex_threshold: 500.0,
+            exp_histogram_max_buckets: 160,
+            exp_histogram_scale: 20,
             source_ttl_s: 3600,
             watermark_delay_ms: 2000,
         }
@@ -358,6 +486,9 @@ impl Default for UpstreamConfig {
             max_inflight_batches: 32,
             min_backoff_ms: 100,
             max_backoff_ms: 10_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -377,6 +508,7 @@ impl Default for AlarmConfig {
             silence_minutes: 0,
             include_incomplete: false,
             webhooks: Vec::new(),
+            webhook_ca_file: None,
         }
     }
 }
@@ -452,7 +584,88 @@ impl Config {
         check_alarms(&self.alarm, &self.storage, &mut p);
         check_events(&self.events, &self.storage, &mut p);
         check_expiry(&self.expiry, &self.aggregation, &mut p);
+        self.check_limits(&mut p);
         p.0
+    }
+
+    /// `[limits]` and the limits still read under their older names: each
+    /// greater than 0, and one name of each at most.
+    fn check_limits(&self, p: &mut Problems) {
+        let l = &self.limits;
+        if l.max_body_bytes.is_some() && self.http.max_body_bytes.is_some() {
+            p.bad(
+                "limits.max_body_bytes",
+                "is set together with http.max_body_bytes, its older name: keep one",
+            );
+        }
+        if l.max_future_s.is_some() && self.aggregation.max_future_s.is_some() {
+            p.bad(
+                "limits.max_future_s",
+                "is set together with aggregation.max_future_s, its older name: keep one",
+            );
+        }
+        let (body, body_key) = self.max_body_bytes();
+        if body == 0 || body > MAX_MESSAGE_BYTES {
+            p.bad(
+                body_key,
+                format!("{body} is outside 1..={MAX_MESSAGE_BYTES} (1 GiB)"),
+            );
+        }
+        for (key, value) in [
+            ("limits.max_lines_per_request", l.max_lines_per_request),
+            ("limits.max_labels_per_series", l.max_labels_per_series),
+            ("limits.max_label_name_bytes", l.max_label_name_bytes),
+            ("limits.max_label_value_bytes", l.max_label_value_bytes),
+            ("limits.max_metric_name_bytes", l.max_metric_name_bytes),
+            ("limits.max_series_per_source", l.max_series_per_source),
+            ("limits.max_metrics_per_source", l.max_metrics_per_source),
+            ("limits.max_query_series", l.max_query_series),
+            ("limits.max_query_points", l.max_query_points),
+        ] {
+            if value == 0 {
+                p.bad(key, "must be greater than 0");
+            }
+        }
+    }
+
+    /// The body limit and the key it is set with: `limits.max_body_bytes`,
+    /// else `http.max_body_bytes` (its older name), else the default.
+    pub fn max_body_bytes(&self) -> (usize, &'static str) {
+        match (self.limits.max_body_bytes, self.http.max_body_bytes) {
+            (Some(n), _) => (n, "limits.max_body_bytes"),
+            (None, Some(n)) => (n, "http.max_body_bytes"),
+            (None, None) => (DEFAULT_MAX_BODY_BYTES, "limits.max_body_bytes"),
+        }
+    }
+
+    /// The future bound of event times and the key it is set with:
+    /// `limits.max_future_s`, else `aggregation.max_future_s` (its older
+    /// name), else the default.
+    pub fn max_future_s(&self) -> (u64, &'static str) {
+        match (self.limits.max_future_s, self.aggregation.max_future_s) {
+            (Some(n), _) => (n, "limits.max_future_s"),
+            (None, Some(n)) => (n, "aggregation.max_future_s"),
+            (None, None) => (DEFAULT_MAX_FUTURE_S, "limits.max_future_s"),
+        }
+    }
+
+    /// The `[limits]` a node enforces, resolved ([`crate::core::limits::Limits`]).
+    pub fn limits(&self) -> crate::core::limits::Limits {
+        let l = &self.limits;
+        let (max_body_bytes, max_body_key) = self.max_body_bytes();
+        crate::core::limits::Limits {
+            max_body_bytes,
+            max_body_key,
+            body_read_timeout: std::time::Duration::from_millis(self.http.body_read_timeout_ms),
+            max_lines_per_request: l.max_lines_per_request,
+            max_labels_per_series: l.max_labels_per_series,
+            max_label_name_bytes: l.max_label_name_bytes,
+            max_label_value_bytes: l.max_label_value_bytes,
+            max_metric_name_bytes: l.max_metric_name_bytes,
+            max_future_key: self.max_future_s().1,
+            max_query_series: l.max_query_series,
+            max_query_points: l.max_query_points,
+        }
     }
 
     /// Cross-section limits: every duration key is converted to
@@ -472,10 +685,11 @@ impl Config {
     fn duration_bounds(&self) -> Vec<(String, u64, u64, &'static str)> {
         const YEARS: &str = "100 years";
         let (a, s) = (&self.aggregation, &self.storage);
+        let (max_future_s, max_future_key) = self.max_future_s();
         let mut out = vec![
             (
-                "aggregation.max_future_s".to_string(),
-                a.max_future_s,
+                max_future_key.to_string(),
+                max_future_s,
                 MAX_SKEW_S,
                 "7 days",
             ),
@@ -652,11 +866,61 @@ fn check_http(http: &HttpConfig, p: &mut Problems) {
             format!("{:?} is not an ip:port address", http.listen),
         );
     }
-    if http.max_body_bytes == 0 {
-        p.bad("http.max_body_bytes", "must be greater than 0");
-    }
     if http.max_inflight_requests == 0 {
         p.bad("http.max_inflight_requests", "must be greater than 0");
+    }
+    if !(1..=MAX_BODY_READ_TIMEOUT_MS).contains(&http.body_read_timeout_ms) {
+        p.bad(
+            "http.body_read_timeout_ms",
+            format!(
+                "{} is outside 1..={MAX_BODY_READ_TIMEOUT_MS} (1 hour)",
+                http.body_read_timeout_ms
+            ),
+        );
+    }
+    check_tokens(http, p);
+    check_listener("http", http.max_connections, http.handshake_timeout_ms, p);
+    check_timeout(
+        "http.header_read_timeout_ms",
+        http.header_read_timeout_ms,
+        p,
+    );
+    check_pair(
+        ("http.tls_cert_file", &http.tls_cert_file),
+        ("http.tls_key_file", &http.tls_key_file),
+        p,
+    );
+}
+
+/// Longest `http.body_read_timeout_ms`: 1 hour.
+pub const MAX_BODY_READ_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `http.token` and `http.ingest_token`: an ingest token only beside a read
+/// token (else reads would be open while ingest is closed), not the same
+/// one, and both usable in an `Authorization: Bearer` header.
+fn check_tokens(http: &HttpConfig, p: &mut Problems) {
+    for (key, token) in [
+        ("http.token", &http.token),
+        ("http.ingest_token", &http.ingest_token),
+    ] {
+        if !token.is_empty() && !token.bytes().all(|b| b.is_ascii_graphic()) {
+            p.bad(
+                key,
+                "must be visible ASCII characters without spaces (it is sent in an Authorization header)",
+            );
+        }
+    }
+    if !http.ingest_token.is_empty() && http.token.is_empty() {
+        p.bad(
+            "http.ingest_token",
+            "is set without http.token: reads and administration would be open to anyone while ingest needs a token",
+        );
+    }
+    if !http.ingest_token.is_empty() && http.ingest_token == http.token {
+        p.bad(
+            "http.ingest_token",
+            "is the same as http.token: applications holding it could read everything",
+        );
     }
 }
 
@@ -705,6 +969,61 @@ fn check_grpc(g: &GrpcConfig, aggregation: &AggregationConfig, p: &mut Problems)
             ),
         );
     }
+    check_listener("grpc", g.max_connections, g.handshake_timeout_ms, p);
+    check_pair(
+        ("grpc.tls_cert_file", &g.tls_cert_file),
+        ("grpc.tls_key_file", &g.tls_key_file),
+        p,
+    );
+    if g.client_ca_file.is_some() && g.tls_cert_file.is_none() {
+        p.bad(
+            "grpc.client_ca_file",
+            "is set without grpc.tls_cert_file: client certificates are checked only on a TLS port",
+        );
+    }
+}
+
+/// Default `http.max_connections` and `grpc.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Largest `*.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Longest listener timeout (`*.handshake_timeout_ms`,
+/// `http.header_read_timeout_ms`): 1 hour.
+pub const MAX_LISTENER_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A listener's connection bound and handshake timeout.
+fn check_listener(section: &str, max_connections: usize, handshake_ms: u64, p: &mut Problems) {
+    if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+        p.bad(
+            format!("{section}.max_connections"),
+            format!("{max_connections} is outside 1..={MAX_CONNECTIONS}"),
+        );
+    }
+    check_timeout(&format!("{section}.handshake_timeout_ms"), handshake_ms, p);
+}
+
+fn check_timeout(key: &str, ms: u64, p: &mut Problems) {
+    if !(1..=MAX_LISTENER_TIMEOUT_MS).contains(&ms) {
+        p.bad(
+            key,
+            format!("{ms} is outside 1..={MAX_LISTENER_TIMEOUT_MS} (1 hour)"),
+        );
+    }
+}
+
+/// A certificate and its key: both or neither.
+fn check_pair(
+    (cert_key, cert): (&str, &Option<PathBuf>),
+    (key_key, key): (&str, &Option<PathBuf>),
+    p: &mut Problems,
+) {
+    match (cert, key) {
+        (Some(_), None) => p.bad(cert_key, format!("is set without {key_key}: give both")),
+        (None, Some(_)) => p.bad(key_key, format!("is set without {cert_key}: give both")),
+        _ => {}
+    }
 }
 
 /// `[otlp]`: an address.
@@ -745,6 +1064,18 @@ fn check_aggregation(a: &AggregationConfig, p: &mut Problems) {
     }
     if !(a.apdex_threshold.is_finite() && a.apdex_threshold > 0.0) {
         p.bad("aggregation.apdex_threshold", "must be a positive number");
+    }
+    if !(2..=16_384).contains(&a.exp_histogram_max_buckets) {
+        p.bad(
+            "aggregation.exp_histogram_max_buckets",
+            format!("{} is outside 2..=16384", a.exp_histogram_max_buckets),
+        );
+    }
+    if !(-10..=20).contains(&a.exp_histogram_scale) {
+        p.bad(
+            "aggregation.exp_histogram_scale",
+            format!("{} is outside -10..=20", a.exp_histogram_scale),
+        );
     }
     if u128::from(a.watermark_delay_ms) > u128::from(a.allowed_lateness_s) * 1000 {
         p.bad(
@@ -818,7 +1149,8 @@ fn check_storage(s: &StorageConfig, a: &AggregationConfig, p: &mut Problems) {
 }
 
 /// `[upstream]`: an `http(s)://` endpoint, a send window the upstream can
-/// acknowledge, and an ordered backoff.
+/// acknowledge, an ordered backoff, and TLS files (a client certificate with
+/// its key) only with an `https://` endpoint.
 fn check_upstream(u: &UpstreamConfig, p: &mut Problems) {
     if !(u.endpoint.starts_with("http://") || u.endpoint.starts_with("https://")) {
         p.bad(
@@ -843,6 +1175,25 @@ fn check_upstream(u: &UpstreamConfig, p: &mut Problems) {
                 u.max_inflight_batches
             ),
         );
+    }
+    check_pair(
+        ("upstream.cert_file", &u.cert_file),
+        ("upstream.key_file", &u.key_file),
+        p,
+    );
+    if u.endpoint.starts_with("http://") {
+        for (key, file) in [
+            ("upstream.ca_file", &u.ca_file),
+            ("upstream.cert_file", &u.cert_file),
+            ("upstream.key_file", &u.key_file),
+        ] {
+            if file.is_some() {
+                p.bad(
+                    key,
+                    "is set but upstream.endpoint is http://: TLS files need an https:// endpoint",
+                );
+            }
+        }
     }
 }
 
@@ -886,8 +1237,9 @@ fn check_downstream(downstream: &[DownstreamConfig], node_id: &str, p: &mut Prob
 }
 
 /// `[[alarm]]`: distinct names, a metric and a value field, a finite
-/// threshold, a window of at most `storage.retention_minutes` and `http://`
-/// webhooks (the op is typed).
+/// threshold, a window of at most `storage.retention_minutes`, `http://` or
+/// `https://` webhooks and a CA file only beside an `https://` one (the op is
+/// typed).
 fn check_alarms(alarms: &[AlarmConfig], storage: &StorageConfig, p: &mut Problems) {
     let mut rule_names = std::collections::HashSet::new();
     for (i, r) in alarms.iter().enumerate() {
@@ -932,12 +1284,18 @@ fn check_alarms(alarms: &[AlarmConfig], storage: &StorageConfig, p: &mut Problem
             );
         }
         for (j, w) in r.webhooks.iter().enumerate() {
-            if !w.starts_with("http://") {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
                 p.bad(
                     key(&format!("webhooks[{j}]")),
-                    format!("{w:?} must start with http://"),
+                    format!("{w:?} must start with http:// or https://"),
                 );
             }
+        }
+        if r.webhook_ca_file.is_some() && !r.webhooks.iter().any(|w| w.starts_with("https://")) {
+            p.bad(
+                key("webhook_ca_file"),
+                "is set but no webhook of the rule is https://",
+            );
         }
     }
 }
@@ -1330,6 +1688,31 @@ mod tests {
     }
 
     #[test]
+    fn exp_histogram_settings_are_checked_naming_the_key() {
+        let p =
+            problems_of("[aggregation]\nexp_histogram_max_buckets = 1\nexp_histogram_scale = 21\n");
+        assert_eq!(
+            p,
+            [
+                "aggregation.exp_histogram_max_buckets: 1 is outside 2..=16384",
+                "aggregation.exp_histogram_scale: 21 is outside -10..=20",
+            ]
+        );
+        let p = problems_of(
+            "[aggregation]\nexp_histogram_max_buckets = 16384\nexp_histogram_scale = -10\n",
+        );
+        assert_eq!(p, Vec::<String>::new());
+        let defaults = AggregationConfig::default();
+        assert_eq!(
+            (
+                defaults.exp_histogram_max_buckets,
+                defaults.exp_histogram_scale
+            ),
+            (160, 20)
+        );
+    }
+
+    #[test]
     fn expiry_rules_are_checked_naming_the_key() {
         let text = r#"
             [aggregation]
@@ -1419,6 +1802,97 @@ mod tests {
             Config::from_toml("[storage]\nevent_retention_days = 9\n").map_err(|e| e.to_string());
         assert_eq!(old.map(|c| c.event_retention_days()), Ok(9));
         assert_eq!(Config::default().event_retention_days(), 30);
+    }
+
+    #[test]
+    fn limits_under_two_names_and_contradictory_limits_are_refused() {
+        let both = "[http]\nmax_body_bytes = 1000\n[aggregation]\nmax_future_s = 10\n\
+                    [limits]\nmax_body_bytes = 2000\nmax_future_s = 20\n";
+        assert_eq!(
+            problems_of(both),
+            [
+                "limits.max_body_bytes: is set together with http.max_body_bytes, its older name: keep one",
+                "limits.max_future_s: is set together with aggregation.max_future_s, its older name: keep one",
+            ]
+        );
+        // The older names still work, and are the keys errors name.
+        let old =
+            Config::from_toml("[http]\nmax_body_bytes = 1000\n[aggregation]\nmax_future_s = 10\n")
+                .map_err(|e| e.to_string());
+        let old = old.map(|c| {
+            (
+                c.max_body_bytes(),
+                c.max_future_s(),
+                c.limits().max_body_key,
+            )
+        });
+        assert_eq!(
+            old,
+            Ok((
+                (1000, "http.max_body_bytes"),
+                (10, "aggregation.max_future_s"),
+                "http.max_body_bytes"
+            ))
+        );
+        let defaults = Config::default();
+        assert_eq!(
+            defaults.max_body_bytes(),
+            (16 << 20, "limits.max_body_bytes")
+        );
+        assert_eq!(defaults.max_future_s(), (300, "limits.max_future_s"));
+        let text = "[limits]\nmax_series_per_source = 0\nmax_lines_per_request = 0\n\
+                    max_body_bytes = 0\n";
+        let keys: Vec<String> = problems_of(text)
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.max_body_bytes",
+                "limits.max_lines_per_request",
+                "limits.max_series_per_source",
+            ]
+        );
+        let p = problems_of("[aggregation]\nmax_future_s = 604801\n");
+        assert_eq!(
+            p,
+            ["aggregation.max_future_s: 604801 is more than 604800 (7 days)"]
+        );
+        let p = problems_of("[limits]\nmax_future_s = 604801\n");
+        assert_eq!(
+            p,
+            ["limits.max_future_s: 604801 is more than 604800 (7 days)"]
+        );
+    }
+
+    #[test]
+    fn tokens_are_checked_naming_the_key() {
+        let p = problems_of("[http]\ningest_token = \"ingest\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("http.ingest_token: is set without http.token"),
+            "{p:?}"
+        );
+        let p = problems_of("[http]\ntoken = \"same\"\ningest_token = \"same\"\n");
+        assert!(
+            p[0].starts_with("http.ingest_token: is the same as http.token"),
+            "{p:?}"
+        );
+        let p = problems_of("[http]\ntoken = \"has space\"\nbody_read_timeout_ms = 0\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("http.body_read_timeout_ms: 0 is outside"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("http.token: must be visible ASCII"),
+            "{p:?}"
+        );
+        assert_eq!(
+            problems_of("[http]\ntoken = \"read\"\ningest_token = \"write\"\n"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! - [`outputs`]: the forwarder to the upstream tier, alarm rules, evaluation
 //!   and notifications.
 //! - [`api`]: the HTTP router and handlers, queries, health, `/metrics`.
+//! - [`net`]: the listeners' accept loops, connection bounds and timeouts,
+//!   TLS (the crypto provider, certificates, SIGHUP reload, client configs).
 //! - [`config`]: the TOML schema, defaults and checks naming every bad key.
 //! - [`context`]: the shared parts (store, counters, sources) and the clock.
 //! - [`status`]: errors to statuses, in one place: each error's class → HTTP
@@ -48,7 +50,10 @@ pub mod api;
 pub mod config;
 pub mod context;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inputs;
+pub mod net;
 pub mod outputs;
 pub mod status;
 
@@ -111,6 +116,8 @@ pub struct RunningTier {
     forwarder: Option<ForwarderTask>,
     /// The alarm evaluator and sender, when there is anything to do.
     alarms: Option<alarms::AlarmThreads>,
+    /// Re-reads the listeners' certificates ([`RunningTier::tls_reloader`]).
+    tls: net::tls::Reloader,
 }
 
 /// What [`start_with`] lets a caller (a test) choose beyond the config.
@@ -142,6 +149,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     if !problems.is_empty() {
         return Err(config::ConfigError::Invalid(problems).into());
     }
+    let (http_tls, grpc_tls) = listener_tls(&config)?;
     let store = open_store(&config, options.reset_store).await?;
     let ctx = Arc::new(build_context(&config, store));
     let (pipeline, pipeline_threads) = Pipeline::start(pipeline_settings(&config), ctx.clone())?;
@@ -164,10 +172,22 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     });
 
     let accept_stop = CancellationToken::new();
-    let (http_addr, http_task) = api::http::serve(&config.http, api.clone(), accept_stop.clone())
-        .await
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let (grpc_addr, grpc_task) = inputs::serve_grpc(&config, ingestor, limits, accept_stop.clone())
+    let (http_addr, http_task) = api::http::serve(
+        &config.http,
+        http_tls.clone(),
+        api.clone(),
+        accept_stop.clone(),
+    )
+    .await
+    .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let grpc = inputs::serve_grpc(
+        &config,
+        grpc_tls.clone(),
+        ingestor,
+        limits,
+        accept_stop.clone(),
+    );
+    let (grpc_addr, grpc_task) = grpc
         .await
         .with_context(|| format!("binding grpc.listen {}", config.grpc.listen))?;
     if config.otlp.is_some() {
@@ -191,7 +211,28 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         pipeline: pipeline_threads,
         forwarder: forwarder.map(|(_, task)| task),
         alarms: alarm_threads,
+        tls: net::tls::Reloader::new(http_tls.into_iter().chain(grpc_tls).collect()),
     })
+}
+
+/// The listeners' TLS (HTTP, gRPC), from the files the config names; every
+/// TLS file of the config (the forwarder's and the webhooks' too) is read
+/// first, and any that cannot be used is refused naming its key.
+#[allow(clippy::type_complexity)]
+fn listener_tls(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<Arc<net::tls::ServerTls>>,
+    Option<Arc<net::tls::ServerTls>>,
+)> {
+    net::tls::install_crypto_provider();
+    let problems = net::tls::check_files(config);
+    if !problems.is_empty() {
+        return Err(config::ConfigError::Invalid(problems).into());
+    }
+    let http = net::tls::ServerTls::for_http(&config.http)?;
+    let grpc = net::tls::ServerTls::for_grpc(&config.grpc)?;
+    Ok((http, grpc))
 }
 
 /// The store `storage.engine` names: in memory, or the durable one in
@@ -234,6 +275,8 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         params: StateParams {
             histogram_sigfig: agg.histogram_significant_digits,
             apdex_threshold: agg.apdex_threshold,
+            exp_histogram_max_buckets: agg.exp_histogram_max_buckets,
+            exp_histogram_scale: agg.exp_histogram_scale,
         },
         carrier_capacity: config.carrier.capacity,
         carrier_strategy: config.carrier.strategy,
@@ -272,11 +315,19 @@ fn build_ingestor(
         registry,
         IngestSettings {
             allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
-            max_future_ms: strata_model::time::span_ms(agg.max_future_s, 1_000),
+            max_future_ms: strata_model::time::span_ms(config.max_future_s().0, 1_000),
             default_apdex_threshold: agg.apdex_threshold,
             message_limits: limits.clone(),
         },
         config.http.max_inflight_requests,
+    )
+    .with_protection(
+        Arc::new(config.limits()),
+        Arc::new(core::cardinality::Cardinality::for_config(config)),
+        Arc::new(api::auth::Tokens::new(
+            &config.http.token,
+            &config.http.ingest_token,
+        )),
     )
 }
 
@@ -368,6 +419,14 @@ async fn open_redb(dir: PathBuf, opts: StoreOptions, reset: bool) -> anyhow::Res
 }
 
 impl RunningTier {
+    /// What re-reads the listeners' certificates, key and client CA (the
+    /// binary calls it on SIGHUP): new connections use the new files,
+    /// established ones keep theirs, and a file that cannot be loaded keeps
+    /// the previous certificates (logged, naming the file).
+    pub fn tls_reloader(&self) -> net::tls::Reloader {
+        self.tls.clone()
+    }
+
     /// Resolves when a pipeline thread panicked, with what happened: the node
     /// cannot go on and must be shut down ([`fatal`]).
     pub async fn stopped_by(&self) -> String {

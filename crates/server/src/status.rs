@@ -12,12 +12,13 @@
 //! | class | HTTP | gRPC | retry hint | errors |
 //! |---|---|---|---|---|
 //! | [`Class::Invalid`] | 400 | `INVALID_ARGUMENT` | | `IngestError::Invalid`, `QueryError`, `ReceiverError::{FirstNotHello, EpochZero, UnexpectedMessage, BadDefinition, PartWithoutStart, PartOutOfPlace}` |
-//! | [`Class::Unauthenticated`] | 401 | `UNAUTHENTICATED` | | `ReceiverError::BadToken` |
+//! | [`Class::Unauthenticated`] | 401 | `UNAUTHENTICATED` | | `ReceiverError::BadToken`, `AuthError` |
 //! | [`Class::Forbidden`] | 403 | `PERMISSION_DENIED` | | `ReceiverError::UnknownSource` |
-//! | [`Class::Timeout`] | 408 | `DEADLINE_EXCEEDED` | | `ReceiverError::NoHello` |
+//! | [`Class::Timeout`] | 408 | `DEADLINE_EXCEEDED` | | `ReceiverError::NoHello`, `IngestError::BodyTimeout` |
 //! | [`Class::AlreadyExists`] | 409 | `ALREADY_EXISTS` | | `ReceiverError::AlreadyConnected` |
 //! | [`Class::OutOfSequence`] | 400 | `FAILED_PRECONDITION` | | `ReceiverError::{OutOfOrder, SeqRefused}` |
-//! | [`Class::TooLarge`] | 413 | `RESOURCE_EXHAUSTED` | | `ReceiverError::{MessageOverLimit, BatchOverLimit}` |
+//! | [`Class::TooLarge`] | 413 | `RESOURCE_EXHAUSTED` | | `ReceiverError::{MessageOverLimit, BatchOverLimit}`, `IngestError::TooLarge` |
+//! | [`Class::OverLimit`] | 422 | `RESOURCE_EXHAUSTED` | | `IngestError::Limited` (cardinality), `QueryError::OverLimit` |
 //! | [`Class::Busy`] | 429 | `RESOURCE_EXHAUSTED` | yes | `IngestError::Busy` |
 //! | [`Class::Unavailable`] | 503 | `UNAVAILABLE` | yes | `IngestError::Stopping`, `ReceiverError::{PreviousStreamCommitting, ShuttingDown, CommitFailed}` |
 //! | [`Class::Internal`] | 500 | `INTERNAL` | | `IngestError::CommitFailed`, `ReceiverError::NoLiveState`, a failed store read or task |
@@ -61,6 +62,9 @@ pub enum Class {
     /// A message over a size limit this node set: retrying the same message
     /// cannot help.
     TooLarge,
+    /// Over a `[limits]` limit that retrying cannot lift (a source's
+    /// cardinality, a query's size): the answer names the limit.
+    OverLimit,
     /// At the admission limit: retry later.
     Busy,
     /// Stopping, or unable to commit for now: retry later.
@@ -83,6 +87,7 @@ impl Class {
             Class::AlreadyExists => (409, Code::AlreadyExists, false),
             Class::OutOfSequence => (400, Code::FailedPrecondition, false),
             Class::TooLarge => (413, Code::ResourceExhausted, false),
+            Class::OverLimit => (422, Code::ResourceExhausted, false),
             Class::Busy => (429, Code::ResourceExhausted, true),
             Class::Unavailable => (503, Code::Unavailable, true),
             Class::Internal => (500, Code::Internal, false),
@@ -183,6 +188,26 @@ mod tests {
         let failed = IngestError::CommitFailed("disk".into());
         assert_eq!((http(&failed), grpc(&failed)), (500, Code::Internal));
         assert_eq!(http(&QueryError("bad".into())), 400);
+        // The limits and authentication ("Limits and authentication").
+        use crate::api::auth::AuthError;
+        use crate::api::body::BodyError;
+        use crate::api::query::QueryFailed;
+        let limited = IngestError::Limited("x".into());
+        assert_eq!(
+            (http(&limited), grpc(&limited)),
+            (422, Code::ResourceExhausted)
+        );
+        let lines = IngestError::TooLarge("x".into());
+        assert_eq!((http(&lines), grpc(&lines)), (413, Code::ResourceExhausted));
+        assert_eq!(http(&QueryFailed::OverLimit("x".into())), 422);
+        assert_eq!(http(&QueryFailed::Invalid(QueryError("x".into()))), 400);
+        assert_eq!(
+            (http(&AuthError::Wrong), grpc(&AuthError::Wrong)),
+            (401, Code::Unauthenticated)
+        );
+        assert_eq!(http(&AuthError::IngestOnly), 403);
+        assert_eq!(http(&BodyError::Timeout("x".into())), 408);
+        assert_eq!(http(&BodyError::Malformed("x".into())), 400);
     }
 
     /// docs/PROTOCOL.md names these codes; tests/hostile checks several.

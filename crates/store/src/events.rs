@@ -82,6 +82,11 @@ pub enum EventKind {
     /// `alarm_notifications_dropped`: the alarm outbox went over its cap and
     /// its oldest notifications were dropped undelivered.
     AlarmNotificationsDropped,
+    /// `cardinality_limited`: a source brought new series or metrics beyond
+    /// `limits.max_series_per_source` or `limits.max_metrics_per_source`;
+    /// its request or batch was refused. At most one per source and minute
+    /// (every refusal is counted on `/metrics`).
+    CardinalityLimited,
     /// A kind this build does not know, read back from a log a newer build
     /// wrote to (after a downgrade): listed as `unknown`, so that one such
     /// event never makes the log unreadable. Never recorded by this build.
@@ -90,7 +95,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::SourceConnected,
         EventKind::SourceDisconnected,
         EventKind::SourceRefused,
@@ -105,6 +110,7 @@ impl EventKind {
         EventKind::AlarmFired,
         EventKind::AlarmResolved,
         EventKind::AlarmNotificationsDropped,
+        EventKind::CardinalityLimited,
     ];
 
     /// The stored and displayed name.
@@ -124,6 +130,7 @@ impl EventKind {
             EventKind::AlarmFired => "alarm_fired",
             EventKind::AlarmResolved => "alarm_resolved",
             EventKind::AlarmNotificationsDropped => "alarm_notifications_dropped",
+            EventKind::CardinalityLimited => "cardinality_limited",
             EventKind::Unknown => "unknown",
         }
     }

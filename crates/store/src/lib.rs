@@ -154,6 +154,8 @@ mod codec;
 mod corrupt_files;
 mod error;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod memory;
 mod redb;

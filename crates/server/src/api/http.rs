@@ -7,7 +7,13 @@
 //!
 //! Every answer carries its request's `x-request-id`, every JSON error a
 //! `request_id` field, and blocking work runs in the request's span
-//! ([`crate::api::request_id`], the router's outermost layer).
+//! ([`crate::api::request_id`], the router's outermost layer). Inside it,
+//! [`crate::api::auth`] refuses requests without the token their route
+//! needs, before a handler or a body is touched.
+//!
+//! Ingest bodies are read by [`crate::api::body`] (size and time limits,
+//! gzip and zstd); queries run within `limits.max_query_series` and
+//! `limits.max_query_points`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,10 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
@@ -27,9 +32,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ApiState;
+use crate::api::auth::{HttpAuth, RefusalLog};
 use crate::api::json::{answer, error, error_of, refusal};
-use crate::api::query::{self, QueryError};
-use crate::api::{events, health, metrics, request_id};
+use crate::api::query::{self, QueryError, QueryLimits};
+use crate::api::{body, events, health, metrics, request_id};
 use crate::config::HttpConfig;
 use crate::context::now_ms;
 use crate::core::retention::Retention;
@@ -37,27 +43,44 @@ use crate::inputs::samples::{IngestError, parse_ndjson};
 use crate::status::{Class, Classify};
 
 /// Binds `http.listen` and serves [`router`] until `stop` is cancelled (then
-/// lets in-flight requests finish).
+/// lets in-flight requests finish): over TLS with `tls`, with the connection
+/// bound and timeouts of `[http]` ([`crate::net::http`]).
 pub async fn serve(
     config: &HttpConfig,
+    tls: Option<Arc<crate::net::tls::ServerTls>>,
     node: Arc<ApiState>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(node, config.max_body_bytes);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    let app = router(node, stop.clone());
+    let settings = crate::net::ListenerSettings {
+        name: "http",
+        max_connections: config.max_connections,
+        handshake_timeout: std::time::Duration::from_millis(config.handshake_timeout_ms),
+        tls,
+    };
+    let header_read_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms);
+    let task = tokio::spawn(crate::net::http::serve(
+        listener,
+        app,
+        settings,
+        header_read_timeout,
+        stop,
+    ));
     Ok((addr, task))
 }
 
-pub fn router(node: Arc<ApiState>, max_body_bytes: usize) -> Router {
+/// The API's routes, behind authentication and request ids. `stopping` is
+/// cancelled when the node stops accepting: `/ready` then answers 503.
+pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
+    let auth = Arc::new(HttpAuth {
+        tokens: node.ingestor.tokens.clone(),
+        stats: node.ctx.stats.clone(),
+        log: RefusalLog::default(),
+    });
+    let max_body_bytes = node.ingestor.limits.max_body_bytes;
+    let ready_node = node.clone();
     Router::new()
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/query", get(query))
@@ -69,25 +92,67 @@ pub fn router(node: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/health", get(health::health))
         .route("/health/{component}", get(health::health_component))
         .route("/metrics", get(metrics::prometheus))
+        .route(
+            "/ready",
+            get(move || std::future::ready(ready(&ready_node, &stopping))),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::api::auth::http,
+        ))
         .with_state(node)
         // Outermost: every answer, the fallback's included, carries its id.
         .layer(axum::middleware::from_fn(request_id::http))
 }
 
+/// `GET /ready`: 200 while the node serves, 503 once it stops accepting (or
+/// a pipeline thread failed), so that a load balancer stops sending to it.
+fn ready(node: &ApiState, stopping: &CancellationToken) -> Response {
+    if stopping.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+    }
+    if let Some(what) = node.ctx.fatal.get() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the node is failing: {what}"),
+        );
+    }
+    axum::Json(json!({"status": "success", "data": {"ready": true}})).into_response()
+}
+
 async fn ingest(
     State(node): State<Arc<ApiState>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let _timer = node.ctx.stats.latency.ingest_http.start_timer();
-    let body = match body {
+    let body = match body::read(body, &headers, &node.ingestor.limits).await {
         Ok(body) => body,
-        Err(rejection) => {
+        Err(e) => {
             node.ingestor.count_rejected();
-            return error(rejection.status(), rejection.body_text());
+            if matches!(e, body::BodyError::TooLarge { .. }) {
+                crate::core::stats::Stats::add(&node.ctx.stats.limit_refusals_total, 1);
+            }
+            let mut answer = error_of(&e);
+            if e.closes_connection() {
+                // The rest of the body is never read: do not reuse the connection.
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return answer;
         }
     };
+    // Bounded before parsing: every line becomes a parsed sample.
+    let lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty());
+    if let Err(e) = node.ingestor.check_lines(lines.count(), "lines") {
+        node.ingestor.count_rejected();
+        return ingest_error(e);
+    }
     let wait_commit = match params.get("wait").map(String::as_str) {
         None => false,
         Some("commit") => true,
@@ -171,12 +236,22 @@ async fn query(
     let store = node.ctx.store.clone();
     let watermarks = node.pipeline.watermarks();
     let retention = node.pipeline.settings().retention.clone();
-    let result =
-        request_id::spawn_blocking(move || query::execute(&*store, &watermarks, &retention, &q))
-            .await;
+    let limits = QueryLimits {
+        max_series: node.ingestor.limits.max_query_series,
+        max_points: node.ingestor.limits.max_query_points,
+    };
+    let result = request_id::spawn_blocking(move || {
+        query::execute_limited(&*store, &watermarks, &retention, &q, limits)
+    })
+    .await;
     match result {
         Ok(Ok(data)) => axum::Json(json!({"status": "success", "data": data})).into_response(),
-        Ok(Err(e)) => error_of(&e),
+        Ok(Err(e)) => {
+            if matches!(e, query::QueryFailed::OverLimit(_)) {
+                crate::core::stats::Stats::add(&node.ctx.stats.limit_refusals_total, 1);
+            }
+            error_of(&e)
+        }
         Err(e) => refusal(Class::Internal, format!("query failed: {e}")),
     }
 }

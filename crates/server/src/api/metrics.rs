@@ -44,6 +44,7 @@ fn render(node: &ApiState) -> String {
     carrier_and_store(node, &mut out);
     source_lag(node, &mut out);
     late_after_complete(node, &mut out);
+    cardinality(node, &mut out);
     build_info(id, &mut out);
     process::render(&mut out);
     out.finish()
@@ -150,6 +151,32 @@ fn late_after_complete(node: &ApiState, out: &mut Exposition) {
             &[("node", id), ("source", &s.id)],
             s.late_after_complete.load(Ordering::Relaxed),
         );
+    }
+}
+
+/// Per source (this node's id: its direct ingest), the series counted against
+/// `limits.max_series_per_source` and the requests or batches refused for
+/// bringing new series or metrics beyond the limits.
+fn cardinality(node: &ApiState, out: &mut Exposition) {
+    let id = node.ctx.node_id.as_str();
+    let figures = node.ingestor.cardinality.figures();
+    let name = "strata_cardinality_series";
+    out.family(
+        name,
+        MetricType::Gauge,
+        "Distinct series a source brought since start, counted against limits.max_series_per_source (this node's id: its direct ingest).",
+    );
+    for (source, series, _) in &figures {
+        out.sample(name, &[("node", id), ("source", source)], *series);
+    }
+    let name = "strata_cardinality_refusals_total";
+    out.family(
+        name,
+        MetricType::Counter,
+        "Ingest requests or federation batches refused for bringing new series or metrics beyond limits.max_series_per_source or limits.max_metrics_per_source, by source.",
+    );
+    for (source, _, refusals) in &figures {
+        out.sample(name, &[("node", id), ("source", source)], *refusals);
     }
 }
 

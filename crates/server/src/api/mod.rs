@@ -1,6 +1,9 @@
 //! The read side and the HTTP surface of a node.
 //!
-//! - [`http`]: the router, NDJSON ingest, queries, sources, events, alarms.
+//! - [`http`]: the router, NDJSON ingest, queries, sources, events, alarms,
+//!   `/ready`.
+//! - [`auth`]: bearer tokens of the HTTP API and the native gRPC ingest.
+//! - [`body`]: ingest bodies, bounded in size and time, gzip and zstd.
 //! - [`events`]: `/api/v1/events`, the event log filtered by type and time.
 //! - [`alarms`]: the data of `/api/v1/alarms`, from what the alarm evaluator exposes.
 //! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
@@ -11,6 +14,8 @@
 //!   layer that give every request an id, its span and its `x-request-id`.
 
 pub mod alarms;
+pub mod auth;
+pub mod body;
 pub mod events;
 pub mod health;
 pub mod http;

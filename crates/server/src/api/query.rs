@@ -4,6 +4,12 @@
 //! reads their minute buckets, merges them per output group (`group_by`) and
 //! per step, and only then derives values: a p99 over 15 minutes and three
 //! clouds is computed from one merged histogram, never from other p99s.
+//!
+//! A query is bounded ([`QueryLimits`], `limits.max_query_series` and
+//! `limits.max_query_points`): the series a selector matches are counted
+//! before any bucket is read, and merging stops at the point limit, so a
+//! query that would exceed either is answered 422 naming the limit before it
+//! holds its result.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +37,44 @@ impl Classify for QueryError {
     }
 }
 
+/// How much one query may select and answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Most series the selector may match (`limits.max_query_series`).
+    pub max_series: usize,
+    /// Most points the answer may hold, all series together (`limits.max_query_points`).
+    pub max_points: usize,
+}
+
+impl QueryLimits {
+    /// No bound: what alarm rules, which the operator wrote, evaluate with.
+    pub const NONE: QueryLimits = QueryLimits {
+        max_series: usize::MAX,
+        max_points: usize::MAX,
+    };
+}
+
+/// Why a bounded query ([`execute_limited`]) was not answered.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QueryFailed {
+    /// Not answerable as asked (400).
+    #[error("{0}")]
+    Invalid(#[from] QueryError),
+    /// Over `limits.max_query_series` or `limits.max_query_points` (422); the
+    /// message names the limit.
+    #[error("{0}")]
+    OverLimit(String),
+}
+
+impl Classify for QueryFailed {
+    fn class(&self) -> Class {
+        match self {
+            QueryFailed::Invalid(e) => e.class(),
+            QueryFailed::OverLimit(_) => Class::OverLimit,
+        }
+    }
+}
+
 /// A parsed vector selector.
 #[derive(Debug)]
 pub struct Selector {
@@ -41,6 +85,7 @@ pub struct Selector {
 
 /// Parses `metric{label="value",...}` (`=`, `!=`, `=~`, `!~`).
 pub fn parse_selector(q: &str) -> Result<Selector, QueryError> {
+    check_selector_shape(q)?;
     let expr = parser::parse(q).map_err(|e| QueryError(format!("bad selector {q:?}: {e}")))?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(QueryError(format!(
@@ -73,6 +118,56 @@ pub fn parse_selector(q: &str) -> Result<Selector, QueryError> {
     }
     let metric = metric.ok_or_else(|| QueryError("the selector must name a metric".into()))?;
     Ok(Selector { metric, matchers })
+}
+
+/// Refuses, before the PromQL parser reads it, what is not shaped as
+/// `metric{...}`: outside the braces only one name, before them, and white
+/// space; inside them no comment. Ranges, subqueries and modifiers, which a
+/// selector refuses anyway, carry durations the parser panics on when out of
+/// range (`x[1e300]`, `x offset 1e30`).
+fn check_selector_shape(q: &str) -> Result<(), QueryError> {
+    let not_a_selector = || {
+        QueryError(format!(
+            "{q:?} is not a vector selector: only metric{{label=\"value\"}} is supported"
+        ))
+    };
+    let modifier =
+        || QueryError("offset and @ modifiers are not supported; use from and to".into());
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    // Where the scan is: before the name, after it, in the braces, after them.
+    let (mut named, mut braces, mut closed) = (false, false, false);
+    let mut quote: Option<char> = None;
+    let mut chars = q.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if let Some(open) = quote {
+            if c == '\\' && open != '`' {
+                chars.next();
+            } else if c == open {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' if braces => quote = Some(c),
+            '#' if braces => return Err(not_a_selector()),
+            '}' if braces => (braces, closed) = (false, true),
+            _ if braces => {}
+            c if c.is_whitespace() => {}
+            '{' if !closed => braces = true,
+            c if (c.is_ascii_alphabetic() || c == '_' || c == ':') && !named && !closed => {
+                named = true;
+                while chars.next_if(|&(_, c)| is_name(c)).is_some() {}
+            }
+            '@' => return Err(modifier()),
+            c if is_name(c) => {
+                let word: String = q[at..].chars().take_while(|&c| is_name(c)).collect();
+                let offset = word.eq_ignore_ascii_case("offset");
+                return Err(if offset { modifier() } else { not_a_selector() });
+            }
+            _ => return Err(not_a_selector()),
+        }
+    }
+    Ok(())
 }
 
 /// Parses a time: epoch milliseconds, `now`, or `-<n><s|m|h|d>` relative to
@@ -138,13 +233,29 @@ pub struct Query {
 
 const MAX_RANGE_MS: i64 = 400 * 86_400_000;
 
-/// Answers a query with the JSON `data` object of DESIGN §8.
+/// Answers a query with the JSON `data` object of DESIGN §8, without bounds
+/// ([`execute_limited`] is what the API runs).
 pub fn execute(
     store: &dyn Store,
     watermarks: &Watermarks,
     retention: &Retention,
     q: &Query,
 ) -> Result<Value, QueryError> {
+    execute_limited(store, watermarks, retention, q, QueryLimits::NONE).map_err(|e| match e {
+        QueryFailed::Invalid(e) => e,
+        QueryFailed::OverLimit(message) => QueryError(message),
+    })
+}
+
+/// Answers a query with the JSON `data` object of DESIGN §8, refusing one
+/// over `limits` before it holds its result.
+pub fn execute_limited(
+    store: &dyn Store,
+    watermarks: &Watermarks,
+    retention: &Retention,
+    q: &Query,
+    limits: QueryLimits,
+) -> Result<Value, QueryFailed> {
     let sel = parse_selector(&q.selector)?;
     for (name, ms) in [("from", q.from_ms), ("to", q.to_ms)] {
         if !strata_model::time::in_range(ms) {
@@ -152,31 +263,36 @@ pub fn execute(
                 "{name} ({ms}) is outside the accepted range {}..={} ms (years 1 to 9999)",
                 strata_model::time::MIN_TS_MS,
                 strata_model::time::MAX_TS_MS
-            )));
+            ))
+            .into());
         }
     }
     if q.to_ms <= q.from_ms {
         return Err(QueryError(format!(
             "from ({}) must be before to ({})",
             q.from_ms, q.to_ms
-        )));
+        ))
+        .into());
     }
     if q.to_ms - q.from_ms > MAX_RANGE_MS {
-        return Err(QueryError("the range is longer than 400 days".into()));
+        return Err(QueryError("the range is longer than 400 days".into()).into());
     }
     let resolution = resolution_for(q, retention, now_ms());
     // Whole buckets: from rounds down, to rounds up (the current one is included).
     let from = resolution.bucket_start(q.from_ms);
     let to = resolution.bucket_start(q.to_ms - 1) + resolution.width_ms();
     let kind = store.metric_kind(&sel.metric);
-    let groups = merged_groups(
+    let groups = merged_groups_limited(
         store,
         &sel,
         q.group_by.as_deref(),
-        resolution,
-        q.step,
-        from,
-        to,
+        Span {
+            resolution,
+            step: q.step,
+            from,
+            to,
+        },
+        limits,
     )?;
     let series: Vec<Value> = groups
         .into_iter()
@@ -239,15 +355,71 @@ pub fn merged_groups(
     from: i64,
     to: i64,
 ) -> Result<Groups, QueryError> {
-    let mut groups = Groups::new();
-    for series in store.series_of(&sel.metric) {
-        if !sel
-            .matchers
+    let span = Span {
+        resolution,
+        step,
+        from,
+        to,
+    };
+    merged_groups_limited(store, sel, group_by, span, QueryLimits::NONE).map_err(|e| match e {
+        QueryFailed::Invalid(e) => e,
+        QueryFailed::OverLimit(message) => QueryError(message),
+    })
+}
+
+/// What a query reads: the stored resolution, the step of its points and
+/// the whole buckets of its range.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    pub resolution: Resolution,
+    pub step: Step,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// [`merged_groups`] within `limits`: the matching series are counted before
+/// any bucket is read, and merging stops at the point limit.
+pub fn merged_groups_limited(
+    store: &dyn Store,
+    sel: &Selector,
+    group_by: Option<&[String]>,
+    span: Span,
+    limits: QueryLimits,
+) -> Result<Groups, QueryFailed> {
+    let Span {
+        resolution,
+        step,
+        from,
+        to,
+    } = span;
+    // Like Prometheus's points-per-series bound: a range of more steps than
+    // the whole answer may hold is refused before a bucket is read.
+    if step != Step::All {
+        let len = step_len(step);
+        let steps = (to - from).saturating_add(len - 1) / len;
+        if usize::try_from(steps).unwrap_or(usize::MAX) > limits.max_points {
+            return Err(QueryFailed::OverLimit(format!(
+                "the range holds up to {steps} points per series, over limits.max_query_points ({}): shorten the range or use a coarser step",
+                limits.max_points
+            )));
+        }
+    }
+    let mut selected = store.series_of(&sel.metric);
+    selected.retain(|series| {
+        sel.matchers
             .iter()
             .all(|m| m.is_match(series.label(&m.name).unwrap_or("")))
-        {
-            continue;
-        }
+    });
+    if selected.len() > limits.max_series {
+        return Err(QueryFailed::OverLimit(format!(
+            "the selector matches {} series, over limits.max_query_series ({}): narrow it with label matchers",
+            selected.len(),
+            limits.max_series
+        )));
+    }
+    let mut groups = Groups::new();
+    let mut points_held = 0usize;
+    for series in selected {
         let key: Vec<(String, String)> = match group_by {
             None => series.labels().to_vec(),
             Some(names) => names
@@ -262,6 +434,7 @@ pub fn merged_groups(
             continue;
         }
         let points = groups.entry(key).or_default();
+        let before = points.len();
         for (bucket_ms, state) in buckets {
             let at = match step {
                 Step::All => from,
@@ -275,6 +448,13 @@ pub fn merged_groups(
                     points.insert(at, state);
                 }
             }
+        }
+        points_held += points.len() - before;
+        if points_held > limits.max_points {
+            return Err(QueryFailed::OverLimit(format!(
+                "the answer would hold more than {} points, over limits.max_query_points: shorten the range, use a coarser step or group_by",
+                limits.max_points
+            )));
         }
     }
     Ok(groups)
@@ -522,6 +702,48 @@ mod tests {
         assert_eq!(s[0]["points"].as_array().unwrap().len(), 1, "{v}");
         assert_eq!(s[0]["points"][0]["ts_ms"], 0);
         assert_eq!(s[0]["points"][0]["value"]["count"], 3);
+    }
+
+    #[test]
+    fn durations_the_promql_parser_panics_on_are_refused_before_it() {
+        for q in [
+            "5./144[00039723134440001293337]s",
+            "x[1e300]",
+            "x[Inf]",
+            "x[5m:1e30]",
+            "x offset 1e30",
+            "x OFFSET -Inf",
+            "{a=\"}\"} offset 99999999999999999999",
+            "x{a=\"b\" # \"\n}[1e300]",
+            "x @ 1e300",
+        ] {
+            let err = parse_selector(q).unwrap_err().0;
+            assert!(
+                err.contains("not a vector selector") || err.contains("offset and @"),
+                "{q:?}: {err}"
+            );
+        }
+        assert!(
+            parse_selector("x offset 5m")
+                .unwrap_err()
+                .0
+                .contains("offset and @")
+        );
+        // Selectors keep parsing: names with colons and digits, braces with any
+        // quoted content, white space, a metric named like a keyword.
+        for (q, metric, matchers) in [
+            ("job:req_5m", "job:req_5m", 0),
+            (" lat { a = \"}[1e300]\" , b!~'x\\'y' } ", "lat", 2),
+            ("{__name__=\"lat\",c=`[`}", "lat", 1),
+            ("offset{a=\"b\"}", "offset", 1),
+        ] {
+            let sel = parse_selector(q).unwrap_or_else(|e| panic!("{q:?}: {e}"));
+            assert_eq!(
+                (sel.metric.as_str(), sel.matchers.len()),
+                (metric, matchers),
+                "{q:?}"
+            );
+        }
     }
 
     #[test]

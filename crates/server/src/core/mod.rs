@@ -12,10 +12,13 @@
 //! - [`sources`]: downstream sources, watermarks, completeness.
 //! - [`stats`]: the node's counters and their Prometheus text exposition.
 //! - [`latency`]: lock-free latency histograms (ingest, commit, query).
-//! - [`limits`]: what one federation message may hold.
+//! - [`limits`]: what a request, a series or a query may hold; what one
+//!   federation message may hold.
+//! - [`cardinality`]: how many series and metrics each source may bring.
 //! - [`fatal`]: a pipeline thread that panicked stops the node.
 //! - [`health`]: the one health status every component reports.
 
+pub mod cardinality;
 pub mod commit;
 pub mod event_time;
 pub mod fatal;

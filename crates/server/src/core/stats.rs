@@ -108,6 +108,14 @@ counters! {
     alarm_notifications_failed_total,
     /// Queued notifications dropped because the outbox reached its cap.
     alarm_notifications_dropped_total,
+    /// HTTP requests refused (401) for a missing or wrong bearer token (`http.token`, `http.ingest_token`).
+    http_unauthorized_total,
+    /// Native gRPC pushes refused (UNAUTHENTICATED) for a missing or wrong bearer token.
+    grpc_unauthorized_total,
+    /// Ingest requests, federation batches and queries refused for a `[limits]` limit
+    /// (each answered naming the limit; cardinality refusals also per source in
+    /// `strata_cardinality_refusals_total`).
+    limit_refusals_total,
 }
 
 impl Stats {

@@ -10,6 +10,17 @@
 //! Every refusal is a [`ReceiverError`]; its gRPC code and retry hint come
 //! from the one table in [`crate::status`].
 //!
+//! A source's token is compared in constant time; an unknown id or a wrong
+//! token is refused (`PERMISSION_DENIED`, `UNAUTHENTICATED`) before anything
+//! of the stream is read beyond its hello, counted, logged and recorded as a
+//! `source_refused` event. The `[limits]` on series apply to batches as to
+//! ingest: a batch naming a series over a size limit is rejected whole naming
+//! the limit (an over-limit series definition is remembered as invalid, so a
+//! later batch that refers to it is rejected too, and its strings are not
+//! kept). A batch bringing new series beyond the source's cardinality limit
+//! is merged without them: they are refused, counted and reported naming the
+//! limit, and the source's existing series keep flowing.
+//!
 //! A stream's session runs in the span of the call that opened it (its
 //! `request_id`) for as long as the stream lasts; batch lines name their
 //! `source`, `epoch` and `seq`, and a flush's commit line names the batches
@@ -30,6 +41,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::constant_time_eq;
 use crate::api::request_id;
 use crate::context::now_ms;
 use crate::core::commit::Ticket;
@@ -94,6 +106,7 @@ impl Federation for FederationService {
             limits: self.limits.clone(),
             max_batch_bytes: self.max_batch_bytes,
             parts: None,
+            over_limit: None,
         };
         let shutdown = self.shutdown.clone();
         // The stream's request span and id last as long as the session.
@@ -141,7 +154,8 @@ impl FederationService {
             return Err(self.refused(
                 source_id,
                 ReceiverError::UnknownSource {
-                    source_id: source_id.clone(),
+                    // Chosen by whoever connects: never echoed at length.
+                    source_id: crate::core::limits::abbreviated(source_id),
                     node_id: self.node_id.clone(),
                 },
             ));
@@ -177,14 +191,18 @@ impl FederationService {
     }
 
     /// Counts, logs and records a refused stream; returns `e` to answer with.
+    /// Anyone reaching the port can be refused at will: beyond a budget a
+    /// minute, refusals are only counted.
     fn refused(&self, source_id: &str, e: ReceiverError) -> ReceiverError {
         let ctx = &self.ingestor.ctx;
         Stats::add(&ctx.stats.federation_refused_streams_total, 1);
-        tracing::warn!(source = %source_id, error = %e, "federation stream refused");
-        ctx.event(
-            EventKind::SourceRefused,
-            format!("source {source_id:?}: {e}"),
-        );
+        if !self.ingestor.refused_streams.take(now_ms()) {
+            tracing::debug!(source = %crate::core::limits::abbreviated(source_id), error = %e, "federation stream refused (over the report budget: counted only)");
+            return e;
+        }
+        let shown = crate::core::limits::abbreviated(source_id);
+        tracing::warn!(source = %shown, error = %e, "federation stream refused");
+        ctx.event(EventKind::SourceRefused, format!("source {shown:?}: {e}"));
         e
     }
 
@@ -265,6 +283,9 @@ struct Session {
     max_batch_bytes: usize,
     /// The batch being received in parts, if any.
     parts: Option<Parts>,
+    /// The seq of a batch (or of one of its parts) that named a series over
+    /// a `[limits]` size, and why: the batch is rejected whole once complete.
+    over_limit: Option<(u64, String)>,
 }
 
 /// A batch arriving in parts (`Batch.part`, `more_parts`): held until its last part,
@@ -339,6 +360,8 @@ impl Session {
         batch: v1::Batch,
         ack_tx: &mpsc::Sender<Result<u64, String>>,
     ) -> Result<(), ReceiverError> {
+        let mut batch = batch;
+        self.check_series_limits(&mut batch);
         // Every message the stream carries defines series, in stream order,
         // duplicates and parts included.
         if let Err(e) = self.known.learn(&batch) {
@@ -351,6 +374,32 @@ impl Session {
         match self.assemble(batch)? {
             Some(whole) => self.on_batch(whole, ack_tx).await,
             None => Ok(()),
+        }
+    }
+
+    /// Checks every series a message names against the `[limits]` sizes. The
+    /// first over-limit one marks the batch for rejection; a definition over
+    /// a limit is kept as an invalid one (a metric name that cannot be valid,
+    /// no labels), so that refs stay in step without keeping its strings.
+    fn check_series_limits(&mut self, batch: &mut v1::Batch) {
+        let limits = self.ingestor.limits.clone();
+        for s in &mut batch.series {
+            if s.series_ref != 0 && s.metric.is_empty() {
+                continue;
+            }
+            let labels = s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()));
+            let Err(reason) = limits.check_series(&s.metric, labels) else {
+                continue;
+            };
+            if self
+                .over_limit
+                .as_ref()
+                .is_none_or(|(seq, _)| *seq != batch.seq)
+            {
+                self.over_limit = Some((batch.seq, reason));
+            }
+            s.metric = "0_over_limit".to_string();
+            s.labels = Vec::new();
         }
     }
 
@@ -439,7 +488,12 @@ impl Session {
             progress,
             ack: ack_tx.clone(),
         };
-        let increments = self.increments_of(&batch).await?;
+        let over_limit = self
+            .over_limit
+            .take()
+            .filter(|(at, _)| *at == seq)
+            .map(|(_, reason)| reason);
+        let increments = self.increments_of(&batch, over_limit).await?;
         let n = increments.len() as u64;
         live.set_received(seq);
         let pipeline = self.ingestor.pipeline.clone();
@@ -517,14 +571,23 @@ impl Session {
     }
 
     /// The increments of an accepted batch ([`Session::validate`]). A batch
-    /// rejected whole is answered with a `Reject` and yields nothing: its
-    /// seq still advances (with nothing merged) so the stream goes on with
-    /// the next batch.
+    /// rejected whole (`over_limit`: it named a series over a `[limits]`
+    /// size) is answered with a `Reject` and yields nothing: its seq still
+    /// advances (with nothing merged) so the stream goes on with the next
+    /// batch.
     async fn increments_of(
         &self,
         batch: &v1::Batch,
+        over_limit: Option<String>,
     ) -> Result<Vec<strata_model::Increment>, ReceiverError> {
-        let reason = match self.validate(batch) {
+        let checked = match over_limit {
+            Some(reason) => {
+                Stats::add(&self.ingestor.ctx.stats.limit_refusals_total, 1);
+                Err(reason)
+            }
+            None => self.validate(batch),
+        };
+        let reason = match checked {
             Ok(increments) => return Ok(increments),
             Err(reason) => reason,
         };
@@ -551,7 +614,9 @@ impl Session {
     /// merged: one region's conflicting metric must not cost every other
     /// series of that region.
     fn validate(&self, batch: &v1::Batch) -> Result<Vec<strata_model::Increment>, String> {
-        let increments = self.known.decode(batch).map_err(|e| e.to_string())?;
+        let mut increments = self.known.decode(batch).map_err(|e| e.to_string())?;
+        self.check_times(&increments)?;
+        self.check_cardinality(&mut increments);
         let mut checks = BatchChecks {
             // A node that forwards refuses what it could never forward, like its own inputs.
             forwarding: self.ingestor.pipeline.settings().forwarding,
@@ -594,6 +659,59 @@ impl Session {
         }
         self.drop_late(batch.watermark_ms, &mut keep);
         Ok(keep)
+    }
+
+    /// Refuses a batch holding a minute before 1970 or further ahead of this
+    /// node's clock than the future bound allows (its minute may start up to
+    /// `max_future_s` ahead): no source's clock runs there.
+    fn check_times(&self, increments: &[strata_model::Increment]) -> Result<(), String> {
+        let now = now_ms();
+        let settings = &self.ingestor.settings;
+        let newest = now.saturating_add(settings.max_future_ms);
+        let Some(inc) = increments
+            .iter()
+            .find(|inc| inc.bucket_ms < 0 || inc.bucket_ms > newest)
+        else {
+            return Ok(());
+        };
+        let series = crate::core::limits::abbreviated(&inc.series.to_string());
+        if inc.bucket_ms < 0 {
+            return Err(format!(
+                "series {series}: bucket_ms {} is before 1970",
+                inc.bucket_ms
+            ));
+        }
+        Stats::add(&self.ingestor.ctx.stats.future_samples_total, 1);
+        Err(format!(
+            "series {series}: bucket_ms {} is in the future: more than {} s ({}) ahead of this node's clock ({now})",
+            inc.bucket_ms,
+            settings.max_future_ms / 1000,
+            self.ingestor.limits.max_future_key,
+        ))
+    }
+
+    /// Admits the distinct series of a batch into the source's cardinality
+    /// budget. Over the budget, the increments of the batch's new series are
+    /// refused (counted, and the refusal reported as for ingest) and those of
+    /// series the source already has are kept.
+    fn check_cardinality(&self, increments: &mut Vec<strata_model::Increment>) {
+        let mut last: Option<&Arc<strata_model::SeriesKey>> = None;
+        let distinct = increments.iter().filter_map(|inc| {
+            // Increments of one series come together: skip its repeats cheaply.
+            let repeat = last.is_some_and(|l| Arc::ptr_eq(l, &inc.series));
+            last = Some(&inc.series);
+            (!repeat).then_some(&*inc.series)
+        });
+        let cardinality = &self.ingestor.cardinality;
+        if let Err(e) = cardinality.admit(&self.live.id, distinct, now_ms()) {
+            self.ingestor.cardinality_refused(&e);
+            let dropped = cardinality.retain_known(&self.live.id, increments, now_ms());
+            Stats::add(
+                &self.ingestor.ctx.stats.federation_refused_increments_total,
+                dropped as u64,
+            );
+            tracing::debug!(source = %self.live.id, dropped, "increments of new series refused; the batch's other series are merged");
+        }
     }
 
     /// Why this node cannot merge `inc`, if it cannot: a histogram of another
@@ -702,8 +820,4 @@ fn over_limit(status: &Status, limit: usize) -> ReceiverError {
         .and_then(|n| n.parse::<u64>().ok());
     tracing::warn!(limit, found, "message over the limit refused");
     ReceiverError::MessageOverLimit { found, limit }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

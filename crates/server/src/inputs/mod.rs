@@ -29,11 +29,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::core::limits::MessageLimits;
 use crate::inputs::samples::Ingestor;
+use crate::net::ListenerSettings;
+use crate::net::tls::ServerTls;
 
 /// Binds `grpc.listen` and serves the federation receiver and native ingest
-/// until `stop` is cancelled, which also ends open source streams.
+/// until `stop` is cancelled, which also ends open source streams. With
+/// `tls`, the port speaks only TLS (and, with `grpc.client_ca_file`, only to
+/// clients with an accepted certificate); connections are bounded and
+/// checked before tonic serves them ([`crate::net::grpc`]).
 pub async fn serve_grpc(
     config: &Config,
+    tls: Option<Arc<ServerTls>>,
     ingestor: Arc<Ingestor>,
     limits: Arc<MessageLimits>,
     stop: CancellationToken,
@@ -53,6 +59,16 @@ pub async fn serve_grpc(
     .max_encoding_message_size(max_msg);
     let native =
         IngestServer::new(native::IngestService { ingestor }).max_decoding_message_size(max_msg);
+    let incoming = crate::net::grpc::incoming(
+        listener,
+        ListenerSettings {
+            name: "grpc",
+            max_connections: config.grpc.max_connections,
+            handshake_timeout: Duration::from_millis(config.grpc.handshake_timeout_ms),
+            tls,
+        },
+        stop.clone(),
+    );
     let task = tokio::spawn(async move {
         // Keepalives let a stream from a vanished source end, freeing its id.
         let served = tonic::transport::Server::builder()
@@ -62,10 +78,7 @@ pub async fn serve_grpc(
             .layer(crate::api::request_id::GrpcLayer)
             .add_service(federation)
             .add_service(native)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "grpc server failed");

@@ -1,12 +1,18 @@
 //! Native ingest: strata's own batched gRPC push (`Ingest/Push`), admitted
 //! by the same all-or-nothing validation as NDJSON. Errors are
 //! [`IngestError`]s, given their gRPC codes by [`crate::status`].
+//!
+//! With `http.token` set, a push must carry `authorization: Bearer <token>`
+//! metadata with it or `http.ingest_token`, as the HTTP ingest route does;
+//! otherwise it is refused `UNAUTHENTICATED`, counted and logged.
 
 use std::sync::Arc;
 use strata_model::{Kind, SampleValue};
 use strata_proto::v1::{self, ingest_server::Ingest};
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::Scope;
+use crate::core::stats::Stats;
 use crate::inputs::samples::{IngestError, Ingestor, RawPoint, RawSeries};
 use crate::status::grpc_status;
 
@@ -22,7 +28,13 @@ impl Ingest for IngestService {
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
         let _timer = self.ingestor.ctx.stats.latency.ingest_grpc.start_timer();
+        self.authenticate(&request)?;
         let req = request.into_inner();
+        let points: usize = req.series.iter().map(|s| s.points.len()).sum();
+        if let Err(e) = self.ingestor.check_lines(points, "points") {
+            self.ingestor.count_rejected();
+            return Err(grpc_status(&e));
+        }
         let mut input = Vec::with_capacity(req.series.len());
         let mut point = 0usize;
         for s in req.series {
@@ -87,5 +99,24 @@ impl Ingest for IngestService {
         Ok(Response::new(v1::PushResponse {
             accepted: accepted as u64,
         }))
+    }
+}
+
+impl IngestService {
+    /// Refuses a push whose `authorization` metadata does not carry a token
+    /// the ingest scope accepts (when the node has tokens).
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.ingestor
+            .tokens
+            .check(Scope::Ingest, presented)
+            .map_err(|e| {
+                Stats::add(&self.ingestor.ctx.stats.grpc_unauthorized_total, 1);
+                self.ingestor.auth_log.refused("grpc Ingest/Push", e);
+                grpc_status(&e)
+            })
     }
 }

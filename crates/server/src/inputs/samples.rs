@@ -5,6 +5,11 @@
 //! aggregator. Admission is bounded: a node that cannot take more answers
 //! "busy, retry" instead of queueing without bound.
 //!
+//! The `[limits]` apply here to every protocol alike ([`Limits`]): lines (or
+//! points) per request, the sizes of names and labels, and the node's
+//! cardinality budget for direct ingest ([`Cardinality`], the node's own id as
+//! the source): a request bringing new series beyond it is refused whole.
+//!
 //! [`IngestError`] is what every ingest protocol answers with; its HTTP
 //! status and gRPC code come from [`crate::status`].
 
@@ -17,10 +22,12 @@ use serde::Deserialize;
 use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::api::auth::{RefusalLog, Tokens};
 use crate::api::request_id;
 use crate::context::{Context, now_ms};
+use crate::core::cardinality::{Cardinality, CardinalityError};
 use crate::core::commit::Ticket;
-use crate::core::limits::MessageLimits;
+use crate::core::limits::{Limits, MessageLimits, ReportBudget};
 use crate::core::pipeline::Pipeline;
 use crate::core::registry::{Conflict, Registry};
 use crate::core::self_metrics::SELF_PREFIX;
@@ -59,6 +66,12 @@ pub enum IngestError {
         message: String,
         line: Option<usize>,
     },
+    /// More lines (points) than `limits.max_lines_per_request` (413); the
+    /// message names the limit.
+    TooLarge(String),
+    /// New series or metrics beyond the source's cardinality limit (422);
+    /// the message names the limit.
+    Limited(String),
     /// The node is at its admission limit: retry later.
     Busy,
     /// The node is shutting down.
@@ -78,6 +91,7 @@ impl std::fmt::Display for IngestError {
                 message,
                 line: None,
             } => f.write_str(message),
+            IngestError::TooLarge(message) | IngestError::Limited(message) => f.write_str(message),
             IngestError::Busy => f.write_str("node is busy, retry later"),
             IngestError::Stopping => f.write_str("node is shutting down"),
             IngestError::CommitFailed(e) => write!(f, "not committed: {e}"),
@@ -89,6 +103,8 @@ impl Classify for IngestError {
     fn class(&self) -> Class {
         match self {
             IngestError::Invalid { .. } => Class::Invalid,
+            IngestError::TooLarge(_) => Class::TooLarge,
+            IngestError::Limited(_) => Class::OverLimit,
             IngestError::Busy => Class::Busy,
             IngestError::Stopping => Class::Unavailable,
             IngestError::CommitFailed(_) => Class::Internal,
@@ -109,11 +125,41 @@ fn invalid(line: usize, message: impl Into<String>) -> IngestError {
 struct Line {
     metric: String,
     kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_labels")]
     labels: std::collections::BTreeMap<String, String>,
     ts_ms: Option<i64>,
     value: Option<serde_json::Value>,
     threshold: Option<f64>,
+}
+
+/// The `labels` object, refusing a name given twice: a plain map would keep
+/// the last value silently, where every other input refuses the series.
+fn unique_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct Labels;
+    impl<'de> serde::de::Visitor<'de> for Labels {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of label names to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut labels = std::collections::BTreeMap::new();
+            while let Some((name, value)) = map.next_entry::<String, String>()? {
+                if labels.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "label {name:?} appears more than once"
+                    )));
+                }
+                labels.insert(name, value);
+            }
+            Ok(labels)
+        }
+    }
+    d.deserialize_map(Labels)
 }
 
 /// Parses an NDJSON body; blank lines are skipped. Any bad line fails the whole body.
@@ -243,6 +289,10 @@ impl TimeWindow {
     }
 }
 
+/// Refused federation streams logged and recorded as events per minute;
+/// more are only counted (`federation_refused_streams_total`).
+pub const REFUSED_STREAM_REPORTS_PER_MINUTE: u32 = 20;
+
 /// Validates and admits requests into the pipeline.
 pub struct Ingestor {
     pub pipeline: Arc<Pipeline>,
@@ -252,6 +302,19 @@ pub struct Ingestor {
     admission: Semaphore,
     /// The node's shared parts (its counters, for the rejections).
     pub ctx: Arc<Context>,
+    /// `[limits]`: sizes of requests and series, and of queries.
+    pub limits: Arc<Limits>,
+    /// Series and metrics per source: this node's direct ingest and its
+    /// downstreams (the federation receiver checks its batches here too).
+    pub cardinality: Arc<Cardinality>,
+    /// `http.token` and `http.ingest_token`, which the HTTP API and the
+    /// native gRPC ingest both require.
+    pub tokens: Arc<Tokens>,
+    /// Logs refused native gRPC pushes, at most once per 10 s.
+    pub auth_log: RefusalLog,
+    /// Bounds the log lines and `source_refused` events of refused
+    /// federation streams, which anyone reaching the port can cause.
+    pub refused_streams: ReportBudget,
 }
 
 impl Ingestor {
@@ -261,12 +324,57 @@ impl Ingestor {
         settings: IngestSettings,
         max_inflight: usize,
     ) -> Self {
+        let ctx = pipeline.context().clone();
+        let cardinality = Cardinality::new([ctx.node_id.as_str()], usize::MAX, usize::MAX, 0);
         Ingestor {
-            ctx: pipeline.context().clone(),
+            ctx,
             pipeline,
             registry,
             settings,
             admission: Semaphore::new(max_inflight),
+            limits: Arc::new(Limits::default()),
+            cardinality: Arc::new(cardinality),
+            tokens: Arc::new(Tokens::default()),
+            auth_log: RefusalLog::default(),
+            refused_streams: ReportBudget::new(REFUSED_STREAM_REPORTS_PER_MINUTE),
+        }
+    }
+
+    /// This ingestor with the node's `[limits]`, cardinality budgets and
+    /// tokens (without: the default limits, no cardinality bound, no token).
+    pub fn with_protection(
+        mut self,
+        limits: Arc<Limits>,
+        cardinality: Arc<Cardinality>,
+        tokens: Arc<Tokens>,
+    ) -> Self {
+        self.limits = limits;
+        self.cardinality = cardinality;
+        self.tokens = tokens;
+        self
+    }
+
+    /// Refuses a request of more than `limits.max_lines_per_request` lines
+    /// (`what`: "lines", or "points" for native gRPC).
+    pub fn check_lines(&self, lines: usize, what: &str) -> Result<(), IngestError> {
+        let max = self.limits.max_lines_per_request;
+        if lines <= max {
+            return Ok(());
+        }
+        Stats::add(&self.ctx.stats.limit_refusals_total, 1);
+        Err(IngestError::TooLarge(format!(
+            "request has {lines} {what}, over limits.max_lines_per_request ({max})"
+        )))
+    }
+
+    /// Counts a cardinality refusal and, for the first of its source's
+    /// minute, logs it and records a `cardinality_limited` event.
+    pub fn cardinality_refused(&self, e: &CardinalityError) {
+        Stats::add(&self.ctx.stats.limit_refusals_total, 1);
+        if e.report {
+            tracing::warn!(source = %e.source_id, limit = e.key, error = %e, "new series refused: source at its cardinality limit (further refusals this minute are only counted)");
+            self.ctx
+                .event(strata_store::EventKind::CardinalityLimited, e.to_string());
         }
     }
 
@@ -275,6 +383,8 @@ impl Ingestor {
     /// [`Ingestor::submit`]; an error names the line or point (the
     /// [`RawPoint::line`]) of the first problem, and nothing is registered.
     pub fn validate(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
+        let points = input.iter().map(|s| s.points.len()).sum();
+        self.check_lines(points, "lines")?;
         let window = TimeWindow::new(now_ms(), &self.settings);
         let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
         let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
@@ -312,7 +422,17 @@ impl Ingestor {
                 threshold: (s.kind == Kind::Apdex).then_some(apdex_threshold),
             });
         }
-        self.register(&wanted)?;
+        let admitted = self
+            .cardinality
+            .admit(&self.ctx.node_id, interned.keys(), window.now)
+            .map_err(|e| {
+                self.cardinality_refused(&e);
+                IngestError::Limited(e.to_string())
+            })?;
+        if let Err(e) = self.register(&wanted) {
+            self.cardinality.release(admitted);
+            return Err(e);
+        }
         Ok(items)
     }
 
@@ -332,6 +452,14 @@ impl Ingestor {
                     "metric names starting with {SELF_PREFIX:?} are reserved for the node's own metrics"
                 ),
             ));
+        }
+        let sizes = self.limits.check_series(
+            &metric,
+            labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        if let Err(e) = sizes {
+            Stats::add(&self.ctx.stats.limit_refusals_total, 1);
+            return Err(invalid(line, e));
         }
         let key = SeriesKey::new(metric, labels).map_err(|e| invalid(line, e.to_string()))?;
         self.settings
@@ -390,8 +518,9 @@ impl Ingestor {
             return Err(invalid(
                 p.line,
                 format!(
-                    "ts_ms {ts_ms} is in the future: more than {} s (aggregation.max_future_s) ahead of this node's clock ({})",
+                    "ts_ms {ts_ms} is in the future: more than {} s ({}) ahead of this node's clock ({})",
                     self.settings.max_future_ms / 1000,
+                    self.limits.max_future_key,
                     window.now
                 ),
             ));
@@ -517,6 +646,46 @@ mod tests {
         let err = parse_ndjson(b"not json").unwrap_err();
         assert!(matches!(err, IngestError::Invalid { line: Some(1), .. }));
         assert!(parse_ndjson(b"\n\n").is_err());
+    }
+
+    #[test]
+    fn a_label_named_twice_is_refused_not_overwritten() {
+        let body = br#"{"metric":"a","kind":"counter"}
+{"metric":"a","kind":"counter","labels":{"az":"eu-1","cloud":"aws","az":"us-1"}}"#;
+        let err = parse_ndjson(body).unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Invalid { line: Some(2), message } if message.contains("label \"az\" appears more than once")),
+            "{err:?}"
+        );
+        // A repeated top-level field was already refused, by serde.
+        let err = parse_ndjson(br#"{"metric":"a","kind":"counter","metric":"b"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate field `metric`"),
+            "{err}"
+        );
+        let parsed = parse_ndjson(br#"{"metric":"a","kind":"counter","labels":{"b":"1","a":""}}"#);
+        assert_eq!(
+            parsed.unwrap()[0].labels,
+            [
+                ("a".to_string(), String::new()),
+                ("b".to_string(), "1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn floats_are_read_exactly_as_written() {
+        // serde_json's default float parsing was one ulp off for these.
+        for v in [
+            "103685477589223172036854775808",
+            "1.0368547758922319e29",
+            "2.2250738585072011e-308",
+        ] {
+            let line = format!(r#"{{"metric":"s","kind":"sum","value":{v}}}"#);
+            let parsed = parse_ndjson(line.as_bytes()).unwrap();
+            let exact: f64 = v.parse().unwrap();
+            assert_eq!(parsed[0].points[0].value, SampleValue::Number(exact), "{v}");
+        }
     }
 
     fn value_of(line: &str) -> Result<SampleValue, String> {

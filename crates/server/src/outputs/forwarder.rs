@@ -19,6 +19,14 @@
 //! series, so only a limit lowered after admission gets here) is left out,
 //! counted and logged, so it cannot hold back everything behind it.
 //!
+//! **TLS.** An `https://` endpoint is reached over TLS only (tonic refuses
+//! it without a TLS config rather than connect in plaintext): the upstream's
+//! certificate is verified against `upstream.ca_file`, else the system's
+//! roots, and `upstream.cert_file` / `key_file` are presented when set. The
+//! files are read at every connection ([`crate::net::tls::upstream_client_tls`]),
+//! so rotated ones are used from the next reconnect; one that cannot be read
+//! fails the stream like any other error, naming its key.
+//!
 //! **Health.** A stream that ends in an error before the upstream acknowledged
 //! anything new marks the forwarder as failing: `/health` shows it Degraded
 //! with the reason, and KO once it has failed for [`ForwarderState::ko_after`].
@@ -168,14 +176,43 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("connect: {0}")]
+    /// With its causes: a TLS failure says why (`invalid peer certificate:
+    /// UnknownIssuer`), not only "transport error".
+    #[error("connect: {}", error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
-    #[error("upstream: {}", .0.message())]
+    /// A TLS file of `[upstream]` that cannot be used (named with its key).
+    #[error("{0}")]
+    Tls(#[from] crate::net::tls::TlsFileError),
+    /// The message, and the transport's causes when the stream broke (a TLS
+    /// alert from an upstream that refused this node's certificate).
+    #[error("upstream: {}", status_text(.0))]
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Protocol(String),
     #[error("store: {0}")]
     Store(String),
+}
+
+/// A status's message, followed by its sources.
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_owned(),
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// One open stream to the upstream and where its sending stands.
@@ -275,11 +312,28 @@ impl Forwarder {
 
     /// Connects, says Hello, and resumes after what the Welcome says the
     /// upstream committed; `None` when stopped meanwhile.
+    ///
+    /// An `https://` endpoint is reached over TLS only, verified against
+    /// `upstream.ca_file` (else the system's roots), presenting
+    /// `upstream.cert_file` when set; the files are read again at every
+    /// connection, so rotated ones are picked up at the next reconnect.
+    /// Without a TLS config tonic refuses an `https://` endpoint rather
+    /// than connect in plaintext.
     async fn open(&mut self, stop: &CancellationToken) -> Result<Option<Link>, SessionError> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20));
+        // Files (and the system's roots) are read off the async threads.
+        let config = self.config.clone();
+        let endpoint = tokio::task::spawn_blocking(move || {
+            match crate::net::tls::upstream_client_tls(&config)? {
+                Some(tls) => Ok::<_, SessionError>(endpoint.tls_config(tls)?),
+                None => Ok(endpoint),
+            }
+        })
+        .await
+        .map_err(|e| SessionError::Protocol(format!("preparing the connection: {e}")))??;
         let channel = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             c = endpoint.connect() => c?,

@@ -1,10 +1,11 @@
 //! The evaluator: at each [`Alarms::tick`], every rule's window of minute
 //! points is merged per alarm instance, compared with the threshold, and the
 //! instances that start firing or resolve are recorded — state, history,
-//! event and notifications — in one store transaction.
+//! event and notifications — in one store transaction per round of windows.
 //!
 //! A tick runs in named steps: [`window_end`] (which minute the window ends
-//! at, or wait), `evaluate_instances` (one [`InstanceEvaluation`] per
+//! at, or wait), [`windows_to_evaluate`] (that window, after any skipped
+//! since the last tick), `evaluate_instances` (one [`InstanceEvaluation`] per
 //! instance), [`transition_of`] (fire, resolve or nothing, silences
 //! included), `Alarms::transition` (what a transition records) and
 //! `Alarms::record` (the one transaction, then the evaluator's memory).

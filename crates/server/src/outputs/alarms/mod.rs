@@ -42,8 +42,8 @@
 //!   minute is complete at this node, at least once a minute, and again
 //!   when late data lands in a minute it has already evaluated (`schedule`);
 //!   also applies the history's retention.
-//! - `alarm-notify`: delivers the outbox with a blocking HTTP client (plain
-//!   `http://` only), woken when a transition queues notifications.
+//! - `alarm-notify`: delivers the outbox with a blocking HTTP client
+//!   (`http://` or `https://`), woken when a transition queues notifications.
 //!
 //! Both are stopped by [`AlarmThreads::stop`] after the node's final commit;
 //! what is still queued stays in the outbox for the next start.

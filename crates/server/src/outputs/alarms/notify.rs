@@ -7,8 +7,12 @@
 //! a failed one with exponential backoff and jitter. It then sleeps until the
 //! next entry is due, a doorbell from the evaluator, or stop. Also here: what
 //! a notification's body says ([`notification_body`]).
+//!
+//! Webhooks are `http://` or `https://`; an `https://` one is verified against
+//! its rule's `webhook_ca_file`, else the system's roots (`Clients`).
 
-use std::collections::HashSet;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crossbeam_channel as cb;
@@ -37,11 +41,7 @@ impl Alarms {
     /// The sender thread: delivers the outbox, oldest first and in order per
     /// URL, until stopped.
     pub(super) fn send_loop(&self, stop: &cb::Receiver<()>, doorbell: &cb::Receiver<()>) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(self.settings.request_timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let clients = Clients::new(&self.rules, self.settings.request_timeout);
         let mut queue: Vec<OutboxEntry> = Vec::new();
         let mut reload = true;
         loop {
@@ -60,7 +60,7 @@ impl Alarms {
                     }
                 }
             }
-            match self.deliver_due(&agent, &mut queue, stop) {
+            match self.deliver_due(&clients, &mut queue, stop) {
                 Pass::Stopped => return,
                 Pass::Done { reload: stale } => reload |= stale,
             }
@@ -82,7 +82,7 @@ impl Alarms {
     /// entry may go: a later one waits while an earlier one is retried.
     fn deliver_due(
         &self,
-        agent: &ureq::Agent,
+        clients: &Clients,
         queue: &mut Vec<OutboxEntry>,
         stop: &cb::Receiver<()>,
     ) -> Pass {
@@ -100,7 +100,10 @@ impl Alarms {
             if !matches!(stop.try_recv(), Err(cb::TryRecvError::Empty)) {
                 return Pass::Stopped;
             }
-            match deliver(agent, &entry.notification) {
+            let delivered = clients
+                .for_url(url)
+                .and_then(|agent| deliver(agent, &entry.notification));
+            match delivered {
                 Ok(()) => {
                     reload |= !self.delivered(entry);
                     queue.remove(i);
@@ -258,6 +261,76 @@ fn backoff(attempts: u32, min: Duration, max: Duration) -> Duration {
     let doublings = attempts.saturating_sub(1).min(30);
     let delay = min.saturating_mul(1u32 << doublings).min(max);
     delay.mul_f64(rand::rng().random_range(0.8..=1.0))
+}
+
+/// The sender's HTTP clients, all on the node's TLS provider: for the
+/// `https://` webhooks of a rule with `webhook_ca_file`, one trusting that
+/// file's CAs; for other `https://` URLs one trusting the system's roots
+/// (read at its first use); and one for `http://`.
+struct Clients {
+    /// Webhook URL → the client trusting its rule's CA file, or why there is none.
+    by_url: HashMap<String, Result<ureq::Agent, String>>,
+    /// For `https://` URLs of rules without a CA file (and of rules no longer
+    /// configured whose notifications are still queued).
+    system: OnceCell<ureq::Agent>,
+    plain: ureq::Agent,
+    timeout: Duration,
+}
+
+impl Clients {
+    fn new(rules: &[Rule], timeout: Duration) -> Clients {
+        let mut by_url = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let Some(ca_file) = &rule.config.webhook_ca_file else {
+                continue;
+            };
+            let key = format!("alarm[{i}].webhook_ca_file");
+            let client = crate::net::tls::http_client_tls(&key, Some(ca_file))
+                .map(|tls| agent(timeout, tls))
+                .map_err(|e| e.to_string());
+            if let Err(e) = &client {
+                tracing::error!(rule = %rule.config.name, error = %e, "webhook CA file not usable: its https webhooks cannot be delivered");
+            }
+            for url in rule.config.webhooks.iter().filter(|u| is_https(u)) {
+                by_url.entry(url.clone()).or_insert_with(|| client.clone());
+            }
+        }
+        Clients {
+            by_url,
+            system: OnceCell::new(),
+            plain: agent(timeout, crate::net::tls::http_client_tls_with(Vec::new())),
+            timeout,
+        }
+    }
+
+    /// The client for `url`, or why it cannot be sent.
+    fn for_url(&self, url: &str) -> Result<&ureq::Agent, String> {
+        if let Some(client) = self.by_url.get(url) {
+            return client.as_ref().map_err(Clone::clone);
+        }
+        if !is_https(url) {
+            return Ok(&self.plain);
+        }
+        Ok(self.system.get_or_init(|| {
+            let tls = crate::net::tls::http_client_tls("system roots", None)
+                .unwrap_or_else(|_| crate::net::tls::http_client_tls_with(Vec::new()));
+            agent(self.timeout, tls)
+        }))
+    }
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+fn agent(timeout: Duration, tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into()
 }
 
 /// POSTs one notification; Ok only for a 2xx answer.
