@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use util::*;
 
-fn strata_query(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(strata_bin())
-        .arg("query")
-        .args(args)
-        .output()
-        .expect("running strata query");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn query_prints_a_table_of_series() {
     let dir = tempfile::tempdir().unwrap();

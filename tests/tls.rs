@@ -371,19 +371,6 @@ fn plaintext_http1_and_garbage_on_a_grpc_port_are_refused_and_it_keeps_serving()
 // ---------------------------------------------------------------------------
 // HTTPS API, `strata query`, webhooks
 
-fn strata_query(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(strata_bin())
-        .arg("query")
-        .args(args)
-        .output()
-        .expect("running strata query");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn https_ingest_and_query_work_with_the_ca() {
     let dir = tempfile::tempdir().unwrap();

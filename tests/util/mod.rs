@@ -205,6 +205,20 @@ impl NodeConfig {
     }
 }
 
+/// Runs `strata query ARGS`: whether it succeeded, its stdout and stderr.
+pub fn strata_query(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(strata_bin())
+        .arg("query")
+        .args(args)
+        .output()
+        .expect("running strata query");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The first line `child` prints on its piped stdout (its `listening` line),
 /// delivered once printed; the sender is dropped if stdout closes first (the
 /// process is exiting). Keeps draining stdout so the child never blocks on a
