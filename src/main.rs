@@ -169,25 +169,27 @@ fn init_tracing(default_filter: &str, (format, warning): (LogFormat, Option<Stri
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers SIGINT and SIGTERM handlers at once (a signal that comes
+/// before the returned future is polled is not lost, nor does it find the
+/// default action); the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -362,9 +364,10 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
         ..Default::default()
     };
     let tier = strata_server::start_with(config, options).await?;
-    // Ready before the listening line: SIGHUP never finds the default
-    // action (exit) once the addresses are out.
+    // Ready before the listening line: SIGHUP, SIGTERM and SIGINT never
+    // find the default action (exit) once the addresses are out.
     let reload = reload_on_sighup(tier.tls_reloader())?;
+    let shutdown = shutdown_signal()?;
     // One machine-readable line with the bound addresses (port 0 resolves here).
     println!(
         "{}",
@@ -373,7 +376,7 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
     // A panic in a pipeline thread stops the node like a signal does, then
     // exits non-zero.
     let fatal = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = shutdown => None,
         what = tier.stopped_by() => Some(what),
     };
     if let Some(what) = &fatal {
