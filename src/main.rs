@@ -339,9 +339,17 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
     }
 }
 
+/// Stack of every runtime thread (workers and blocking), as a process's
+/// main thread has: a query's selector compiles the regexes it names, and
+/// at the nesting regex-syntax allows (250) its recursive passes need more
+/// than the default 2 MiB in an unoptimised build. Only touched pages cost
+/// memory.
+const THREAD_STACK_BYTES: usize = 8 << 20;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .build()?)
 }
 
@@ -371,7 +379,14 @@ async fn run(path: PathBuf, grace: Duration, reset_store: bool) -> anyhow::Resul
     // One machine-readable line with the bound addresses (port 0 resolves here).
     println!(
         "{}",
-        serde_json::json!({"event": "listening", "node": tier.api.ctx.node_id, "http": tier.http_addr.to_string(), "grpc": tier.grpc_addr.to_string()})
+        serde_json::json!({
+            "event": "listening",
+            "node": tier.api.ctx.node_id,
+            "http": tier.http_addr.to_string(),
+            "grpc": tier.grpc_addr.to_string(),
+            "otlp_grpc": tier.otlp_grpc_addr.map(|a| a.to_string()),
+            "otlp_http": tier.otlp_http_addr.map(|a| a.to_string()),
+        })
     );
     // A panic in a pipeline thread stops the node like a signal does, then
     // exits non-zero.

@@ -241,6 +241,8 @@ pub struct Node {
     pub id: String,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// `otlp.listen` as bound, when the config has an `[otlp]` table.
+    pub otlp_grpc: Option<SocketAddr>,
     pub config: NodeConfig,
     child: Option<Child>,
     config_path: PathBuf,
@@ -268,6 +270,7 @@ impl Node {
             id: config.id.clone(),
             http: "0.0.0.0:0".parse().expect("valid address"),
             grpc: "0.0.0.0:0".parse().expect("valid address"),
+            otlp_grpc: None,
             config,
             child: None,
             config_path,
@@ -336,6 +339,9 @@ impl Node {
             .expect("grpc address")
             .parse()
             .expect("grpc socket address");
+        self.otlp_grpc = v["otlp_grpc"]
+            .as_str()
+            .map(|a| a.parse().expect("otlp_grpc socket address"));
         Ok(())
     }
 

@@ -58,6 +58,16 @@
 //! threshold is 0); larger thresholds arrive with ingested OpenTelemetry or Prometheus
 //! histograms.
 //!
+//! # Ingest and deltas
+//!
+//! Data from the network enters through [`ExpHist::from_parts_fitting`] (an
+//! OpenTelemetry exponential data point as exporters send it: a side wider than the bound
+//! is downscaled, an unknown min or max derived from the buckets) and
+//! [`ExpHist::from_explicit_buckets`] (an explicit-bucket histogram, each bucket recorded
+//! at one value, with a stated error). [`ExpHist::cumulative_delta`] turns two cumulative
+//! snapshots of one stream into the state of the samples between them, or reports a
+//! reset. All three refuse hostile input with an error naming it.
+//!
 //! # Derived values
 //!
 //! `count`, `sum`, `min` and `max` are exact; `mean` is `sum / count`. A quantile is the
@@ -168,6 +178,18 @@ fn shift_to_fit(lo: i32, hi: i32, max_buckets: u32) -> u32 {
         shift += 1;
     }
     shift
+}
+
+/// Checks that buckets `lo..=hi` of side `name` lie within the indices of `scale` (in
+/// `i64`: offset and length may come from anywhere).
+fn check_indices(name: &str, lo: i64, hi: i64, scale: i32) -> Result<(), String> {
+    let (min, max) = (min_index(scale), max_index(scale));
+    if lo < i64::from(min) || hi > i64::from(max) {
+        return Err(format!(
+            "{name} buckets {lo}..={hi} are outside the indices {min}..={max} of scale {scale}"
+        ));
+    }
+    Ok(())
 }
 
 /// The buckets of one side (positive or negative values): `counts[k]` is the count of
@@ -292,6 +314,40 @@ impl Buckets {
         for (index, c) in other.iter().filter(|&(_, c)| c != 0) {
             self.counts[((index >> shift) - self.offset) as usize] += c;
         }
+    }
+
+    /// This side without its empty ends, refused unless what is left lies within the
+    /// indices of `scale` (valid). Works in place: nothing is allocated.
+    fn trimmed_within(mut self, name: &str, scale: i32) -> Result<Buckets, String> {
+        let Some(first) = self.counts.iter().position(|&c| c != 0) else {
+            return Ok(Buckets::default());
+        };
+        let last = self.counts.iter().rposition(|&c| c != 0).unwrap_or(first);
+        // Vector lengths fit an `i64`.
+        let lo = i64::from(self.offset) + first as i64;
+        let hi = i64::from(self.offset) + last as i64;
+        check_indices(name, lo, hi, scale)?;
+        let offset = i32::try_from(lo).map_err(|_| format!("{name} offset {lo} is not an i32"))?;
+        self.counts.truncate(last + 1);
+        self.counts.drain(..first);
+        Ok(Buckets {
+            offset,
+            counts: self.counts,
+        })
+    }
+
+    /// This side lowered by `own_shift`, less every bucket of `other` lowered by
+    /// `shift`, trimmed; `None` if some bucket of `other` is not covered by this side's
+    /// count there.
+    fn minus(&self, own_shift: u32, other: &Buckets, shift: u32) -> Option<Buckets> {
+        let mut out = self.clone();
+        out.downscale(own_shift);
+        for (index, c) in other.iter().filter(|&(_, c)| c != 0) {
+            let k = usize::try_from(i64::from(index >> shift) - i64::from(out.offset)).ok()?;
+            let slot = out.counts.get_mut(k)?;
+            *slot = slot.checked_sub(c)?;
+        }
+        Some(Buckets::new(out.offset, out.counts))
     }
 
     /// The span this side would have after adding `other` lowered by `shift` and
@@ -445,6 +501,12 @@ impl ExpHist {
         for (name, side) in [("positive", &self.positive), ("negative", &self.negative)] {
             self.check_side(name, side)?;
         }
+        self.check_counts()?;
+        self.check_summary()
+    }
+
+    /// Checks that the zero and bucket counts add up to `count` without overflow.
+    fn check_counts(&self) -> Result<(), String> {
         let buckets = [&self.positive, &self.negative]
             .into_iter()
             .try_fold(self.zero_count, |acc, side| {
@@ -457,7 +519,7 @@ impl ExpHist {
                 self.count
             ));
         }
-        self.check_summary()
+        Ok(())
     }
 
     /// Checks one side: trimmed, within the bound and the index range (in `i64`: the
@@ -480,15 +542,7 @@ impl ExpHist {
             return Err(format!("{name} buckets are not trimmed of empty ends"));
         }
         let lo = i64::from(side.offset);
-        let hi = lo + len as i64 - 1;
-        let (min, max) = (min_index(self.scale), max_index(self.scale));
-        if lo < i64::from(min) || hi > i64::from(max) {
-            return Err(format!(
-                "{name} buckets {lo}..={hi} are outside the indices {min}..={max} of scale {}",
-                self.scale
-            ));
-        }
-        Ok(())
+        check_indices(name, lo, lo + len as i64 - 1, self.scale)
     }
 
     /// Checks sum, min and max against the count.
@@ -554,10 +608,23 @@ impl ExpHist {
         let sum = Sum::finite(self.sum.plus(value), Kind::ExpHistogram, || {
             format!("sum {} + {value}", self.sum.value())
         })?;
+        self.put(value, 1);
+        self.count = count;
+        self.sum = sum;
+        Ok(())
+    }
+
+    /// Adds `n` samples of `value` (finite) to the zero count or to their bucket,
+    /// downscaling first if that side would outgrow the bound, and to min and max. The
+    /// caller updates count and sum, having checked that they stay within range.
+    fn put(&mut self, value: f64, n: u64) {
+        if n == 0 {
+            return;
+        }
         // -0.0 is a zero like 0.0: one spelling keeps equal histograms equal byte for byte.
         let value = value + 0.0;
         if value == 0.0 {
-            self.zero_count += 1;
+            self.zero_count += n;
         } else {
             let index = map_to_index(value, self.scale);
             let side = if value > 0.0 {
@@ -575,13 +642,10 @@ impl ExpHist {
             } else {
                 &mut self.negative
             };
-            side.add(index >> shift, 1);
+            side.add(index >> shift, n);
         }
-        self.count = count;
-        self.sum = sum;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        Ok(())
     }
 
     /// Lowers the scale by `by` on both sides.
@@ -783,6 +847,315 @@ impl ExpHist {
     pub fn heap_bytes(&self) -> usize {
         (self.positive.counts.capacity() + self.negative.counts.capacity()) * 8
     }
+}
+
+/// Building histograms from what OpenTelemetry and Prometheus receivers decode, and
+/// turning cumulative snapshots into deltas. Every input may be hostile: each problem is
+/// an error naming it, never a panic, and nothing is allocated beyond the input's size.
+impl ExpHist {
+    /// Builds a histogram from ingested fields, as [`ExpHist::from_parts`] does, with
+    /// three allowances for what OpenTelemetry exporters send:
+    ///
+    /// - a side may have empty buckets at either end (trimmed, in place);
+    /// - a side may span more than `max_buckets` buckets: both sides are then downscaled
+    ///   until each fits, the rule of [`ExpHist::merge`] and of the SDKs, which keeps
+    ///   every count and the sum;
+    /// - `min` or `max` may be NaN, meaning unknown (OpenTelemetry makes both optional).
+    ///   It is then derived from the buckets, before downscaling: `min` is the lower
+    ///   bound of the lowest occupied bucket (on the negative side, minus the upper bound
+    ///   of the largest occupied magnitude), 0 if the lowest sample is in the zero
+    ///   bucket (read as zeros, whatever the threshold); `max` likewise from the top. A derived bound contains every sample but
+    ///   may be up to one bucket wide of the true one.
+    ///
+    /// Everything else is refused as [`ModelError::InvalidState`], naming the field:
+    /// scale or bound out of range, a zero threshold that is not finite and `>= 0`,
+    /// occupied indices outside [`min_index`]`..=`[`max_index`] of the scale (an
+    /// OpenTelemetry offset is any `i32`, and offset plus length is computed without
+    /// overflow), counts that overflow or do not add up to `count`, a sum that is not
+    /// finite, an infinite min or max, `min > max`, and, when `count` is 0, anything but
+    /// a zero sum and unknown (or `+inf`/`-inf`) min and max.
+    pub fn from_parts_fitting(parts: ExpHistParts) -> Result<ExpHist, ModelError> {
+        Self::fit_parts(parts).map_err(|reason| ModelError::InvalidState {
+            kind: Kind::ExpHistogram,
+            reason,
+        })
+    }
+
+    /// [`ExpHist::from_parts_fitting`], with the reason of a refusal as a string.
+    fn fit_parts(parts: ExpHistParts) -> Result<ExpHist, String> {
+        // First: the index range below depends on a valid scale.
+        Self::check_params(parts.scale, parts.max_buckets)?;
+        let mut h = ExpHist {
+            scale: parts.scale,
+            max_buckets: parts.max_buckets,
+            zero_threshold: parts.zero_threshold,
+            zero_count: parts.zero_count,
+            positive: parts.positive.trimmed_within("positive", parts.scale)?,
+            negative: parts.negative.trimmed_within("negative", parts.scale)?,
+            count: parts.count,
+            sum: parts.sum,
+            min: parts.min,
+            max: parts.max,
+        };
+        let derived = h.bucket_extremes();
+        if h.min.is_nan() {
+            h.min = derived.map_or(f64::INFINITY, |(min, _)| min);
+        }
+        if h.max.is_nan() {
+            h.max = derived.map_or(f64::NEG_INFINITY, |(_, max)| max);
+        }
+        // Before downscaling, which adds neighbouring counts.
+        h.check_counts()?;
+        // Indices are within the scale's range, so this stops at MIN_SCALE at the latest,
+        // where every side spans at most 2 buckets.
+        let shift = [h.positive.range(), h.negative.range()]
+            .into_iter()
+            .flatten()
+            .map(|(lo, hi)| shift_to_fit(lo, hi, h.max_buckets))
+            .max()
+            .unwrap_or(0);
+        h.downscale(shift);
+        h.positive.counts.shrink_to_fit();
+        h.negative.counts.shrink_to_fit();
+        h.validate()?;
+        Ok(h)
+    }
+
+    /// The smallest and largest value the occupied buckets and the zero count allow, at
+    /// the current scale (see [`ExpHist::from_parts_fitting`]); `None` if nothing is
+    /// occupied. Bounds past the float range are `f64::MAX`.
+    fn bucket_extremes(&self) -> Option<(f64, f64)> {
+        let lower = |i: i32| lower_bound(i, self.scale);
+        // `i + 1` fits: indices are at most `max_index(MAX_SCALE)`, far below `i32::MAX`.
+        let upper = |i: i32| lower_bound(i.saturating_add(1), self.scale).min(f64::MAX);
+        let min = if let Some((_, hi)) = self.negative.range() {
+            -upper(hi)
+        } else if self.zero_count > 0 {
+            0.0
+        } else {
+            lower(self.positive.range()?.0)
+        };
+        let max = if let Some((_, hi)) = self.positive.range() {
+            upper(hi)
+        } else if self.zero_count > 0 {
+            0.0
+        } else {
+            -lower(self.negative.range()?.0)
+        };
+        Some((min, max))
+    }
+
+    /// Converts an explicit-bucket histogram (OpenTelemetry Histogram, Prometheus classic
+    /// `le` buckets) into an exponential one recorded at `scale`, downscaled to fit
+    /// `max_buckets` as recording does.
+    ///
+    /// Bucket `i` is `(bounds[i-1], bounds[i]]`, the first `(-inf, bounds[0]]`, the last
+    /// `(bounds[last], +inf)`, so `counts.len() == bounds.len() + 1` (Prometheus' `+Inf`
+    /// bucket is the last count, not a bound). Its count is recorded at one value:
+    ///
+    /// - `(lo, hi]` with both of one sign and not zero: the geometric midpoint
+    ///   `sqrt(lo * hi)` (`-sqrt(lo * hi)` when negative);
+    /// - `(lo, hi]` touching or containing 0: `(lo + hi) / 2`, the zero bucket if that is 0;
+    /// - the first bucket: `min` if given and `<= bounds[0]`, else `bounds[0]`;
+    /// - the last bucket: `max` if given and `> bounds[last]`, else `bounds[last]`;
+    ///
+    /// then clamped into `[min, max]` as far as they are given. A value on a bound goes to
+    /// the exponential bucket the layout maps it to. `min`, `max` and `sum` count as given
+    /// when finite; missing, `min` and `max` are the extreme values recorded and `sum` is
+    /// the sum of value times count. The count is the sum of `counts`. The work is linear
+    /// in the number of buckets, whatever the counts.
+    ///
+    /// Accuracy: a sample in `(lo, hi]` (both of one sign, not zero) is represented
+    /// within a relative `sqrt(hi / lo) - 1` (e.g. 58% for `(1, 2.5]`, 41% for a
+    /// doubling), and a quantile of the result adds the layout's
+    /// [`relative_error`]`(scale)` of the final scale on top: within
+    /// `sqrt(hi / lo) * (1 + relative_error(scale)) - 1` of the exact sample at its rank.
+    /// Samples in the first and last buckets are only as good as `min` and `max`: without
+    /// them, they read as the outermost bounds.
+    ///
+    /// Refuses, naming the problem: no bounds (only count and sum are then known, and a
+    /// histogram without buckets cannot be merged as a distribution), a length mismatch,
+    /// a bound that is not finite or not above the one before (by index), `min > max`, a
+    /// total count past `u64::MAX`, a sum that is not finite when it must be computed, a
+    /// finite non-zero `sum` with no samples, and a scale or bound out of range.
+    pub fn from_explicit_buckets(
+        bounds: &[f64],
+        counts: &[u64],
+        sum: Option<f64>,
+        min: Option<f64>,
+        max: Option<f64>,
+        scale: i32,
+        max_buckets: u32,
+    ) -> Result<ExpHist, ModelError> {
+        let invalid = |reason: String| ModelError::InvalidValue {
+            kind: Kind::ExpHistogram,
+            reason,
+        };
+        let mut h = ExpHist::new(scale, max_buckets)?;
+        check_explicit_layout(bounds, counts).map_err(invalid)?;
+        let (min, max) = (min.filter(|m| m.is_finite()), max.filter(|m| m.is_finite()));
+        let sum = sum.filter(|s| s.is_finite());
+        if let (Some(lo), Some(hi)) = (min, max)
+            && lo > hi
+        {
+            return Err(invalid(format!(
+                "explicit histogram min {lo} is above its max {hi}"
+            )));
+        }
+        let total = counts
+            .iter()
+            .try_fold(0u64, |acc, &c| acc.checked_add(c))
+            .ok_or_else(|| ModelError::Overflow {
+                kind: Kind::ExpHistogram,
+                reason: format!("explicit histogram bucket counts exceed {}", u64::MAX),
+            })?;
+        if total == 0 {
+            return match sum {
+                Some(s) if s != 0.0 => Err(invalid(format!(
+                    "explicit histogram has sum {s} but no samples"
+                ))),
+                _ => Ok(h),
+            };
+        }
+        let pairs = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (explicit_value(bounds, i, min, max), n));
+        // Values rise with the bucket, so this order only ever appends to a side.
+        let negative = pairs.clone().rev().filter(|&(v, _)| v < 0.0);
+        let rest = pairs.filter(|&(v, _)| v >= 0.0);
+        let mut computed = Sum::default();
+        for (value, n) in negative.chain(rest) {
+            h.put(value, n);
+            computed = computed.plus(value * n as f64);
+        }
+        h.count = total;
+        h.sum = match sum {
+            Some(sum) => Sum {
+                sum,
+                compensation: 0.0,
+            },
+            None => Sum::finite(computed, Kind::ExpHistogram, || {
+                "sum of the explicit buckets".to_owned()
+            })?,
+        };
+        h.min = min.unwrap_or(h.min);
+        h.max = max.unwrap_or(h.max);
+        h.validate().map_err(invalid)?;
+        Ok(h)
+    }
+
+    /// The difference `self - earlier` of two cumulative snapshots of one stream, `self`
+    /// the later: the samples recorded in between, for turning cumulative exports into
+    /// deltas.
+    ///
+    /// Both are compared at the smaller of their scales (a copy is downscaled; an
+    /// `earlier` without buckets does not lower the scale), then buckets, zero counts,
+    /// counts and sums are subtracted. The result keeps `self`'s bound and zero
+    /// threshold; its min and max are derived from its occupied buckets (see
+    /// [`ExpHist::from_parts_fitting`]) and clamped into `[self.min, self.max]`. With
+    /// count 0 it is the empty histogram at that scale. Its sum is the difference as
+    /// computed, so it may be slightly negative through rounding when every sample is
+    /// `>= 0`; it is finite. The result always passes [`ExpHist::validate`].
+    ///
+    /// `None` when `self` is not a continuation of `earlier`: some bucket, the zero count
+    /// or the count decreased (a reset: the caller then takes `self` whole as the delta),
+    /// or the sums differ by more than a float can hold. A decrease hidden inside one
+    /// bucket of the common scale is not seen.
+    pub fn cumulative_delta(&self, earlier: &ExpHist) -> Option<ExpHist> {
+        let scale = earlier
+            .binding_scale()
+            .map_or(self.scale, |s| s.min(self.scale));
+        let count = self.count.checked_sub(earlier.count)?;
+        let zero_count = self.zero_count.checked_sub(earlier.zero_count)?;
+        let negated = Sum {
+            sum: -earlier.sum.sum,
+            compensation: -earlier.sum.compensation,
+        };
+        let sum = self.sum.checked_merge(&negated, Kind::ExpHistogram).ok()?;
+        // Non-negative for every histogram with buckets; irrelevant for one without.
+        let shift = |h: &ExpHist| (h.scale - scale).max(0) as u32;
+        let positive = self
+            .positive
+            .minus(shift(self), &earlier.positive, shift(earlier))?;
+        let negative = self
+            .negative
+            .minus(shift(self), &earlier.negative, shift(earlier))?;
+        let mut delta = ExpHist::new(scale, self.max_buckets).ok()?;
+        delta.zero_threshold = self.zero_threshold;
+        if count == 0 {
+            // Any bucket left would be counts that do not add up: not a delta.
+            let nothing = positive.is_empty() && negative.is_empty() && zero_count == 0;
+            return nothing.then_some(delta);
+        }
+        delta.positive = positive;
+        delta.negative = negative;
+        delta.zero_count = zero_count;
+        delta.count = count;
+        delta.sum = sum;
+        let (min, max) = delta.bucket_extremes()?;
+        // `max`/`min` rather than `clamp`: no panic whatever the fields hold.
+        delta.min = min.max(self.min).min(self.max);
+        delta.max = max.max(self.min).min(self.max);
+        delta.validate().ok()?;
+        Some(delta)
+    }
+}
+
+/// Checks the bucket layout of an explicit histogram (see
+/// [`ExpHist::from_explicit_buckets`]), naming the problem.
+fn check_explicit_layout(bounds: &[f64], counts: &[u64]) -> Result<(), String> {
+    if bounds.is_empty() {
+        return Err(format!(
+            "explicit histogram has no bucket bounds ({} counts): only its count and sum are \
+             known, and a histogram without buckets cannot be merged as a distribution",
+            counts.len()
+        ));
+    }
+    if counts.len() != bounds.len() + 1 {
+        return Err(format!(
+            "explicit histogram has {} bucket counts for {} bounds, not {}",
+            counts.len(),
+            bounds.len(),
+            bounds.len() + 1
+        ));
+    }
+    if let Some((i, b)) = bounds.iter().enumerate().find(|(_, b)| !b.is_finite()) {
+        return Err(format!(
+            "explicit histogram bound {i} is {b}, not a finite number"
+        ));
+    }
+    if let Some(i) = bounds.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "explicit histogram bound {} ({}) is not above bound {i} ({})",
+            i + 1,
+            bounds[i + 1],
+            bounds[i]
+        ));
+    }
+    Ok(())
+}
+
+/// The value bucket `i` of a checked explicit layout is recorded at (see
+/// [`ExpHist::from_explicit_buckets`]); `min` and `max` are finite when given.
+fn explicit_value(bounds: &[f64], i: usize, min: Option<f64>, max: Option<f64>) -> f64 {
+    let lower = i.checked_sub(1).and_then(|j| bounds.get(j)).copied();
+    let value = match (lower, bounds.get(i).copied()) {
+        (Some(lo), Some(hi)) if lo > 0.0 => (lo.sqrt() * hi.sqrt()).max(lo).min(hi),
+        (Some(lo), Some(hi)) if hi < 0.0 => {
+            let magnitude = ((-lo).sqrt() * (-hi).sqrt()).max(-hi).min(-lo);
+            -magnitude
+        }
+        // Opposite signs or a zero bound: no overflow.
+        (Some(lo), Some(hi)) => (lo + hi) / 2.0,
+        (None, Some(hi)) => min.filter(|&m| m <= hi).unwrap_or(hi),
+        (Some(lo), None) => max.filter(|&m| m > lo).unwrap_or(lo),
+        // Not reached: a checked layout has a bound.
+        (None, None) => 0.0,
+    };
+    value
+        .max(min.unwrap_or(f64::NEG_INFINITY))
+        .min(max.unwrap_or(f64::INFINITY))
 }
 
 /// The wire and store form (see docs/PROTOCOL.md): LEB128 varints (zig-zag for signed
@@ -988,6 +1361,8 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
 
     fn hist(scale: i32, max_buckets: u32, values: &[f64]) -> ExpHist {
         let mut h = ExpHist::new(scale, max_buckets).unwrap();
@@ -1472,5 +1847,609 @@ mod tests {
         assert!((relative_error(20) - 3.3e-7).abs() < 1e-8);
         assert!((relative_error(0) - (2f64.sqrt() - 1.0)).abs() < 1e-15);
         assert!((relative_error(3) - 0.0443).abs() < 1e-4);
+    }
+
+    fn fitting_parts() -> ExpHistParts {
+        ExpHistParts {
+            scale: 3,
+            max_buckets: 160,
+            zero_threshold: 0.0,
+            zero_count: 4,
+            positive: Buckets::new(-200, vec![1; 400]),
+            negative: Buckets::new(5, vec![2, 0, 3]),
+            count: 409,
+            sum: Sum {
+                sum: 123.5,
+                compensation: 0.0,
+            },
+            min: f64::NAN,
+            max: f64::NAN,
+        }
+    }
+
+    #[test]
+    fn fitting_downscales_a_wide_side_and_keeps_count_and_sum() {
+        let h = ExpHist::from_parts_fitting(fitting_parts()).unwrap();
+        // 400 buckets at scale 3 take 200 at scale 2 and 100 at scale 1.
+        assert_eq!(h.scale(), 1);
+        assert_eq!(h.positive().counts().len(), 100);
+        assert_eq!(h.positive().total(), Some(400));
+        assert_eq!(h.negative(), &Buckets::new(1, vec![5]));
+        assert_eq!((h.count(), h.zero_count()), (409, 4));
+        assert_eq!(h.sum().value(), 123.5);
+        // Unknown min and max come from the buckets at the scale they were sent at: the
+        // upper bounds of negative bucket 7 and of positive bucket 199, at scale 3.
+        assert_eq!(h.min(), -2.0);
+        assert_eq!(h.max(), 2f64.powi(25));
+        assert!(h.validate().is_ok());
+        // The same as downscaling by hand, then building strictly.
+        let mut parts = fitting_parts();
+        parts.positive.downscale(2);
+        parts.negative.downscale(2);
+        parts.scale = 1;
+        parts.min = -2.0;
+        parts.max = 2f64.powi(25);
+        assert_eq!(ExpHist::from_parts(parts).unwrap(), h);
+        // Both sides go down together, even when only one is too wide.
+        let mut parts = fitting_parts();
+        parts.positive = Buckets::new(0, vec![1; 3]);
+        parts.negative = Buckets::new(0, vec![1; 161]);
+        parts.count = 4 + 3 + 161;
+        let h = ExpHist::from_parts_fitting(parts).unwrap();
+        assert_eq!(h.scale(), 2);
+        assert_eq!(h.positive(), &Buckets::new(0, vec![2, 1]));
+        assert_eq!(h.negative().counts().len(), 81);
+        assert!(h.validate().is_ok());
+    }
+
+    #[test]
+    fn fitting_trims_and_derives_unknown_min_and_max() {
+        let base = || ExpHistParts {
+            scale: 0,
+            max_buckets: 160,
+            zero_threshold: 0.0,
+            zero_count: 0,
+            positive: Buckets::default(),
+            negative: Buckets::default(),
+            count: 0,
+            sum: Sum::default(),
+            min: f64::NAN,
+            max: f64::NAN,
+        };
+        assert_eq!(
+            ExpHist::from_parts_fitting(base()).unwrap(),
+            ExpHist::new(0, 160).unwrap()
+        );
+        let zeros = ExpHist::from_parts_fitting(ExpHistParts {
+            zero_count: 3,
+            count: 3,
+            ..base()
+        })
+        .unwrap();
+        assert_eq!((zeros.min(), zeros.max()), (0.0, 0.0));
+        // Untrimmed ends, and an offset on an empty side, as exporters may send them.
+        let h = ExpHist::from_parts_fitting(ExpHistParts {
+            positive: Buckets {
+                offset: 1,
+                counts: vec![0, 0, 5, 0],
+            },
+            negative: Buckets {
+                offset: -7,
+                counts: vec![0, 0],
+            },
+            count: 5,
+            sum: Sum {
+                sum: 60.0,
+                compensation: 0.0,
+            },
+            max: 15.0,
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(h.positive(), &Buckets::new(3, vec![5]));
+        assert_eq!(h.negative(), &Buckets::default());
+        // Bucket 3 at scale 0 is (8, 16]: min is its lower bound; the given max is kept.
+        assert_eq!((h.min(), h.max()), (8.0, 15.0));
+        // Only negative buckets: -16 and -4 bound buckets 3 and 1, with a zero between.
+        let h = ExpHist::from_parts_fitting(ExpHistParts {
+            negative: Buckets::new(1, vec![1, 0, 1]),
+            count: 2,
+            sum: Sum {
+                sum: -15.0,
+                compensation: 0.0,
+            },
+            ..base()
+        })
+        .unwrap();
+        assert_eq!((h.min(), h.max()), (-16.0, -2.0));
+        // The extremes of the index range give finite bounds.
+        let h = ExpHist::from_parts_fitting(ExpHistParts {
+            positive: Buckets::new(max_index(0), vec![1]),
+            negative: Buckets::new(max_index(0), vec![1]),
+            count: 2,
+            ..base()
+        })
+        .unwrap();
+        assert_eq!((h.min(), h.max()), (-f64::MAX, f64::MAX));
+    }
+
+    #[test]
+    fn fitting_refuses_hostile_parts_without_panicking() {
+        type Forge = fn(&mut ExpHistParts);
+        let bad: [(Forge, &str); 16] = [
+            (|p| p.count = 408, "count"),
+            (|p| p.zero_threshold = f64::NAN, "zero threshold"),
+            (|p| p.zero_threshold = f64::INFINITY, "zero threshold"),
+            (|p| p.scale = 21, "scale"),
+            (|p| p.scale = i32::MIN, "scale"),
+            (|p| p.max_buckets = 0, "max buckets"),
+            (
+                |p| p.positive = Buckets::new(i32::MAX - 10, vec![1; 1000]),
+                "outside",
+            ),
+            (
+                |p| {
+                    p.negative = Buckets {
+                        offset: i32::MAX,
+                        counts: vec![0, 0, 1],
+                    }
+                },
+                "outside",
+            ),
+            (
+                |p| p.positive = Buckets::new(i32::MIN, vec![1, 1]),
+                "outside",
+            ),
+            (|p| p.zero_count = u64::MAX, "overflow"),
+            (
+                |p| p.positive = Buckets::new(0, vec![u64::MAX, u64::MAX]),
+                "overflow",
+            ),
+            // Downscaling to 2 buckets would add these up.
+            (
+                |p| {
+                    p.max_buckets = 2;
+                    p.positive = Buckets::new(0, vec![u64::MAX; 3]);
+                    p.negative = Buckets::default();
+                    (p.zero_count, p.count) = (0, u64::MAX);
+                },
+                "overflow",
+            ),
+            (|p| p.sum.sum = f64::NAN, "sum"),
+            (|p| p.min = f64::NEG_INFINITY, "min"),
+            (|p| (p.min, p.max) = (3.0, 1.0), "min"),
+            // Below what the buckets hold.
+            (|p| p.max = -3.0, "min"),
+        ];
+        let mut cases: Vec<(ExpHistParts, &str)> = bad
+            .into_iter()
+            .map(|(forge, word)| {
+                let mut p = fitting_parts();
+                forge(&mut p);
+                (p, word)
+            })
+            .collect();
+        // No samples, but a min.
+        let mut p = fitting_parts();
+        (p.positive, p.negative) = (Buckets::default(), Buckets::default());
+        (p.zero_count, p.count, p.sum, p.min) = (0, 0, Sum::default(), 0.0);
+        cases.push((p, "count 0"));
+        for (p, word) in cases {
+            let err = ExpHist::from_parts_fitting(p.clone()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ModelError::InvalidState {
+                        kind: Kind::ExpHistogram,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains(word), "{p:?}: {err}");
+        }
+    }
+
+    /// The bounds of the examples below: (-inf, 1], (1, 2], (2, 5], (5, 10], (10, inf).
+    const BOUNDS: [f64; 4] = [1.0, 2.0, 5.0, 10.0];
+
+    #[test]
+    fn explicit_buckets_are_recorded_at_their_geometric_midpoints() {
+        let h =
+            ExpHist::from_explicit_buckets(&BOUNDS, &[1, 2, 3, 4, 5], None, None, None, 20, 160)
+                .unwrap();
+        assert!(h.validate().is_ok());
+        assert_eq!(h.count(), 15);
+        let sqrt = f64::sqrt;
+        let want = 1.0 + 2.0 * sqrt(2.0) + 3.0 * sqrt(10.0) + 4.0 * sqrt(50.0) + 5.0 * 10.0;
+        assert!(
+            (h.sum().value() - want).abs() < 1e-12 * want,
+            "{:?}",
+            h.sum()
+        );
+        // Without min and max, the outer buckets read as the outer bounds.
+        assert_eq!((h.min(), h.max()), (1.0, 10.0));
+        assert_eq!(h.positive().total(), Some(15));
+        // 1 to 10 is 3.3 binades: 160 buckets hold 32 per binade, scale 5.
+        assert_eq!(h.scale(), 5);
+        let e = relative_error(h.scale());
+        // Ranks 1 | 2-3 | 4-6 | 7-10 | 11-15: each quantile is its bucket's value within
+        // the layout's error, and within the stated bound of any sample of the bucket.
+        for (q, value, lo, hi) in [
+            (0.2, sqrt(2.0), 1.0, 2.0),
+            (0.4, sqrt(10.0), 2.0, 5.0),
+            (0.5, sqrt(50.0), 5.0, 10.0),
+            (0.6, sqrt(50.0), 5.0, 10.0),
+        ] {
+            let got = h.quantile(q);
+            assert!((got - value).abs() <= value * e, "q {q}: {got} vs {value}");
+            let bound = sqrt(hi / lo) * (1.0 + e) - 1.0;
+            for sample in [lo * (1.0 + 1e-12), hi] {
+                assert!((got - sample).abs() <= sample * bound, "q {q}: {got}");
+            }
+        }
+        assert_eq!(h.quantile(0.0), 1.0);
+        assert_eq!(h.quantile(1.0), 10.0);
+        // Given min, max and sum are kept, and the outer buckets read as min and max.
+        let h = ExpHist::from_explicit_buckets(
+            &BOUNDS,
+            &[1, 2, 3, 4, 5],
+            Some(60.0),
+            Some(0.5),
+            Some(20.0),
+            20,
+            160,
+        )
+        .unwrap();
+        assert_eq!((h.sum().value(), h.min(), h.max()), (60.0, 0.5, 20.0));
+        assert_eq!(h.quantile(0.0), 0.5);
+        assert_eq!(h.quantile(1.0), 20.0);
+        assert!((h.quantile(0.75) - 20.0).abs() <= 20.0 * relative_error(h.scale()));
+    }
+
+    #[test]
+    fn explicit_buckets_keep_signs_zeros_and_clamp_into_min_and_max() {
+        // (-10, -1] at -sqrt(10); (-1, 1] at 0, a zero; (1, 10] at sqrt(10).
+        let h = ExpHist::from_explicit_buckets(
+            &[-10.0, -1.0, 1.0, 10.0],
+            &[1, 1, 1, 1, 1],
+            None,
+            None,
+            None,
+            20,
+            160,
+        )
+        .unwrap();
+        assert!(h.validate().is_ok());
+        assert_eq!((h.zero_count(), h.count()), (1, 5));
+        assert_eq!(h.negative().total(), Some(2));
+        assert_eq!(h.positive().total(), Some(2));
+        assert_eq!((h.min(), h.max()), (-10.0, 10.0));
+        assert!(h.sum().value().abs() < 1e-12);
+        let e = relative_error(h.scale());
+        let want = -(10f64.sqrt());
+        assert!((h.quantile(0.4) - want).abs() <= 10f64.sqrt() * e);
+        assert_eq!(h.quantile(0.6), 0.0);
+        // A bucket touching zero is recorded at its midpoint.
+        let h = ExpHist::from_explicit_buckets(&[-1.0, 0.0], &[0, 2, 0], None, None, None, 20, 160)
+            .unwrap();
+        assert_eq!((h.min(), h.max(), h.sum().value()), (-0.5, -0.5, -1.0));
+        assert_eq!(h.negative().total(), Some(2));
+        // Clamped into [min, max]: sqrt(2) is below the given min.
+        let h = ExpHist::from_explicit_buckets(
+            &BOUNDS,
+            &[0, 2, 0, 0, 0],
+            None,
+            Some(1.6),
+            Some(1.7),
+            20,
+            160,
+        )
+        .unwrap();
+        assert_eq!((h.min(), h.max(), h.sum().value()), (1.6, 1.7, 3.2));
+        let q = h.quantile(0.5);
+        assert!((1.6..=1.7).contains(&q), "{q}");
+        // Non-finite min, max and sum count as missing.
+        let h = ExpHist::from_explicit_buckets(
+            &BOUNDS,
+            &[0, 0, 0, 0, 1],
+            Some(f64::NAN),
+            Some(f64::NEG_INFINITY),
+            Some(f64::INFINITY),
+            20,
+            160,
+        )
+        .unwrap();
+        assert_eq!((h.min(), h.max(), h.sum().value()), (10.0, 10.0, 10.0));
+        // No samples: the empty histogram.
+        let h =
+            ExpHist::from_explicit_buckets(&BOUNDS, &[0; 5], Some(0.0), None, None, 3, 8).unwrap();
+        assert_eq!(h, ExpHist::new(3, 8).unwrap());
+    }
+
+    #[test]
+    fn explicit_buckets_take_time_in_buckets_not_in_samples() {
+        // u64::MAX samples in one bucket: one addition, not 2^64.
+        let h = ExpHist::from_explicit_buckets(
+            &[1.0, 4.0],
+            &[0, u64::MAX, 0],
+            None,
+            None,
+            None,
+            20,
+            160,
+        )
+        .unwrap();
+        assert_eq!(h.count(), u64::MAX);
+        assert_eq!(h.positive().counts(), &[u64::MAX]);
+        assert_eq!(h.sum().value(), 2.0 * u64::MAX as f64);
+        // Many buckets of both signs, recorded in an order that only appends.
+        let bounds: Vec<f64> = (-20_000..20_000).map(|i| f64::from(i) / 7.0).collect();
+        let counts = vec![3u64; bounds.len() + 1];
+        let h =
+            ExpHist::from_explicit_buckets(&bounds, &counts, None, None, None, 20, 160).unwrap();
+        assert!(h.validate().is_ok());
+        assert_eq!(h.count(), 3 * counts.len() as u64);
+        assert!(h.positive().counts().len() <= 160);
+    }
+
+    #[test]
+    fn explicit_buckets_refuse_bad_layouts_naming_them() {
+        let refused = |bounds: &[f64], counts: &[u64], min: Option<f64>, max: Option<f64>| {
+            ExpHist::from_explicit_buckets(bounds, counts, None, min, max, 20, 160)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused(&[1.0, 3.0, 2.0], &[0; 4], None, None);
+        assert!(
+            err.contains("bound 2 (2) is not above bound 1 (3)"),
+            "{err}"
+        );
+        let err = refused(&[1.0, 1.0], &[0; 3], None, None);
+        assert!(err.contains("bound 1"), "{err}");
+        let err = refused(&[1.0, f64::NAN], &[0; 3], None, None);
+        assert!(err.contains("bound 1 is NaN"), "{err}");
+        let err = refused(&[f64::NEG_INFINITY, 1.0], &[0; 3], None, None);
+        assert!(err.contains("bound 0 is -inf"), "{err}");
+        let err = refused(&[1.0, 2.0], &[1, 2], None, None);
+        assert!(err.contains("2 bucket counts for 2 bounds"), "{err}");
+        let err = refused(&[], &[], None, None);
+        assert!(err.contains("without buckets cannot be merged"), "{err}");
+        let err = refused(&[], &[7], None, None);
+        assert!(err.contains("no bucket bounds"), "{err}");
+        let err = refused(&BOUNDS, &[1; 5], Some(3.0), Some(2.0));
+        assert!(err.contains("min 3 is above its max 2"), "{err}");
+        let overflow =
+            ExpHist::from_explicit_buckets(&[1.0], &[u64::MAX, 1], None, None, None, 20, 160);
+        assert!(
+            matches!(overflow, Err(ModelError::Overflow { .. })),
+            "{overflow:?}"
+        );
+        // A sum that must be computed and is not finite; with a given sum it need not be.
+        let (bounds, counts) = ([1e308, 1.5e308], [0, 10, 0]);
+        let huge = ExpHist::from_explicit_buckets(&bounds, &counts, None, None, None, 20, 160);
+        assert!(matches!(huge, Err(ModelError::Overflow { .. })), "{huge:?}");
+        assert!(
+            ExpHist::from_explicit_buckets(&bounds, &counts, Some(1e300), None, None, 20, 160)
+                .is_ok()
+        );
+        let err = ExpHist::from_explicit_buckets(&BOUNDS, &[0; 5], Some(1.0), None, None, 20, 160)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sum 1 but no samples"), "{err}");
+        assert!(
+            ExpHist::from_explicit_buckets(&BOUNDS, &[1; 5], None, None, None, 21, 160).is_err()
+        );
+        assert!(ExpHist::from_explicit_buckets(&BOUNDS, &[1; 5], None, None, None, 0, 1).is_err());
+    }
+
+    #[test]
+    fn a_decrease_is_a_reset_not_a_delta() {
+        let earlier = hist(3, 160, &[1.0, 5.0]);
+        // More samples, but the bucket of 5 emptied.
+        assert_eq!(
+            hist(3, 160, &[1.0, 7.0, 9.0]).cumulative_delta(&earlier),
+            None
+        );
+        // Fewer zeros.
+        let zeros = hist(3, 160, &[0.0, 0.0]);
+        assert_eq!(
+            hist(3, 160, &[0.0, 1.0, 2.0]).cumulative_delta(&zeros),
+            None
+        );
+        // Fewer samples.
+        assert_eq!(hist(3, 160, &[1.0]).cumulative_delta(&earlier), None);
+        // Sums that no stream could have between them.
+        let sum_of = |sum: f64, count: u64| {
+            ExpHist::from_parts(ExpHistParts {
+                scale: 0,
+                max_buckets: 160,
+                zero_threshold: 0.0,
+                zero_count: count,
+                positive: Buckets::default(),
+                negative: Buckets::default(),
+                count,
+                sum: Sum {
+                    sum,
+                    compensation: 0.0,
+                },
+                min: -1.0,
+                max: 1.0,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            sum_of(1.7e308, 2).cumulative_delta(&sum_of(-1.7e308, 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_delta_is_taken_at_the_coarser_scale() {
+        // `earlier` is coarser: `self` is downscaled to scale 0, where 1.5 is bucket 0 and
+        // 3 bucket 1.
+        let earlier = hist(0, 160, &[1.5]);
+        let later = hist(3, 160, &[1.5, 1.5, 3.0]);
+        let d = later.cumulative_delta(&earlier).unwrap();
+        assert_eq!(d.scale(), 0);
+        assert_eq!(d.positive(), &Buckets::new(0, vec![1, 1]));
+        assert_eq!((d.count(), d.sum().value()), (2, 4.5));
+        // Bounds 1 and 4 of the buckets, clamped into [1.5, 3].
+        assert_eq!((d.min(), d.max()), (1.5, 3.0));
+        assert!(d.validate().is_ok());
+        // `earlier` is finer: a copy of it is downscaled.
+        let earlier = hist(3, 160, &[1.5, -1.5]);
+        let later = hist(0, 160, &[1.5, -1.5, 1.25, 0.0]);
+        let d = later.cumulative_delta(&earlier).unwrap();
+        assert_eq!(d.scale(), 0);
+        assert_eq!(d.positive(), &Buckets::new(0, vec![1]));
+        assert!(d.negative().is_empty());
+        assert_eq!((d.count(), d.zero_count()), (2, 1));
+        // Bucket (1, 2] and the zero bucket: [0, 2], clamped into [-1.5, 1.5].
+        assert_eq!((d.min(), d.max()), (0.0, 1.5));
+        // Min and max of a single new sample sit within one bucket of it.
+        let earlier = hist(20, 160, &[1.0, 100.0]);
+        let later = hist(20, 160, &[1.0, 100.0, 3.0]);
+        let d = later.cumulative_delta(&earlier).unwrap();
+        let width = 2f64.powf(2f64.powi(-d.scale()));
+        assert!(d.min() <= 3.0 && d.min() > 3.0 / width, "{}", d.min());
+        assert!(d.max() >= 3.0 && d.max() < 3.0 * width, "{}", d.max());
+        // An earlier state without buckets does not lower the scale.
+        let d = later
+            .cumulative_delta(&ExpHist::new(-10, 160).unwrap())
+            .unwrap();
+        assert_eq!(d.scale(), later.scale());
+        assert_eq!(d.positive(), later.positive());
+        assert_eq!(d.count(), 3);
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+                "tests/proptest-regressions/exp_hist.txt",
+            ))),
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Finite floats of both signs over many binades, and zeros.
+    fn any_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            (-1e3f64..1e3, -60i32..60).prop_map(|(m, e)| m * 2f64.powi(e)),
+            -10f64..10.0,
+            Just(0.0),
+        ]
+    }
+
+    /// `h` lowered to `scale` (at most its own, if it holds buckets).
+    fn at_scale(h: &ExpHist, scale: i32) -> ExpHist {
+        let mut h = h.clone();
+        if h.binding_scale().is_some() {
+            h.downscale((h.scale - scale) as u32);
+        }
+        h.scale = scale;
+        h
+    }
+
+    /// Prometheus' default `le` bounds.
+    const DEFAULT_BOUNDS: [f64; 11] = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn cumulative_delta_of_a_continuation_is_what_was_added(
+            scale in prop::sample::select(vec![20, 3, 0, -2]),
+            max_buckets in prop::sample::select(vec![2u32, 5, 160]),
+            a in prop::collection::vec(any_value(), 0..40),
+            b in prop::collection::vec(any_value(), 0..40),
+        ) {
+            let (ha, hb) = (hist(scale, max_buckets, &a), hist(scale, max_buckets, &b));
+            let mut m = ha.clone();
+            m.merge(&hb).unwrap();
+            let d = m.cumulative_delta(&ha);
+            prop_assert!(d.is_some());
+            let d = d.unwrap();
+            prop_assert!(d.validate().is_ok(), "{:?}", d.validate());
+            prop_assert_eq!(d.scale(), m.scale());
+            let want = at_scale(&hb, m.scale());
+            prop_assert_eq!(
+                (d.count(), d.zero_count(), d.positive(), d.negative()),
+                (want.count(), want.zero_count(), want.positive(), want.negative())
+            );
+            prop_assert_eq!(d.zero_threshold(), m.zero_threshold());
+            let magnitude: f64 = a.iter().chain(&b).map(|v| v.abs()).sum();
+            let (got, exact) = (d.sum().value(), hb.sum().value());
+            prop_assert!((got - exact).abs() <= 1e-12 * magnitude, "sum {} vs {}", got, exact);
+            if hb.is_empty() {
+                prop_assert_eq!(&d, &ExpHist::new(m.scale(), max_buckets).unwrap());
+            } else {
+                // Derived from the buckets, so around the added samples, within m's range.
+                let slack = |v: f64| 1e-9 * v.abs();
+                prop_assert!(d.min() <= hb.min() + slack(hb.min()), "{} {}", d.min(), hb.min());
+                prop_assert!(d.max() >= hb.max() - slack(hb.max()), "{} {}", d.max(), hb.max());
+                prop_assert!(d.min() >= m.min() && d.max() <= m.max());
+                // The other way round, samples went missing: a reset.
+                prop_assert_eq!(ha.cumulative_delta(&m), None);
+            }
+        }
+
+        #[test]
+        fn cumulative_delta_of_a_state_with_itself_is_empty(
+            scale in prop::sample::select(vec![20, 3, 0, -2]),
+            max_buckets in prop::sample::select(vec![2u32, 5, 160]),
+            zero_threshold in prop::sample::select(vec![0.0, 1e-3, 1.0]),
+            values in prop::collection::vec(any_value(), 0..40),
+        ) {
+            let mut x = hist(scale, max_buckets, &values);
+            x.zero_threshold = zero_threshold;
+            let mut empty = ExpHist::new(x.scale(), max_buckets).unwrap();
+            empty.zero_threshold = zero_threshold;
+            prop_assert_eq!(x.cumulative_delta(&x), Some(empty));
+        }
+
+        #[test]
+        fn explicit_quantiles_are_within_the_stated_bound(
+            values in prop::collection::vec(
+                (-3.0f64..1.3).prop_map(|e| 10f64.powf(e)), 1..300),
+            max_buckets in prop::sample::select(vec![8u32, 160]),
+        ) {
+            let bounds = DEFAULT_BOUNDS;
+            let mut counts = vec![0u64; bounds.len() + 1];
+            for &v in &values {
+                counts[bounds.partition_point(|&b| b < v)] += 1;
+            }
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+            let sum: f64 = values.iter().sum();
+            let h = ExpHist::from_explicit_buckets(
+                &bounds, &counts, Some(sum), Some(min), Some(max), 20, max_buckets,
+            ).unwrap();
+            prop_assert!(h.validate().is_ok());
+            prop_assert_eq!(h.count(), values.len() as u64);
+            prop_assert_eq!((h.sum().value(), h.min(), h.max()), (sum, min, max));
+            let e = relative_error(h.scale());
+            for q in [0.5, 0.9, 0.99] {
+                let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+                let exact = sorted[rank - 1];
+                // Its explicit bucket, and how far a sample there may be from its value.
+                let i = bounds.partition_point(|&b| b < exact);
+                let spread = match (i.checked_sub(1).map(|j| bounds[j]), bounds.get(i)) {
+                    (Some(lo), Some(&hi)) => (hi / lo).sqrt(),
+                    (None, Some(&hi)) => hi / min,
+                    (Some(lo), None) => max / lo,
+                    (None, None) => unreachable!(),
+                };
+                let bound = spread * (1.0 + e) - 1.0 + 1e-9;
+                let got = h.quantile(q);
+                prop_assert!(
+                    (got - exact).abs() <= exact * bound,
+                    "q {}: {} vs exact {} (bound {})", q, got, exact, bound
+                );
+            }
+        }
     }
 }

@@ -18,11 +18,13 @@
 //! the limit comes from another section (`storage.series_ttl_s` against
 //! `aggregation.allowed_lateness_s`, say).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use strata_carrier::Strategy;
+use strata_model::SeriesKey;
 
 pub use crate::outputs::alarms::Op;
 
@@ -54,7 +56,9 @@ pub struct Config {
     pub node: NodeConfig,
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
-    /// Optional OTLP/gRPC metrics receiver address (not served yet: see docs/OPERATIONS.md).
+    /// OTLP metrics receivers at the standard ports, and how OTLP data is
+    /// mapped (docs/OTLP.md). OTLP is also served on `grpc.listen` and
+    /// `http.listen` without it.
     pub otlp: Option<OtlpConfig>,
     pub aggregation: AggregationConfig,
     pub carrier: IngestCarrierConfig,
@@ -144,10 +148,24 @@ pub struct GrpcConfig {
     pub handshake_timeout_ms: u64,
 }
 
+/// `[otlp]`: the OTLP receivers (docs/OTLP.md).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
+    /// OTLP/gRPC listener; `""` binds none (OTLP/gRPC stays on `grpc.listen`).
     pub listen: String,
+    /// OTLP/HTTP listener (`POST /v1/metrics`); `""` binds none (it stays
+    /// on `http.listen`).
+    pub http_listen: String,
+    /// Cumulative streams tracked at once; a new stream beyond is refused.
+    pub max_streams: usize,
+    /// Answer an export only once its data is committed (durable), so an
+    /// exporter retries what a crash lost; cumulative exports are counted
+    /// once however often they are retried.
+    pub wait_commit: bool,
+    /// Resource attributes kept as labels, by attribute name → label name;
+    /// the others are dropped (and counted).
+    pub resource_labels: BTreeMap<String, String>,
 }
 
 /// `[limits]`: what a client, an application or a downstream source may send,
@@ -432,6 +450,17 @@ impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
             listen: "127.0.0.1:4317".into(),
+            http_listen: "127.0.0.1:4318".into(),
+            max_streams: 100_000,
+            wait_commit: true,
+            resource_labels: [
+                ("service.name", "service"),
+                ("deployment.environment", "deployment_environment"),
+                ("cloud.region", "cloud_region"),
+            ]
+            .into_iter()
+            .map(|(a, l)| (a.to_string(), l.to_string()))
+            .collect(),
         }
     }
 }
@@ -1026,13 +1055,33 @@ fn check_pair(
     }
 }
 
-/// `[otlp]`: an address.
+/// `[otlp]`: addresses (or `""`), a bound, label names.
 fn check_otlp(otlp: &OtlpConfig, p: &mut Problems) {
-    if otlp.listen.parse::<SocketAddr>().is_err() {
+    for (key, addr) in [
+        ("otlp.listen", &otlp.listen),
+        ("otlp.http_listen", &otlp.http_listen),
+    ] {
+        if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+            p.bad(
+                key,
+                format!("{addr:?} is not an ip:port address (or \"\" for none)"),
+            );
+        }
+    }
+    if !(1..=100_000_000).contains(&otlp.max_streams) {
         p.bad(
-            "otlp.listen",
-            format!("{:?} is not an ip:port address", otlp.listen),
+            "otlp.max_streams",
+            format!("{} is outside 1..=100000000", otlp.max_streams),
         );
+    }
+    for (attribute, label) in &otlp.resource_labels {
+        let valid = SeriesKey::new("m", [(label.clone(), "v".to_string())]).is_ok();
+        if !valid || label == "__name__" {
+            p.bad(
+                "otlp.resource_labels",
+                format!("{attribute:?} maps to {label:?}, which is not a label name"),
+            );
+        }
     }
 }
 

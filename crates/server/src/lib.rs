@@ -101,12 +101,17 @@ pub struct ApiState {
     /// Alarm rules, their state for `/api/v1/alarms` and health (present
     /// even without rules).
     pub alarms: Arc<alarms::Alarms>,
+    /// The OTLP receiver, served on the node's ports (and `[otlp]`'s).
+    pub otlp: Option<Arc<inputs::otlp::OtlpReceiver>>,
 }
 
 /// A started tier.
 pub struct RunningTier {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// `otlp.listen` and `otlp.http_listen` as bound, when served.
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    pub otlp_http_addr: Option<SocketAddr>,
     /// What the HTTP handlers share; tests read the store and counters here.
     pub api: Arc<ApiState>,
     /// Cancelled first at shutdown: listeners stop accepting, source streams end.
@@ -163,12 +168,17 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .as_ref()
         .map(|up| spawn_forwarder(up, &ctx, &pipeline, &limits));
     let (alarms, alarm_threads) = start_alarms(&config, &pipeline, options.alarms).await?;
+    let otlp = Arc::new(
+        inputs::otlp::OtlpReceiver::new(ingestor.clone(), otlp_settings(&config))
+            .context("reading the OTLP stream table from the store")?,
+    );
     let api = Arc::new(ApiState {
         ctx: ctx.clone(),
         ingestor: ingestor.clone(),
         pipeline,
         forwarder: forwarder.as_ref().map(|(state, _)| state.clone()),
         alarms,
+        otlp: Some(otlp.clone()),
     });
 
     let accept_stop = CancellationToken::new();
@@ -183,18 +193,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     let grpc = inputs::serve_grpc(
         &config,
         grpc_tls.clone(),
-        ingestor,
+        ingestor.clone(),
+        otlp.clone(),
         limits,
         accept_stop.clone(),
     );
     let (grpc_addr, grpc_task) = grpc
         .await
         .with_context(|| format!("binding grpc.listen {}", config.grpc.listen))?;
-    if config.otlp.is_some() {
-        tracing::warn!(
-            "[otlp] is configured but this build has no OTLP receiver; the section is ignored"
-        );
-    }
+    let mut servers = vec![("http", http_task), ("grpc", grpc_task)];
+    let otlp_addrs = serve_otlp(
+        &config,
+        (http_tls.clone(), grpc_tls.clone()),
+        &api,
+        otlp,
+        &accept_stop,
+        &mut servers,
+    )
+    .await?;
     tracing::info!(
         node = %config.node.id, %http_addr, %grpc_addr,
         upstream = config.upstream.as_ref().map(|u| u.endpoint.as_str()).unwrap_or("none"),
@@ -205,14 +221,84 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     Ok(RunningTier {
         http_addr,
         grpc_addr,
+        otlp_grpc_addr: otlp_addrs.0,
+        otlp_http_addr: otlp_addrs.1,
         api,
         accept_stop,
-        servers: vec![("http", http_task), ("grpc", grpc_task)],
+        servers,
         pipeline: pipeline_threads,
         forwarder: forwarder.map(|(_, task)| task),
         alarms: alarm_threads,
         tls: net::tls::Reloader::new(http_tls.into_iter().chain(grpc_tls).collect()),
     })
+}
+
+/// How the OTLP receiver maps and tracks what it receives (`[otlp]`, or
+/// its defaults).
+fn otlp_settings(config: &Config) -> inputs::otlp::OtlpSettings {
+    let otlp = config.otlp.clone().unwrap_or_default();
+    let agg = &config.aggregation;
+    inputs::otlp::OtlpSettings {
+        mapping: inputs::otlp::convert::Mapping {
+            resource_labels: otlp.resource_labels,
+            params: pipeline_settings(config).params,
+            node_id: config.node.id.clone(),
+        },
+        max_streams: otlp.max_streams,
+        stream_ttl_ms: strata_model::time::span_ms(agg.source_ttl_s, 1_000),
+        wait_commit: otlp.wait_commit,
+    }
+}
+
+/// With an `[otlp]` table, binds `otlp.listen` (OTLP/gRPC, with `[grpc]`'s
+/// TLS) and `otlp.http_listen` (OTLP/HTTP, with `[http]`'s), each unless
+/// `""`; returns their addresses.
+async fn serve_otlp(
+    config: &Config,
+    (http_tls, grpc_tls): (
+        Option<Arc<net::tls::ServerTls>>,
+        Option<Arc<net::tls::ServerTls>>,
+    ),
+    api: &Arc<ApiState>,
+    receiver: Arc<inputs::otlp::OtlpReceiver>,
+    stop: &CancellationToken,
+    servers: &mut Vec<(&'static str, JoinHandle<()>)>,
+) -> anyhow::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+    let Some(otlp) = &config.otlp else {
+        return Ok((None, None));
+    };
+    let mut grpc_addr = None;
+    if !otlp.listen.is_empty() {
+        let (addr, task) = inputs::serve_otlp_grpc(
+            config,
+            &otlp.listen,
+            grpc_tls,
+            &api.ingestor,
+            receiver,
+            stop.clone(),
+        )
+        .await
+        .with_context(|| format!("binding otlp.listen {}", otlp.listen))?;
+        servers.push(("otlp", task));
+        grpc_addr = Some(addr);
+    }
+    let mut http_addr = None;
+    if !otlp.http_listen.is_empty() {
+        let app = api::http::otlp_router(api.clone());
+        let (addr, task) = api::http::serve_app(
+            &otlp.http_listen,
+            "otlp_http",
+            &config.http,
+            http_tls,
+            app,
+            stop.clone(),
+        )
+        .await
+        .with_context(|| format!("binding otlp.http_listen {}", otlp.http_listen))?;
+        servers.push(("otlp_http", task));
+        http_addr = Some(addr);
+    }
+    Ok((grpc_addr, http_addr))
 }
 
 /// The listeners' TLS (HTTP, gRPC), from the files the config names; every

@@ -162,6 +162,7 @@ impl<B: Backend> Store for BackedStore<B> {
     fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError> {
         if commit.increments.is_empty()
             && commit.progress.is_empty()
+            && commit.cursors.is_empty()
             && commit.spool_watermark_ms.is_none()
         {
             // Nothing to make durable: skip the transaction (and its fsync).
@@ -201,6 +202,7 @@ impl<B: Backend> Store for BackedStore<B> {
             last_updates: &plan.seen,
             buckets: std::mem::take(&mut plan.buckets),
             progress: commit.progress,
+            cursors: commit.cursors,
             spool: append.map(|a| SpoolWrite {
                 append: Some((a.seq, spool_bytes.as_slice())),
                 delete_through: a.dropped.map(|d| d.last_seq),
@@ -233,6 +235,7 @@ impl<B: Backend> Store for BackedStore<B> {
             increments = commit.increments.len(),
             buckets = bucket_count,
             new_series = plan.new_series.len(),
+            cursors = commit.cursors.len(),
             merge_errors = plan.errors.len(),
             spool_seq = append.map(|a| a.seq),
             "store commit"
@@ -306,6 +309,10 @@ impl<B: Backend> Store for BackedStore<B> {
 
     fn source(&self, id: &str) -> Option<SourceProgress> {
         self.sources.read().get(id).cloned()
+    }
+
+    fn cursors(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.backend.read_cursors(prefix)
     }
 
     fn quarantined(&self) -> u64 {

@@ -6,7 +6,7 @@
 //! spool batches the cap drops, which events a commit appends, what is
 //! quarantined: all of that is decided once, above the backend, by
 //! [`crate::BackedStore`], and handed down as a planned [`Transaction`]. A
-//! new backend (PostgreSQL is next) implements these sixteen methods and
+//! new backend (PostgreSQL is next) implements these seventeen methods and
 //! passes the behaviour suite (`suite.rs`); it gets every behaviour of the
 //! [`crate::Store`] trait from them.
 
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use strata_model::{Kind, SeriesKey, State};
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventCutoffs, EventQuery, Notification,
-    OutboxEntry, Resolution, SeriesId, SourceProgress, StoreError,
+    AlarmKey, AlarmRecord, AlarmState, Cursor, DecodeError, Event, EventCutoffs, EventQuery,
+    Notification, OutboxEntry, Resolution, SeriesId, SourceProgress, StoreError,
 };
 
 /// Bucket states of one resolution, by (series id, bucket start).
@@ -128,6 +128,9 @@ pub struct Transaction<'a> {
     pub buckets: [Buckets; 3],
     /// Source progress, upserted by `source_id`.
     pub progress: &'a [SourceProgress],
+    /// Input cursors, applied in order: a value is upserted by key, `None`
+    /// deletes the key (absent keys are ignored).
+    pub cursors: &'a [Cursor],
     /// Spool changes.
     pub spool: Option<SpoolWrite<'a>>,
     /// Events to append to the log, in order.
@@ -258,4 +261,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes entry `id`; returns whether it was queued.
     fn outbox_delete(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Every stored input cursor whose key starts with `prefix`, as (key,
+    /// value), ascending by key (byte order).
+    fn read_cursors(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }

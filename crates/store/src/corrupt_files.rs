@@ -44,6 +44,7 @@ fn write_some_data(dir: &Path) -> u64 {
             .commit(Commit {
                 increments: &increments,
                 progress: &progress,
+                cursors: &[],
                 spool_watermark_ms: Some(round * 60_000),
                 now_ms: round * 60_000,
             })

@@ -5,12 +5,13 @@
 //!
 //! Everything a flush produces lands in the store in **one** transaction
 //! ([`Store::commit`] with a [`Commit`]): the merged bucket states at every
-//! [`Resolution`], the sources' committed `seq` and watermark, the outgoing
-//! spool batch, and the [`EventKind::SpoolOverflow`] event if the spool cap
-//! made it drop batches. That single transaction is what makes federation
-//! exactly-once in effect: a crash either loses the whole flush (and the
-//! source resends it) or keeps all of it (and the source's resend is
-//! recognised as a duplicate by its `seq`).
+//! [`Resolution`], the sources' committed `seq` and watermark, the inputs'
+//! [`Cursor`]s, the outgoing spool batch, and the
+//! [`EventKind::SpoolOverflow`] event if the spool cap made it drop batches.
+//! That single transaction is what makes federation exactly-once in effect:
+//! a crash either loses the whole flush (and the source resends it) or keeps
+//! all of it (and the source's resend is recognised as a duplicate by its
+//! `seq`).
 //!
 //! # Design: one store, backends below it
 //! The server codes against the [`Store`] trait. It has one implementation,
@@ -22,7 +23,7 @@
 //! (restore, load and read buckets, write one planned
 //! [`Transaction`](backend::Transaction),
 //! retention, series removal, spool, events, alarms, outbox). A backend
-//! decides nothing; a new one (PostgreSQL is next) implements the sixteen
+//! decides nothing; a new one (PostgreSQL is next) implements the seventeen
 //! primitives and runs the behaviour suite.
 //!
 //! Two backends today:
@@ -47,6 +48,7 @@
 //!   selects and which retention deletes, per kind.
 //! - [`SourceProgress`], [`SpoolBatch`], [`SpoolStats`], [`MetricInfo`]: what
 //!   readers get back.
+//! - [`Cursor`]: one input's per-stream state, written with a flush.
 //! - [`AlarmState`], [`AlarmRecord`], [`OutboxEntry`] and [`AlarmUpdate`]: what
 //!   the alarm evaluator keeps here.
 //! - [`StoreError`] (and [`DecodeError`], its source when stored bytes do not
@@ -60,6 +62,15 @@
 //! ([`Store::delete_before`]) has removed those minutes. Each resolution has
 //! its own retention. An increment one of its three buckets refuses is skipped
 //! at all three.
+//!
+//! # Input cursors
+//! An input that turns cumulative data into deltas (cumulative sums and
+//! histograms, counters) keeps, per stream, the last cumulative value it
+//! took. That state is a [`Cursor`]: opaque bytes under a key the input
+//! chooses, written in the same transaction as the increments computed from
+//! it ([`Commit::cursors`]), so a crash can neither lose the delta nor count
+//! it twice. The input reads its cursors back once, at start
+//! ([`Store::cursors`]); expiry deletes one by writing it with no value.
 //!
 //! # Series expiry
 //! Every commit stamps each series an increment merged into with the
@@ -132,6 +143,7 @@
 //!     .commit(Commit {
 //!         increments: &[],
 //!         progress: &[],
+//!         cursors: &[],
 //!         spool_watermark_ms: Some(60_000),
 //!         now_ms: 61_000,
 //!     })
@@ -191,6 +203,41 @@ pub struct SourceProgress {
     pub last_seen_ms: i64,
 }
 
+/// One write of an input's cursor: per-stream state that an input keeps
+/// beside the increments it computed from it (for example the last
+/// cumulative value of a stream whose deltas it derives), applied with a
+/// [`Commit`] in the same transaction.
+///
+/// The store does not interpret the value: it keeps the bytes as given and
+/// returns them by key ([`Store::cursors`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// Chosen by the input, prefixed by the input's name so that each input
+    /// reads back only its own (e.g. `"otlp/<stream identity>"`).
+    pub key: String,
+    /// `Some`: the value to store, replacing any stored one. `None`: delete
+    /// the key (deleting a key that is not stored is not an error).
+    pub value: Option<Vec<u8>>,
+}
+
+impl Cursor {
+    /// A write that stores `value` under `key`.
+    pub fn set(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Cursor {
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// A write that deletes `key`.
+    pub fn delete(key: impl Into<String>) -> Self {
+        Cursor {
+            key: key.into(),
+            value: None,
+        }
+    }
+}
+
 /// One outgoing batch of increments, waiting in the spool for an upstream ack.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpoolBatch {
@@ -237,6 +284,9 @@ pub struct Commit<'a> {
     pub increments: &'a [Increment],
     /// Upserted by `source_id`, replacing the stored record.
     pub progress: &'a [SourceProgress],
+    /// Input cursors to store or delete, applied in order (of two writes of
+    /// one key, the later wins). A commit of cursors alone is written too.
+    pub cursors: &'a [Cursor],
     /// `Some`: also append the merged `increments` as one outgoing
     /// [`SpoolBatch`] with the next seq and this watermark. Appended even when
     /// there are no increments (a watermark-only batch): the caller decides.
@@ -265,8 +315,9 @@ pub struct CommitOutcome {
     pub quarantined: u64,
 }
 
-/// Storage of a node: metric state, source progress, the outgoing spool,
-/// the event log and the alarm tables. What the server codes against.
+/// Storage of a node: metric state, source progress, input cursors, the
+/// outgoing spool, the event log and the alarm tables. What the server codes
+/// against.
 ///
 /// Implemented once, by [`BackedStore`] over any [`Backend`]: a new kind of
 /// storage is a new backend, not a new implementation of this trait.
@@ -309,6 +360,10 @@ pub trait Store: Send + Sync + 'static {
     /// Progress of every source, sorted by id.
     fn sources(&self) -> Vec<SourceProgress>;
     fn source(&self, id: &str) -> Option<SourceProgress>;
+    /// Every stored [`Cursor`] whose key starts with `prefix` (all of them
+    /// for `""`), as (key, value), sorted by key. Read from the backend on
+    /// each call, not cached: an input reads its cursors once, at start.
+    fn cursors(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// How many unreadable bucket states this store holds in quarantine: moved
     /// aside by the commit or read that met them, each recorded as an
     /// [`EventKind::StateQuarantined`] event.

@@ -26,10 +26,11 @@ use crate::{
 /// It lives exactly as long as its [`MemoryStore`], which restores from it
 /// once, empty. So it keeps only what is read back through the primitives:
 /// bucket states (as values, never encoded), spool batches (encoded, so the
-/// spool cap counts the same bytes as on disk), the event log and the alarm
-/// tables. Series keys, metric kinds, last-update stamps, source progress
-/// and spool counters are held by the store above it and are not copied
-/// here. Its states are never unreadable, so nothing is ever quarantined.
+/// spool cap counts the same bytes as on disk), input cursors, the event log
+/// and the alarm tables. Series keys, metric kinds, last-update stamps,
+/// source progress and spool counters are held by the store above it and are
+/// not copied here. Its states are never unreadable, so nothing is ever
+/// quarantined.
 #[derive(Debug)]
 pub struct Memory {
     /// New per instance: a restarted node has lost everything, and its
@@ -46,6 +47,8 @@ struct Tables {
     buckets: [Buckets; 3],
     /// seq → encoded batch.
     spool: BTreeMap<u64, Vec<u8>>,
+    /// Input cursor key → value.
+    cursors: BTreeMap<String, Vec<u8>>,
     /// (ts_ms, id) → event.
     events: BTreeMap<(i64, u64), Event>,
     last_event_id: u64,
@@ -123,6 +126,16 @@ impl Backend for Memory {
             }
             if let Some((seq, bytes)) = spool.append {
                 tables.spool.insert(seq, bytes.to_vec());
+            }
+        }
+        for cursor in txn.cursors {
+            match &cursor.value {
+                Some(value) => {
+                    tables.cursors.insert(cursor.key.clone(), value.clone());
+                }
+                None => {
+                    tables.cursors.remove(&cursor.key);
+                }
             }
         }
         for event in txn.events {
@@ -280,5 +293,15 @@ impl Backend for Memory {
 
     fn outbox_delete(&self, id: u64) -> Result<bool, StoreError> {
         Ok(self.tables.write().outbox.remove(&id).is_some())
+    }
+
+    fn read_cursors(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tables = self.tables.read();
+        Ok(tables
+            .cursors
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
     }
 }

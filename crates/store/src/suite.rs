@@ -11,9 +11,9 @@ use strata_model::{Hist, Increment, Kind, ModelError, SeriesKey, State};
 use tempfile::TempDir;
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventCutoffs,
-    EventKind, EventQuery, MemoryStore, Notification, RedbStore, Resolution, SourceProgress,
-    SpoolStats, Store, StoreOptions,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Cursor, Event,
+    EventCutoffs, EventKind, EventQuery, MemoryStore, Notification, RedbStore, Resolution,
+    SourceProgress, SpoolStats, Store, StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
@@ -82,6 +82,7 @@ fn merge(store: &dyn Store, increments: &[Increment]) -> CommitOutcome {
         .commit(Commit {
             increments,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: None,
             now_ms: 0,
         })
@@ -94,6 +95,7 @@ fn merge_at(store: &dyn Store, now_ms: i64, increments: &[Increment]) -> CommitO
         .commit(Commit {
             increments,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: None,
             now_ms,
         })
@@ -106,10 +108,29 @@ fn spool(store: &dyn Store, increments: &[Increment], watermark_ms: i64) -> Comm
         .commit(Commit {
             increments,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: Some(watermark_ms),
             now_ms: watermark_ms + 1,
         })
         .unwrap()
+}
+
+/// Commits cursor writes only (no increments, no progress, no spool).
+fn write_cursors(store: &dyn Store, cursors: &[Cursor]) -> CommitOutcome {
+    store
+        .commit(Commit {
+            increments: &[],
+            progress: &[],
+            cursors,
+            spool_watermark_ms: None,
+            now_ms: 0,
+        })
+        .unwrap()
+}
+
+/// A stored cursor, as [`Store::cursors`] returns it.
+fn stored(key: &str, value: &[u8]) -> (String, Vec<u8>) {
+    (key.to_owned(), value.to_vec())
 }
 
 /// Every bucket of `k` at `resolution`, over all time.
@@ -317,6 +338,7 @@ fn upserts_progress(open: &Open) {
         s.commit(Commit {
             increments: &[],
             progress: p,
+            cursors: &[],
             spool_watermark_ms: None,
             now_ms: 0,
         })
@@ -342,6 +364,143 @@ fn upserts_progress(open: &Open) {
     };
     commit(std::slice::from_ref(&restarted));
     assert_eq!(s.source("eu"), Some(restarted));
+}
+
+fn cursors_commit_with_a_flush_and_read_back_by_prefix(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    assert_eq!(s.cursors("").unwrap(), vec![]);
+    let k = key("requests_total", &[]);
+    let out = s
+        .commit(Commit {
+            increments: &[inc(&k, 0, State::Counter(3))],
+            progress: &[progress("eu", 1, 100)],
+            cursors: &[
+                Cursor::set("otlp/b", [2]),
+                Cursor::set("prom/a", [3]),
+                Cursor::set("otlp/a", vec![1, 0, 255]),
+            ],
+            spool_watermark_ms: Some(60_000),
+            now_ms: 61_000,
+        })
+        .unwrap();
+    assert_eq!(out.spool_seq, Some(1));
+    assert_eq!(s.read(&k, 0, M).unwrap(), vec![(0, State::Counter(3))]);
+    assert_eq!(s.source("eu"), Some(progress("eu", 1, 100)));
+    assert_eq!(
+        s.cursors("otlp/").unwrap(),
+        vec![stored("otlp/a", &[1, 0, 255]), stored("otlp/b", &[2])]
+    );
+    assert_eq!(s.cursors("prom/").unwrap(), vec![stored("prom/a", &[3])]);
+    assert_eq!(
+        s.cursors("").unwrap(),
+        vec![
+            stored("otlp/a", &[1, 0, 255]),
+            stored("otlp/b", &[2]),
+            stored("prom/a", &[3])
+        ]
+    );
+    // A whole key is a prefix of itself.
+    assert_eq!(s.cursors("otlp/b").unwrap(), vec![stored("otlp/b", &[2])]);
+    assert_eq!(s.cursors("statsd/").unwrap(), vec![]);
+}
+
+fn cursor_prefixes_do_not_leak(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    // Around "otlp/" in byte order: "otl", "otlp" and "otlp.a" sort before
+    // it, "otlp0" ('/' + 1) and "otlpx/a" after every key it selects.
+    write_cursors(
+        s,
+        &[
+            Cursor::set("otlpx/a", [1]),
+            Cursor::set("otlp0", [2]),
+            Cursor::set("otlp/ü", [3]),
+            Cursor::set("otlp", [4]),
+            Cursor::set("otlp.a", [5]),
+            Cursor::set("otlp/a", [6]),
+            Cursor::set("otl", [7]),
+        ],
+    );
+    assert_eq!(
+        s.cursors("otlp/").unwrap(),
+        vec![stored("otlp/a", &[6]), stored("otlp/ü", &[3])]
+    );
+    assert_eq!(s.cursors("otlpx").unwrap(), vec![stored("otlpx/a", &[1])]);
+    let keys: Vec<String> = s
+        .cursors("otlp")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        ["otlp", "otlp.a", "otlp/a", "otlp/ü", "otlp0", "otlpx/a"]
+    );
+    assert_eq!(s.cursors("").unwrap().len(), 7);
+}
+
+fn cursors_are_overwritten_and_deleted(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    write_cursors(
+        s,
+        &[
+            Cursor::set("otlp/a", [1]),
+            Cursor::set("otlp/b", [2]),
+            Cursor::set("otlp/c", [3]),
+        ],
+    );
+    write_cursors(
+        s,
+        &[
+            Cursor::set("otlp/a", [10, 11]),
+            Cursor::delete("otlp/b"),
+            // Deleting a key that is not stored changes nothing.
+            Cursor::delete("otlp/nope"),
+        ],
+    );
+    assert_eq!(
+        s.cursors("otlp/").unwrap(),
+        vec![stored("otlp/a", &[10, 11]), stored("otlp/c", &[3])]
+    );
+    // Within one commit, the later write of a key wins.
+    write_cursors(
+        s,
+        &[
+            Cursor::set("otlp/a", [20]),
+            Cursor::delete("otlp/a"),
+            Cursor::delete("otlp/c"),
+            Cursor::set("otlp/c", [30]),
+            Cursor::set("otlp/d", [40]),
+            Cursor::set("otlp/d", [41]),
+            // An empty value is a value, not a delete.
+            Cursor::set("otlp/e", []),
+        ],
+    );
+    assert_eq!(
+        s.cursors("otlp/").unwrap(),
+        vec![
+            stored("otlp/c", &[30]),
+            stored("otlp/d", &[41]),
+            stored("otlp/e", &[])
+        ]
+    );
+}
+
+fn a_cursors_only_commit_is_applied(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let out = write_cursors(s, &[Cursor::set("prom/x", [9])]);
+    assert_eq!(out.spool_seq, None);
+    assert_eq!(s.cursors("prom/").unwrap(), vec![stored("prom/x", &[9])]);
+    // A commit of deletes alone is applied too.
+    write_cursors(s, &[Cursor::delete("prom/x")]);
+    assert_eq!(s.cursors("").unwrap(), vec![]);
+    // Nothing else was written.
+    assert_eq!(s.spool_stats(), SpoolStats::default());
+    assert!(s.sources().is_empty());
+    assert_eq!(s.series_count(), 0);
 }
 
 fn spool_appends_reads_and_acks(open: &Open) {
@@ -519,6 +678,7 @@ fn merge_errors_skip_only_the_bad_increments(open: &Open) {
         .commit(Commit {
             increments: &increments,
             progress: &[progress("eu", 1, 0)],
+            cursors: &[],
             spool_watermark_ms: Some(0),
             now_ms: 0,
         })
@@ -705,6 +865,7 @@ fn a_refused_rollup_merge_skips_every_resolution(open: &Open) {
         .commit(Commit {
             increments: &increments,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: Some(0),
             now_ms: 0,
         })
@@ -994,6 +1155,7 @@ fn spool_overflow_appends_an_event(open: &Open) {
         s.commit(Commit {
             increments: &[],
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: Some(0),
             now_ms,
         })
@@ -1037,6 +1199,7 @@ fn spool_overflow_appends_an_event(open: &Open) {
         .commit(Commit {
             increments: &big,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: Some(3),
             now_ms: 77,
         })
@@ -1073,6 +1236,7 @@ fn readers_run_alongside_a_writer(open: &Open) {
                     .commit(Commit {
                         increments: &[inc(&k, 0, State::Counter(1))],
                         progress: &[progress("eu", i + 1, 0)],
+                        cursors: &[],
                         spool_watermark_ms: Some(0),
                         now_ms: 0,
                     })
@@ -1427,6 +1591,10 @@ suite!(
     read_range_is_half_open_and_ascending,
     lists_series_and_metrics,
     upserts_progress,
+    cursors_commit_with_a_flush_and_read_back_by_prefix,
+    cursor_prefixes_do_not_leak,
+    cursors_are_overwritten_and_deleted,
+    a_cursors_only_commit_is_applied,
     spool_appends_reads_and_acks,
     spool_seqs_stay_contiguous,
     spool_cap_drops_oldest,
@@ -1453,7 +1621,8 @@ suite!(
 mod durable {
     use super::*;
     use crate::redb::schema::{
-        BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, META, META_FORMAT_VERSION, SERIES_SEEN,
+        BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, INPUT_CURSORS, META, META_FORMAT_VERSION, SERIES_SEEN,
+        SPOOL,
     };
     use redb::{ReadableDatabase, ReadableTable};
 
@@ -1467,6 +1636,11 @@ mod durable {
                 inc(&h, M, hist(3, &[1.0, 250.0])),
             ],
             progress: &[progress("eu", 4, 400), progress("us", 9, 900)],
+            cursors: &[
+                Cursor::set("otlp/a", [1, 2]),
+                Cursor::set("prom/b", [3]),
+                Cursor::set("prom/gone", [4]),
+            ],
             spool_watermark_ms: Some(60_000),
             now_ms: 61_000,
         })
@@ -1474,6 +1648,7 @@ mod durable {
         spool(s, &[inc(&a, M, State::Counter(1))], 120_000);
         spool(s, &[], 180_000);
         s.spool_ack(1).unwrap();
+        write_cursors(s, &[Cursor::delete("prom/gone")]);
         // A late increment into an old minute of another hour and day.
         merge(
             s,
@@ -1527,11 +1702,17 @@ mod durable {
         }
         out += &format!("{:?}\n", s.events(i64::MIN, usize::MAX).unwrap());
         out += &format!("{:?}\n{:?}\n", s.sources(), s.spool_stats());
+        out += &format!("{:?}\n", s.cursors("").unwrap());
         out += &format!("{:?}\n", s.spool_read(0, 100).unwrap());
         out += &format!("{:?}\n", s.alarm_states().unwrap());
         out += &format!("{:?}\n", s.alarm_history(100).unwrap());
         out += &format!("{:?}\n", s.outbox(100).unwrap());
         out
+    }
+
+    /// The cursors [`populate`] leaves.
+    fn populated_cursors() -> Vec<(String, Vec<u8>)> {
+        vec![stored("otlp/a", &[1, 2]), stored("prom/b", &[3])]
     }
 
     /// Ids in the series table, ascending.
@@ -1674,6 +1855,7 @@ mod durable {
             .commit(Commit {
                 increments: &[inc(&boom, 0, sum(2.0)), inc(&other, 0, State::Counter(7))],
                 progress: &[],
+                cursors: &[],
                 spool_watermark_ms: None,
                 now_ms: 5_000,
             })
@@ -1784,6 +1966,7 @@ mod durable {
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), before);
         assert_eq!(s.series_count(), 2);
+        assert_eq!(s.cursors("").unwrap(), populated_cursors());
         let a = key("requests_total", &[("service", "a")]);
         assert_eq!(
             read_all(&s, &a, Resolution::Hour),
@@ -1839,6 +2022,116 @@ mod durable {
             vec![(0, State::Counter(1))]
         );
         assert_eq!(s.events(i64::MIN, 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn cursors_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            write_cursors(
+                &s,
+                &[
+                    Cursor::set("otlp/b", [2]),
+                    Cursor::set("otlp/a", [1]),
+                    Cursor::set("prom/c", [3]),
+                ],
+            );
+            write_cursors(&s, &[Cursor::delete("prom/c")]);
+        }
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(
+            s.cursors("").unwrap(),
+            vec![stored("otlp/a", &[1]), stored("otlp/b", &[2])]
+        );
+        write_cursors(&s, &[Cursor::set("otlp/a", [9])]);
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(
+            s.cursors("otlp/").unwrap(),
+            vec![stored("otlp/a", &[9]), stored("otlp/b", &[2])]
+        );
+    }
+
+    /// A file written before input cursors existed has no `input_cursors`
+    /// table: it opens as it was, with no cursors, and takes them from then
+    /// on.
+    #[test]
+    fn a_file_without_the_cursor_table_opens_with_no_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            populate(&s);
+            let expected = snapshot(&s).replace(&format!("{:?}", populated_cursors()), "[]");
+            let txn = s.backend.db.begin_write().unwrap();
+            assert!(txn.delete_table(INPUT_CURSORS).unwrap());
+            txn.commit().unwrap();
+            expected
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.cursors("").unwrap(), vec![]);
+        assert_eq!(snapshot(&s), expected);
+        write_cursors(&s, &[Cursor::set("otlp/a", [1])]);
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.cursors("").unwrap(), vec![stored("otlp/a", &[1])]);
+    }
+
+    /// Cursors are written in the commit's transaction: when a part written
+    /// after them fails, the commit leaves no cursor (and nothing else)
+    /// changed.
+    #[test]
+    fn a_failed_commit_leaves_cursors_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let k = key("requests_total", &[]);
+        write_cursors(
+            &s,
+            &[Cursor::set("otlp/a", [1]), Cursor::set("otlp/b", [2])],
+        );
+        // A `spool` table of another type: opening it in the commit fails,
+        // after the cursors were written into the transaction.
+        let sabotage = |def: redb::TableDefinition<u64, u64>| {
+            let txn = s.backend.db.begin_write().unwrap();
+            assert!(txn.delete_table(def).unwrap());
+            txn.open_table(def).unwrap();
+            txn.commit().unwrap();
+        };
+        sabotage(redb::TableDefinition::new("spool"));
+        let flush = || {
+            s.commit(Commit {
+                increments: &[inc(&k, 0, State::Counter(3))],
+                progress: &[progress("eu", 1, 100)],
+                cursors: &[
+                    Cursor::set("otlp/a", [10]),
+                    Cursor::delete("otlp/b"),
+                    Cursor::set("otlp/c", [30]),
+                ],
+                spool_watermark_ms: Some(60_000),
+                now_ms: 61_000,
+            })
+        };
+        let err = flush().unwrap_err();
+        assert!(err.to_string().contains("spool"), "{err}");
+        let before = vec![stored("otlp/a", &[1]), stored("otlp/b", &[2])];
+        assert_eq!(s.cursors("").unwrap(), before);
+        assert_eq!(s.series_count(), 0);
+        assert_eq!(s.source("eu"), None);
+        assert_eq!(s.spool_stats(), SpoolStats::default());
+
+        // With the table restored, the same flush goes through whole.
+        {
+            let txn = s.backend.db.begin_write().unwrap();
+            assert!(txn.delete_table(SPOOL).unwrap());
+            txn.open_table(SPOOL).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(flush().unwrap().spool_seq, Some(1));
+        assert_eq!(
+            s.cursors("").unwrap(),
+            vec![stored("otlp/a", &[10]), stored("otlp/c", &[30])]
+        );
+        assert_eq!(s.read(&k, 0, M).unwrap(), vec![(0, State::Counter(3))]);
     }
 
     #[test]

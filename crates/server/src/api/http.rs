@@ -51,11 +51,25 @@ pub async fn serve(
     node: Arc<ApiState>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let addr = listener.local_addr()?;
     let app = router(node, stop.clone());
+    serve_app(&config.listen, "http", config, tls, app, stop).await
+}
+
+/// Binds `listen` and serves `app` there, with the connection bound and
+/// timeouts of `[http]` (the OTLP/HTTP listener shares them); `name` names
+/// the listener in logs and figures.
+pub async fn serve_app(
+    listen: &str,
+    name: &'static str,
+    config: &HttpConfig,
+    tls: Option<Arc<crate::net::tls::ServerTls>>,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
     let settings = crate::net::ListenerSettings {
-        name: "http",
+        name,
         max_connections: config.max_connections,
         handshake_timeout: std::time::Duration::from_millis(config.handshake_timeout_ms),
         tls,
@@ -71,18 +85,46 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-/// The API's routes, behind authentication and request ids. `stopping` is
-/// cancelled when the node stops accepting: `/ready` then answers 503.
-pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
+/// The routes of `otlp.http_listen`: OTLP/HTTP alone, behind the same
+/// authentication and request ids as the API.
+pub fn otlp_router(node: Arc<ApiState>) -> Router {
+    let routes = Router::new().route(
+        crate::inputs::otlp::HTTP_PATH,
+        post(crate::inputs::otlp::http_export),
+    );
+    guarded(routes, node)
+}
+
+/// `routes` behind the body limit, authentication and request ids, with
+/// the node as their state.
+fn guarded(routes: Router<Arc<ApiState>>, node: Arc<ApiState>) -> Router {
     let auth = Arc::new(HttpAuth {
         tokens: node.ingestor.tokens.clone(),
         stats: node.ctx.stats.clone(),
         log: RefusalLog::default(),
     });
     let max_body_bytes = node.ingestor.limits.max_body_bytes;
+    routes
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::api::auth::http,
+        ))
+        .with_state(node)
+        // Outermost: every answer, the fallback's included, carries its id.
+        .layer(axum::middleware::from_fn(request_id::http))
+}
+
+/// The API's routes, behind authentication and request ids. `stopping` is
+/// cancelled when the node stops accepting: `/ready` then answers 503.
+pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
     let ready_node = node.clone();
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/ingest", post(ingest))
+        .route(
+            crate::inputs::otlp::HTTP_PATH,
+            post(crate::inputs::otlp::http_export),
+        )
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics_list))
         .route("/api/v1/sources", get(sources))
@@ -95,15 +137,8 @@ pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
         .route(
             "/ready",
             get(move || std::future::ready(ready(&ready_node, &stopping))),
-        )
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::api::auth::http,
-        ))
-        .with_state(node)
-        // Outermost: every answer, the fallback's included, carries its id.
-        .layer(axum::middleware::from_fn(request_id::http))
+        );
+    guarded(routes, node)
 }
 
 /// `GET /ready`: 200 while the node serves, 503 once it stops accepting (or

@@ -552,6 +552,7 @@ mod tests {
             .commit(Commit {
                 increments: &incs,
                 progress: &[],
+                cursors: &[],
                 spool_watermark_ms: None,
                 now_ms: 0,
             })

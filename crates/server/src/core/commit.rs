@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use strata_carrier::Consumer;
 use strata_model::Increment;
-use strata_store::{Commit, CommitOutcome, EventKind, SourceProgress};
+use strata_store::{Commit, CommitOutcome, Cursor, EventKind, SourceProgress};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::context::Context;
@@ -31,6 +31,13 @@ pub enum Ticket {
     },
     /// An ingest request with `wait=commit`.
     Commit(oneshot::Sender<Result<(), String>>),
+    /// An input's cursors (the stream table of a cumulative input), written
+    /// in the transaction of the flush that holds the request's data; with
+    /// `done`, the request waits for that commit.
+    Cursors {
+        cursors: Vec<Cursor>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
 }
 
 /// What one flush hands to its outputs.
@@ -205,10 +212,12 @@ impl CommitWriter {
             late_minutes,
         } = batch;
         let progress = latest_progress(&tickets);
+        let cursors = cursors_of(&tickets);
         let watermarks = self.forwarded_watermarks(&progress, own_watermark_ms);
         let commit = Commit {
             increments: &increments,
             progress: &progress,
+            cursors: &cursors,
             spool_watermark_ms: self.forwarding.then(|| watermarks.forwarded()),
             now_ms: flushed_at_ms,
         };
@@ -351,6 +360,19 @@ fn latest_progress(tickets: &[Ticket]) -> Vec<SourceProgress> {
     progress.into_values().cloned().collect()
 }
 
+/// The cursors of a commit's tickets, in the order the requests came (a
+/// later write of a key wins).
+fn cursors_of(tickets: &[Ticket]) -> Vec<Cursor> {
+    tickets
+        .iter()
+        .filter_map(|t| match t {
+            Ticket::Cursors { cursors, .. } => Some(cursors.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// Acks or refuses every ticket of a commit with its result.
 fn settle(tickets: Vec<Ticket>, result: Result<(), &str>) {
     for t in tickets {
@@ -366,9 +388,13 @@ fn settle(tickets: Vec<Ticket>, result: Result<(), &str>) {
             (Ticket::Commit(tx), Ok(())) => {
                 let _ = tx.send(Ok(()));
             }
-            (Ticket::Commit(tx), Err(e)) => {
+            (Ticket::Commit(tx), Err(e)) | (Ticket::Cursors { done: Some(tx), .. }, Err(e)) => {
                 let _ = tx.send(Err(format!("store commit failed: {e}")));
             }
+            (Ticket::Cursors { done: Some(tx), .. }, Ok(())) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Ticket::Cursors { done: None, .. }, _) => {}
         }
     }
 }

@@ -217,6 +217,21 @@ impl Pipeline {
         origin: Option<Arc<str>>,
     ) -> Result<(), Stopping> {
         let newest_event = samples.iter().map(|s| s.ts_ms).max();
+        self.submit_events(samples, increments, ticket, origin, newest_event)
+    }
+
+    /// [`Pipeline::submit_from`] for an input whose increments are what
+    /// applications sent (OTLP, remote write): `newest_event` is the newest
+    /// event time among its samples and increments, which moves this node's
+    /// own watermark as samples do.
+    pub fn submit_events(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        ticket: Option<Ticket>,
+        origin: Option<Arc<str>>,
+        newest_event: Option<i64>,
+    ) -> Result<(), Stopping> {
         let (late, late_minutes) = late_buckets(
             samples
                 .iter()
@@ -356,9 +371,10 @@ impl Pipeline {
                     tracing::warn!(source = %progress.source_id, seq = progress.seq, "batch not committed; the source keeps it");
                     let _ = ack.try_send(Err(format!("upstream stopping: {why}")));
                 }
-                Ticket::Commit(tx) => {
+                Ticket::Commit(tx) | Ticket::Cursors { done: Some(tx), .. } => {
                     let _ = tx.send(Err(format!("node stopping: {why}")));
                 }
+                Ticket::Cursors { done: None, .. } => {}
             }
         }
     }

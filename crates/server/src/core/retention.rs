@@ -395,6 +395,7 @@ mod tests {
             .commit(Commit {
                 increments: &increments,
                 progress: &[],
+                cursors: &[],
                 spool_watermark_ms: None,
                 now_ms,
             })
@@ -692,6 +693,7 @@ mod tests {
                         state: State::Counter(7),
                     }],
                     progress: &[],
+                    cursors: &[],
                     spool_watermark_ms: None,
                     now_ms: at,
                 })

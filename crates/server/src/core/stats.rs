@@ -46,6 +46,14 @@ counters! {
     ingest_rejected_requests_total,
     /// Ingest requests refused because the node was busy (429/503, RESOURCE_EXHAUSTED).
     ingest_busy_total,
+    /// OTLP export requests received (gRPC and HTTP).
+    otlp_requests_total,
+    /// OTLP data points merged.
+    otlp_data_points_total,
+    /// OTLP data points refused (reported in the partial success; nothing of them merged).
+    otlp_rejected_data_points_total,
+    /// OTLP resource attributes not on `otlp.resource_labels`, and attribute values that are arrays, maps or bytes, dropped.
+    otlp_dropped_attributes_total,
     /// Samples rejected for being older than the allowed lateness (part of rejected requests).
     late_samples_total,
     /// Samples rejected for being further ahead of the node's clock than `aggregation.max_future_s`.

@@ -142,6 +142,7 @@ fn store() -> &'static MemoryStore {
         let commit = Commit {
             increments: &increments,
             progress: &[],
+            cursors: &[],
             spool_watermark_ms: None,
             now_ms: NOW_MS,
         };

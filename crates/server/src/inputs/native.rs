@@ -28,7 +28,7 @@ impl Ingest for IngestService {
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
         let _timer = self.ingestor.ctx.stats.latency.ingest_grpc.start_timer();
-        self.authenticate(&request)?;
+        authenticate(&self.ingestor, &request, "grpc Ingest/Push")?;
         let req = request.into_inner();
         let points: usize = req.series.iter().map(|s| s.points.len()).sum();
         if let Err(e) = self.ingestor.check_lines(points, "points") {
@@ -68,6 +68,7 @@ impl Ingest for IngestService {
                 labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(),
                 threshold: (s.apdex_threshold != 0.0).then_some(s.apdex_threshold),
                 points,
+                states: Vec::new(),
             });
         }
         if point == 0 {
@@ -102,21 +103,24 @@ impl Ingest for IngestService {
     }
 }
 
-impl IngestService {
-    /// Refuses a push whose `authorization` metadata does not carry a token
-    /// the ingest scope accepts (when the node has tokens).
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
-        self.ingestor
-            .tokens
-            .check(Scope::Ingest, presented)
-            .map_err(|e| {
-                Stats::add(&self.ingestor.ctx.stats.grpc_unauthorized_total, 1);
-                self.ingestor.auth_log.refused("grpc Ingest/Push", e);
-                grpc_status(&e)
-            })
-    }
+/// Refuses a call whose `authorization` metadata does not carry a token the
+/// ingest scope accepts (when the node has tokens); `what` names the call in
+/// the log.
+pub fn authenticate<T>(
+    ingestor: &Ingestor,
+    request: &Request<T>,
+    what: &str,
+) -> Result<(), Status> {
+    let presented = request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes());
+    ingestor
+        .tokens
+        .check(Scope::Ingest, presented)
+        .map_err(|e| {
+            Stats::add(&ingestor.ctx.stats.grpc_unauthorized_total, 1);
+            ingestor.auth_log.refused(what, e);
+            grpc_status(&e)
+        })
 }

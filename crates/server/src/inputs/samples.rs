@@ -46,6 +46,48 @@ pub struct RawSeries {
     /// Apdex threshold named by the input, if any.
     pub threshold: Option<f64>,
     pub points: Vec<RawPoint>,
+    /// States to merge as they are (inputs that receive pre-aggregated
+    /// data: OTLP, remote write); NDJSON and native gRPC have none.
+    pub states: Vec<RawState>,
+}
+
+/// One pre-aggregated state of a [`RawSeries`], of the series' kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawState {
+    /// What errors name: the data point's number in the request (1-based).
+    pub line: usize,
+    /// Event time; `None` means now.
+    pub ts_ms: Option<i64>,
+    pub state: State,
+}
+
+/// The commit a request enqueued with `wait_commit` waits for; it holds the
+/// request's admission permit until then, so `http.max_inflight_requests`
+/// bounds the requests waiting for a commit too.
+#[derive(Debug)]
+pub struct PendingCommit<'a> {
+    done: oneshot::Receiver<Result<(), String>>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl PendingCommit<'_> {
+    /// Once the flush holding the request is committed: `Ok`, or why not.
+    pub async fn wait(self) -> Result<(), IngestError> {
+        match self.done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(IngestError::CommitFailed(e)),
+            Err(_) => Err(IngestError::Stopping),
+        }
+    }
+}
+
+/// A request's validated samples and states, ready for [`Ingestor::submit_admitted`].
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub samples: Vec<SampleItem>,
+    pub increments: Vec<strata_model::Increment>,
+    /// The newest event time of the states (samples carry their own).
+    pub newest_state_ms: Option<i64>,
 }
 
 /// One sample of a [`RawSeries`].
@@ -208,6 +250,7 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
                 ts_ms: line.ts_ms,
                 value,
             }],
+            states: Vec::new(),
         });
     }
     if out.is_empty() {
@@ -383,17 +426,24 @@ impl Ingestor {
     /// [`Ingestor::submit`]; an error names the line or point (the
     /// [`RawPoint::line`]) of the first problem, and nothing is registered.
     pub fn validate(&self, input: Vec<RawSeries>) -> Result<Vec<SampleItem>, IngestError> {
-        let points = input.iter().map(|s| s.points.len()).sum();
+        self.validate_all(input).map(|admitted| admitted.samples)
+    }
+
+    /// [`Ingestor::validate`] of samples and states: a state must be of its
+    /// series' kind, valid, and of a minute the node still takes.
+    pub fn validate_all(&self, input: Vec<RawSeries>) -> Result<Admitted, IngestError> {
+        let points = input.iter().map(|s| s.points.len() + s.states.len()).sum();
         self.check_lines(points, "lines")?;
         let window = TimeWindow::new(now_ms(), &self.settings);
         let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
         let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
+        let mut admitted = Admitted::default();
         let mut wanted: Vec<Wanted> = Vec::with_capacity(input.len());
         for s in input {
-            let Some(first) = s.points.first() else {
+            let first = s.points.first().map(|p| p.line);
+            let Some(line) = first.or_else(|| s.states.first().map(|p| p.line)) else {
                 continue;
             };
-            let line = first.line;
             let key = self.series_key(s.metric, s.labels, s.kind, line)?;
             let apdex_threshold = self.apdex_threshold(&key, s.kind, s.threshold, line)?;
             let series = match interned.get(&key) {
@@ -415,6 +465,15 @@ impl Ingestor {
                     apdex_threshold,
                 });
             }
+            for p in s.states {
+                let (bucket_ms, ts_ms) = self.check_state(s.kind, &p, &window)?;
+                admitted.newest_state_ms = admitted.newest_state_ms.max(Some(ts_ms));
+                admitted.increments.push(strata_model::Increment {
+                    series: series.clone(),
+                    bucket_ms,
+                    state: p.state,
+                });
+            }
             wanted.push(Wanted {
                 line,
                 series,
@@ -422,7 +481,7 @@ impl Ingestor {
                 threshold: (s.kind == Kind::Apdex).then_some(apdex_threshold),
             });
         }
-        let admitted = self
+        let budget = self
             .cardinality
             .admit(&self.ctx.node_id, interned.keys(), window.now)
             .map_err(|e| {
@@ -430,10 +489,11 @@ impl Ingestor {
                 IngestError::Limited(e.to_string())
             })?;
         if let Err(e) = self.register(&wanted) {
-            self.cardinality.release(admitted);
+            self.cardinality.release(budget);
             return Err(e);
         }
-        Ok(items)
+        admitted.samples = items;
+        Ok(admitted)
     }
 
     /// The series of a sample group: not a self-metric name, a valid key,
@@ -511,12 +571,43 @@ impl Ingestor {
         window: &TimeWindow,
     ) -> Result<(i64, i64), IngestError> {
         State::validate_sample(kind, p.value).map_err(|e| invalid(p.line, e.to_string()))?;
-        let ts_ms = p.ts_ms.unwrap_or(window.now);
+        self.check_time(p.line, p.ts_ms, window)
+    }
+
+    /// One state: of the series' kind, valid, and of a minute the node
+    /// still takes. Returns its (bucket, event time).
+    fn check_state(
+        &self,
+        kind: Kind,
+        p: &RawState,
+        window: &TimeWindow,
+    ) -> Result<(i64, i64), IngestError> {
+        if p.state.kind() != kind {
+            return Err(invalid(
+                p.line,
+                format!("a {} state for a {kind} series", p.state.kind()),
+            ));
+        }
+        p.state
+            .validate()
+            .map_err(|e| invalid(p.line, e.to_string()))?;
+        self.check_time(p.line, p.ts_ms, window)
+    }
+
+    /// An event time (`None`: now): not too far in the future, not later
+    /// than the allowed lateness. Returns its (bucket, event time).
+    fn check_time(
+        &self,
+        line: usize,
+        ts_ms: Option<i64>,
+        window: &TimeWindow,
+    ) -> Result<(i64, i64), IngestError> {
+        let ts_ms = ts_ms.unwrap_or(window.now);
         // The future first: the bucket end of a far-future ts would overflow.
         if ts_ms > window.newest_ts {
             Stats::add(&self.ctx.stats.future_samples_total, 1);
             return Err(invalid(
-                p.line,
+                line,
                 format!(
                     "ts_ms {ts_ms} is in the future: more than {} s ({}) ahead of this node's clock ({})",
                     self.settings.max_future_ms / 1000,
@@ -529,7 +620,7 @@ impl Ingestor {
         if bucket_ms.saturating_add(MINUTE_MS) <= window.oldest_bucket_end {
             Stats::add(&self.ctx.stats.late_samples_total, 1);
             return Err(invalid(
-                p.line,
+                line,
                 format!(
                     "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
                     self.settings.allowed_lateness_ms / 1000
@@ -573,34 +664,81 @@ impl Ingestor {
         items: Vec<SampleItem>,
         wait_commit: bool,
     ) -> Result<usize, IngestError> {
-        let Ok(_permit) = self.admission.try_acquire() else {
+        let admitted = Admitted {
+            samples: items,
+            ..Admitted::default()
+        };
+        self.submit_admitted(admitted, Vec::new(), wait_commit)
+            .await
+    }
+
+    /// Admits validated samples and states, with the `cursors` of the
+    /// input's stream table to commit in the same transaction; with
+    /// `wait_commit` answers only once they are committed. Returns the
+    /// number of samples and states accepted.
+    pub async fn submit_admitted(
+        &self,
+        admitted: Admitted,
+        cursors: Vec<strata_store::Cursor>,
+        wait_commit: bool,
+    ) -> Result<usize, IngestError> {
+        let (n, commit) = self
+            .enqueue_admitted(admitted, cursors, wait_commit)
+            .await?;
+        if let Some(commit) = commit {
+            commit.wait().await?;
+        }
+        Ok(n)
+    }
+
+    /// [`Ingestor::submit_admitted`] up to the enqueue: returns once the
+    /// data is in the pipeline (so an input that must keep its requests in
+    /// order holds its lock only this long), with what to wait on for the
+    /// commit when `wait_commit`.
+    pub async fn enqueue_admitted(
+        &self,
+        admitted: Admitted,
+        cursors: Vec<strata_store::Cursor>,
+        wait_commit: bool,
+    ) -> Result<(usize, Option<PendingCommit<'_>>), IngestError> {
+        let Ok(permit) = self.admission.try_acquire() else {
             Stats::add(&self.ctx.stats.ingest_busy_total, 1);
             return Err(IngestError::Busy);
         };
-        let n = items.len();
-        let (ticket, done) = if wait_commit {
+        let Admitted {
+            samples,
+            increments,
+            newest_state_ms,
+        } = admitted;
+        let n = samples.len() + increments.len();
+        let (tx, rx) = if wait_commit {
             let (tx, rx) = oneshot::channel();
-            (Some(Ticket::Commit(tx)), Some(rx))
+            (Some(tx), Some(rx))
         } else {
             (None, None)
+        };
+        let ticket = match (cursors.is_empty(), tx) {
+            (true, Some(tx)) => Some(Ticket::Commit(tx)),
+            (true, None) => None,
+            (false, done) => Some(Ticket::Cursors { cursors, done }),
         };
         let pipeline = self.pipeline.clone();
         // The flush that commits these samples names the request.
         let origin = request_id::current().map(|id| id.shared());
-        request_id::spawn_blocking(move || pipeline.submit_from(items, Vec::new(), ticket, origin))
-            .await
-            .map_err(|_| IngestError::Stopping)?
-            .map_err(|_| IngestError::Stopping)?;
+        request_id::spawn_blocking(move || {
+            let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
+            pipeline.submit_events(samples, increments, ticket, origin, newest)
+        })
+        .await
+        .map_err(|_| IngestError::Stopping)?
+        .map_err(|_| IngestError::Stopping)?;
         Stats::add(&self.ctx.stats.ingest_samples_total, n as u64);
         Stats::add(&self.ctx.stats.ingest_requests_total, 1);
-        if let Some(rx) = done {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(IngestError::CommitFailed(e)),
-                Err(_) => return Err(IngestError::Stopping),
-            }
-        }
-        Ok(n)
+        let pending = rx.map(|done| PendingCommit {
+            done,
+            _permit: permit,
+        });
+        Ok((n, pending))
     }
 
     /// Counts a request rejected before submission.

@@ -146,4 +146,8 @@ impl Backend for Redb {
     fn outbox_delete(&self, id: u64) -> Result<bool, StoreError> {
         write::outbox_delete(&self.db, id)
     }
+
+    fn read_cursors(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        read::cursors(&self.db, prefix)
+    }
 }

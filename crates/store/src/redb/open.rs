@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, DatabaseError, StorageError};
 
 use super::schema::{
-    ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, EVENTS, FORMAT_VERSION, META, META_EPOCH,
-    META_FORMAT_VERSION, META_SERIES_NEXT_ID, META_SPOOL_BYTES, META_SPOOL_DROPPED,
+    ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, EVENTS, FORMAT_VERSION, INPUT_CURSORS, META,
+    META_EPOCH, META_FORMAT_VERSION, META_SERIES_NEXT_ID, META_SPOOL_BYTES, META_SPOOL_DROPPED,
     META_SPOOL_LAST_SEQ, METRICS, QUARANTINE, SERIES, SERIES_SEEN, SOURCES, SPOOL, bucket_table,
 };
 use super::table::{ReadTxn, WriteTxn};
@@ -162,6 +162,8 @@ fn initialize(db: &Database) -> Result<(), StoreError> {
         txn.table(bucket_table(r))?;
     }
     txn.table(SOURCES)?;
+    // Created here also in a file written before input cursors existed.
+    txn.table(INPUT_CURSORS)?;
     txn.table(SPOOL)?;
     txn.table(EVENTS)?;
     txn.table(ALARM_STATES)?;

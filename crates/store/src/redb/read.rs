@@ -6,7 +6,9 @@ use std::ops::{Bound, Range};
 use redb::Database;
 use strata_model::State;
 
-use super::schema::{ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, EVENTS, SPOOL, bucket_table};
+use super::schema::{
+    ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, EVENTS, INPUT_CURSORS, SPOOL, bucket_table,
+};
 use super::table::{ReadTxn, Table};
 use crate::backend::{BucketKey, Stored};
 use crate::codec::decode_outbox_entry;
@@ -160,4 +162,21 @@ pub(super) fn outbox(db: &Database, limit: usize) -> Result<Vec<OutboxEntry>, St
 pub(super) fn outbox_len(db: &Database) -> Result<u64, StoreError> {
     let txn = ReadTxn::begin(db, "outbox")?;
     txn.table(ALARM_OUTBOX)?.len()
+}
+
+/// The input cursors whose key starts with `prefix`, ascending by key: one
+/// scan from `prefix` to the first key without it.
+pub(super) fn cursors(db: &Database, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let txn = ReadTxn::begin(db, "input cursors")?;
+    let table = txn.table(INPUT_CURSORS)?;
+    let mut out = Vec::new();
+    for entry in table.range::<&str>(prefix..)? {
+        let (key, value) = entry?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.push((key.to_owned(), value.value().to_vec()));
+    }
+    Ok(out)
 }

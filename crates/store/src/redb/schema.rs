@@ -10,6 +10,7 @@
 //! | `buckets_hour` | (series id, hour ms)      | [`State::encode`](strata_model::State::encode) bytes |
 //! | `buckets_day`  | (series id, day ms)       | [`State::encode`](strata_model::State::encode) bytes |
 //! | `sources`      | source id                 | (epoch, seq, watermark ms, last seen ms)   |
+//! | `input_cursors`| cursor key                | the input's bytes, as given ([`Cursor`](crate::Cursor)) |
 //! | `spool`        | seq `u64`                 | encoded [`SpoolBatch`](crate::SpoolBatch) (`codec.rs`) |
 //! | `events`       | (ts ms, event id `u64`)   | encoded [`Event`](crate::Event) kind and message (`codec.rs`) |
 //! | `alarm_states` | encoded [`AlarmKey`](crate::AlarmKey) | encoded [`AlarmState`](crate::AlarmState) (`codec.rs`) |
@@ -23,6 +24,10 @@
 //! together by every commit. Ids of events, history records and outbox
 //! entries come from counters persisted in `meta`, so they keep increasing
 //! across restarts and after retention emptied their table.
+//!
+//! A table added without a change of layout (`input_cursors`) needs no new
+//! format version: opening a file creates every table it lacks, and a build
+//! that does not know the table leaves it alone.
 
 use redb::TableDefinition;
 
@@ -42,6 +47,9 @@ pub(crate) const BUCKETS_DAY: BucketTable = TableDefinition::new("buckets_day");
 pub(crate) const SOURCES: TableDefinition<&str, (u64, u64, i64, i64)> =
     TableDefinition::new("sources");
 pub(crate) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+/// Input cursor key → the input's bytes.
+pub(crate) const INPUT_CURSORS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("input_cursors");
 /// (ts_ms, event id) → encoded kind and message.
 pub(crate) const EVENTS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("events");
 /// Encoded alarm key → encoded alarm state.

@@ -4,10 +4,10 @@
 use redb::Database;
 
 use super::schema::{
-    ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, EVENTS, META,
-    META_ALARM_HISTORY_LAST_ID, META_EVENT_LAST_ID, META_OUTBOX_LAST_ID, META_SERIES_NEXT_ID,
-    META_SPOOL_BYTES, META_SPOOL_DROPPED, META_SPOOL_LAST_SEQ, METRICS, QUARANTINE, SERIES,
-    SERIES_SEEN, SOURCES, SPOOL, bucket_table,
+    ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, EVENTS,
+    INPUT_CURSORS, META, META_ALARM_HISTORY_LAST_ID, META_EVENT_LAST_ID, META_OUTBOX_LAST_ID,
+    META_SERIES_NEXT_ID, META_SPOOL_BYTES, META_SPOOL_DROPPED, META_SPOOL_LAST_SEQ, METRICS,
+    QUARANTINE, SERIES, SERIES_SEEN, SOURCES, SPOOL, bucket_table,
 };
 use super::table::WriteTxn;
 use crate::backend::{BucketKey, Buckets, Retention, SpoolWrite, Transaction};
@@ -32,6 +32,18 @@ pub(super) fn write(db: &Database, t: &Transaction<'_>) -> Result<Vec<u64>, Stor
             sources.insert(p.source_id.as_str(), value)?;
         }
     }
+    if !t.cursors.is_empty() {
+        let mut cursors = txn.table(INPUT_CURSORS)?;
+        for cursor in t.cursors {
+            let key = cursor.key.as_str();
+            match &cursor.value {
+                Some(value) => cursors.insert(key, value.as_slice())?,
+                None => {
+                    cursors.remove(key)?;
+                }
+            }
+        }
+    }
     if let Some(spool) = &t.spool {
         write_spool(&txn, spool)?;
     }
@@ -46,7 +58,11 @@ pub(super) fn write(db: &Database, t: &Transaction<'_>) -> Result<Vec<u64>, Stor
 /// What a transaction is for, as its errors name it.
 fn operation(t: &Transaction<'_>) -> &'static str {
     let appends = t.spool.is_some_and(|s| s.append.is_some());
-    if appends || !t.progress.is_empty() || t.buckets.iter().any(|b| !b.is_empty()) {
+    if appends
+        || !t.progress.is_empty()
+        || !t.cursors.is_empty()
+        || t.buckets.iter().any(|b| !b.is_empty())
+    {
         "commit"
     } else if !t.quarantine.is_empty() {
         "quarantine"
