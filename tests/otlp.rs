@@ -146,25 +146,8 @@ impl Drop for Exporter {
     }
 }
 
-/// `selector` merged over every minute from `from_ms` to a minute from now.
-fn total(node: &Node, selector: &str, from_ms: i64) -> Option<Value> {
-    let data = query(
-        node,
-        &[
-            ("q", selector),
-            ("from", &from_ms.to_string()),
-            ("to", &(now_ms() + 120_000).to_string()),
-            ("step", "all"),
-            ("group_by", ""),
-        ],
-    );
-    let series = data["series"].as_array()?;
-    let point = series.first()?["points"].as_array()?.first()?;
-    Some(point["value"].clone())
-}
-
 fn count_of(node: &Node, selector: &str, from_ms: i64) -> f64 {
-    total(node, selector, from_ms).map_or(0.0, |v| f(&v, "count"))
+    merged_since(node, selector, from_ms).map_or(0.0, |v| f(&v, "count"))
 }
 
 /// Latencies of one application: log-normal around 40 ms.
@@ -273,8 +256,8 @@ fn sdk_exports_reach_the_global_tier_exactly_through_two_tiers() {
     // explicit one within its buckets' (docs/OTLP.md).
     let mut sorted = observed.clone();
     sorted.sort_by(f64::total_cmp);
-    let exp = total(&global, "latency_exp", from_ms).expect("latency_exp");
-    let explicit = total(&global, "latency_explicit", from_ms).expect("latency_explicit");
+    let exp = merged_since(&global, "latency_exp", from_ms).expect("latency_exp");
+    let explicit = merged_since(&global, "latency_explicit", from_ms).expect("latency_explicit");
     let exact_sum: f64 = observed.iter().sum();
     assert!(
         (f(&exp, "sum") - exact_sum).abs() <= exact_sum * 1e-9,
@@ -369,7 +352,7 @@ fn partial_success_names_what_was_refused_and_merges_the_rest() {
     // The gauge is merged, with the allow-listed resource label only.
     let from_ms = minute_start(now_ms()) - 60_000;
     let value = wait_for("the gauge", |last| {
-        let v = total(&node, "queue_depth", from_ms);
+        let v = merged_since(&node, "queue_depth", from_ms);
         *last = format!("{v:?}");
         v
     });

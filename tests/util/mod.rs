@@ -672,6 +672,25 @@ pub fn merged_value(node: &Node, selector: &str, base: i64) -> Option<Value> {
     }
 }
 
+/// `selector` merged into one point over every minute from `from_ms` to two
+/// minutes from now: its value object, or `None` without data.
+pub fn merged_since(node: &Node, selector: &str, from_ms: i64) -> Option<Value> {
+    let data = query(
+        node,
+        &[
+            ("q", selector),
+            ("from", &from_ms.to_string()),
+            ("to", &(now_ms() + 120_000).to_string()),
+            ("step", "all"),
+            ("group_by", ""),
+        ],
+    );
+    let point = data["series"].as_array()?.first()?["points"]
+        .as_array()?
+        .first()?;
+    Some(point["value"].clone())
+}
+
 /// Total of a counter over `[base, base + 2 min)`, 0 when there is no data.
 pub fn counter_total(node: &Node, selector: &str, base: i64) -> u64 {
     merged_value(node, selector, base).map_or(0, |v| {

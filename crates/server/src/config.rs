@@ -60,6 +60,9 @@ pub struct Config {
     /// mapped (docs/OTLP.md). OTLP is also served on `grpc.listen` and
     /// `http.listen` without it.
     pub otlp: Option<OtlpConfig>,
+    /// The Prometheus remote-write receiver's stream table
+    /// (docs/REMOTE_WRITE.md); served on `http.listen` without it.
+    pub remote_write: Option<RemoteWriteConfig>,
     pub aggregation: AggregationConfig,
     pub carrier: IngestCarrierConfig,
     pub storage: StorageConfig,
@@ -166,6 +169,25 @@ pub struct OtlpConfig {
     /// Resource attributes kept as labels, by attribute name → label name;
     /// the others are dropped (and counted).
     pub resource_labels: BTreeMap<String, String>,
+}
+
+/// `[remote_write]`: the Prometheus remote-write receiver (docs/REMOTE_WRITE.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// Cumulative series tracked at once; a new series beyond is refused.
+    pub max_streams: usize,
+    /// Answer a request only once its data is committed.
+    pub wait_commit: bool,
+}
+
+impl Default for RemoteWriteConfig {
+    fn default() -> Self {
+        RemoteWriteConfig {
+            max_streams: 100_000,
+            wait_commit: true,
+        }
+    }
 }
 
 /// `[limits]`: what a client, an application or a downstream source may send,
@@ -599,6 +621,14 @@ impl Config {
         check_node(&self.node, self.storage.engine, &mut p);
         check_http(&self.http, &mut p);
         check_grpc(&self.grpc, &self.aggregation, &mut p);
+        if let Some(rw) = &self.remote_write
+            && !(1..=100_000_000).contains(&rw.max_streams)
+        {
+            p.bad(
+                "remote_write.max_streams",
+                format!("{} is outside 1..=100000000", rw.max_streams),
+            );
+        }
         if let Some(otlp) = &self.otlp {
             check_otlp(otlp, &mut p);
         }

@@ -103,6 +103,8 @@ pub struct ApiState {
     pub alarms: Arc<alarms::Alarms>,
     /// The OTLP receiver, served on the node's ports (and `[otlp]`'s).
     pub otlp: Option<Arc<inputs::otlp::OtlpReceiver>>,
+    /// The Prometheus remote-write receiver (`POST /api/v1/write`).
+    pub remote_write: Option<Arc<inputs::remote_write::RemoteWrite>>,
 }
 
 /// A started tier.
@@ -172,6 +174,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         inputs::otlp::OtlpReceiver::new(ingestor.clone(), otlp_settings(&config))
             .context("reading the OTLP stream table from the store")?,
     );
+    let remote_write = Arc::new(
+        inputs::remote_write::RemoteWrite::new(
+            ingestor.clone(),
+            remote_write_settings(&config),
+            config.node.id.clone(),
+        )
+        .context("reading the remote-write stream table from the store")?,
+    );
     let api = Arc::new(ApiState {
         ctx: ctx.clone(),
         ingestor: ingestor.clone(),
@@ -179,6 +189,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         forwarder: forwarder.as_ref().map(|(state, _)| state.clone()),
         alarms,
         otlp: Some(otlp.clone()),
+        remote_write: Some(remote_write),
     });
 
     let accept_stop = CancellationToken::new();
@@ -247,6 +258,20 @@ fn otlp_settings(config: &Config) -> inputs::otlp::OtlpSettings {
         max_streams: otlp.max_streams,
         stream_ttl_ms: strata_model::time::span_ms(agg.source_ttl_s, 1_000),
         wait_commit: otlp.wait_commit,
+    }
+}
+
+/// The remote-write receiver's stream table (`[remote_write]`, or its
+/// defaults).
+fn remote_write_settings(config: &Config) -> inputs::points::PointSettings {
+    let rw = config.remote_write.clone().unwrap_or_default();
+    inputs::points::PointSettings {
+        prefix: inputs::remote_write::CURSOR_PREFIX,
+        max_key: "remote_write.max_streams",
+        max_streams: rw.max_streams,
+        stream_ttl_ms: strata_model::time::span_ms(config.aggregation.source_ttl_s, 1_000),
+        wait_commit: rw.wait_commit,
+        params: pipeline_settings(config).params,
     }
 }
 

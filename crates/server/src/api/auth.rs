@@ -47,7 +47,10 @@ impl Scope {
     pub fn of_path(path: &str) -> Scope {
         if path == "/health" || path.starts_with("/health/") || path == "/ready" {
             Scope::Exempt
-        } else if path == "/api/v1/ingest" || path == crate::inputs::otlp::HTTP_PATH {
+        } else if path == "/api/v1/ingest"
+            || path == crate::inputs::otlp::HTTP_PATH
+            || path == crate::inputs::remote_write::HTTP_PATH
+        {
             Scope::Ingest
         } else {
             Scope::Read
@@ -307,6 +310,7 @@ mod tests {
         assert_eq!(Scope::of_path("/healthz"), Scope::Read);
         assert_eq!(Scope::of_path("/api/v1/ingest"), Scope::Ingest);
         assert_eq!(Scope::of_path("/v1/metrics"), Scope::Ingest);
+        assert_eq!(Scope::of_path("/api/v1/write"), Scope::Ingest);
         for read in [
             "/api/v1/query",
             "/metrics",

@@ -71,6 +71,8 @@ pub enum Encoding {
     Identity,
     Gzip,
     Zstd,
+    /// Snappy's block format, as Prometheus remote write sends it.
+    Snappy,
 }
 
 impl Encoding {
@@ -84,8 +86,9 @@ impl Encoding {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
             "zstd" => Ok(Encoding::Zstd),
+            "snappy" => Ok(Encoding::Snappy),
             other => Err(BodyError::Malformed(format!(
-                "Content-Encoding {other:?} is not supported: use gzip, zstd or none"
+                "Content-Encoding {other:?} is not supported: use gzip, zstd, snappy or none"
             ))),
         }
     }
@@ -177,7 +180,28 @@ pub fn decode(encoding: Encoding, raw: &[u8], limit: usize, key: &str) -> Result
             read_bounded(&mut decoder, &mut out, limit, key, "gzip")?;
         }
         Encoding::Zstd => decode_zstd(raw, &mut out, limit, key)?,
+        Encoding::Snappy => return decode_snappy(raw, limit, key),
     }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a snappy block, whose header states its decoded length: a body
+/// stating more than `limit` is refused before anything is allocated.
+fn decode_snappy(raw: &[u8], limit: usize, key: &str) -> Result<Bytes, BodyError> {
+    let malformed =
+        |e: snap::Error| BodyError::Malformed(format!("request body is not valid snappy: {e}"));
+    let len = snap::raw::decompress_len(raw).map_err(malformed)?;
+    if len > limit {
+        return Err(BodyError::TooLarge {
+            message: format!("request body decompresses to more than {limit} bytes ({key})"),
+            read_whole: true,
+        });
+    }
+    let mut out = vec![0u8; len];
+    let n = snap::raw::Decoder::new()
+        .decompress(raw, &mut out)
+        .map_err(malformed)?;
+    out.truncate(n);
     Ok(Bytes::from(out))
 }
 
@@ -308,6 +332,22 @@ mod tests {
             let out = decode(encoding, &twice, 1 << 20, KEY).expect("two frames decode");
             assert_eq!(out.len(), 2 * data.len(), "{encoding:?}");
         }
+    }
+
+    #[test]
+    fn snappy_blocks_decode_within_the_limit_read_from_their_header() {
+        let data = b"remote write ".repeat(1000);
+        let packed = snap::raw::Encoder::new()
+            .compress_vec(&data)
+            .expect("compressing");
+        let out = decode(Encoding::Snappy, &packed, 1 << 20, KEY).expect("decodes");
+        assert_eq!(&out[..], &data[..]);
+        // The header states 12 000 bytes: over a 1 000 byte limit, refused
+        // before anything is decoded.
+        let err = decode(Encoding::Snappy, &packed, 1_000, KEY).expect_err("refused");
+        assert!(matches!(err, BodyError::TooLarge { .. }), "{err}");
+        let err = decode(Encoding::Snappy, b"\xff\xff\xff", 1 << 20, KEY).expect_err("refused");
+        assert!(matches!(err, BodyError::Malformed(_)), "{err}");
     }
 
     #[test]

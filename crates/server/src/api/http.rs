@@ -125,6 +125,10 @@ pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
             crate::inputs::otlp::HTTP_PATH,
             post(crate::inputs::otlp::http_export),
         )
+        .route(
+            crate::inputs::remote_write::HTTP_PATH,
+            post(crate::inputs::remote_write::http_write),
+        )
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics_list))
         .route("/api/v1/sources", get(sources))

@@ -54,6 +54,12 @@ counters! {
     otlp_rejected_data_points_total,
     /// OTLP resource attributes not on `otlp.resource_labels`, and attribute values that are arrays, maps or bytes, dropped.
     otlp_dropped_attributes_total,
+    /// Prometheus remote-write requests received.
+    remote_write_requests_total,
+    /// Remote-write samples and native histograms merged.
+    remote_write_samples_total,
+    /// Remote-write samples refused (summary quantiles, incomplete histogram families, invalid values; nothing of them merged).
+    remote_write_rejected_samples_total,
     /// Samples rejected for being older than the allowed lateness (part of rejected requests).
     late_samples_total,
     /// Samples rejected for being further ahead of the node's clock than `aggregation.max_future_s`.

@@ -155,29 +155,44 @@ impl Streams {
 
     /// The increase of `report` over the stream's last report, without
     /// taking it: [`Streams::take`] does once the increase was admitted.
-    pub fn increase(&self, identity: &str, report: &Report) -> Result<Step, StreamError> {
-        let Some(last) = self.table.get(identity) else {
-            if self.table.len() >= self.max {
+    /// `pending` holds the reports counted earlier in the same request (not
+    /// taken yet), which come first; a counted report joins them, so two
+    /// reports of one stream in one request are each counted once.
+    pub fn increase(
+        &self,
+        pending: &mut HashMap<String, Report>,
+        identity: &str,
+        report: &Report,
+    ) -> Result<Step, StreamError> {
+        let last = match (pending.get(identity), self.table.get(identity)) {
+            (Some(p), _) => Some((p.start_ns, p.time_ns, &p.total)),
+            (None, Some(s)) => Some((s.start_ns, s.time_ns, &s.total)),
+            (None, None) => None,
+        };
+        let step = match last {
+            None if self.table.len() >= self.max => {
                 return Err(StreamError::Full {
                     key: self.max_key,
                     max: self.max,
                 });
             }
-            return Ok(whole(&report.total));
-        };
-        if report.start_ns != last.start_ns && report.start_ns != 0 {
-            return Ok(whole(&report.total));
-        }
-        if report.time_ns <= last.time_ns {
-            return Ok(Step::Stale);
-        }
-        Ok(match difference(&report.total, &last.total) {
-            Some(increase) => Step::Counted {
-                increase,
-                restarted: false,
-            },
             None => whole(&report.total),
-        })
+            Some((start_ns, _, _)) if report.start_ns != start_ns && report.start_ns != 0 => {
+                whole(&report.total)
+            }
+            Some((_, time_ns, _)) if report.time_ns <= time_ns => Step::Stale,
+            Some((_, _, total)) => match difference(&report.total, total) {
+                Some(increase) => Step::Counted {
+                    increase,
+                    restarted: false,
+                },
+                None => whole(&report.total),
+            },
+        };
+        if matches!(step, Step::Counted { .. }) {
+            pending.insert(identity.to_string(), report.clone());
+        }
+        Ok(step)
     }
 
     /// The cursor that persists `report` as the stream's last one, to
@@ -425,22 +440,51 @@ mod tests {
     fn reports_become_increases_once_each() -> Result<(), StreamError> {
         let mut s = Streams::new("otlp/", "otlp.max_streams", 10, 60_000);
         let first = report(1, 10, Total::Int(5));
-        assert_eq!(counted(s.increase("a", &first)?), (Increase::Int(5), true));
+        assert_eq!(
+            counted(s.increase(&mut HashMap::new(), "a", &first)?),
+            (Increase::Int(5), true)
+        );
         s.take("a", first.clone(), 0);
         // The same report again (an exporter's retry) counts nothing.
-        assert_eq!(s.increase("a", &first)?, Step::Stale);
+        assert_eq!(s.increase(&mut HashMap::new(), "a", &first)?, Step::Stale);
         let next = report(1, 20, Total::Int(12));
-        assert_eq!(counted(s.increase("a", &next)?), (Increase::Int(7), false));
+        assert_eq!(
+            counted(s.increase(&mut HashMap::new(), "a", &next)?),
+            (Increase::Int(7), false)
+        );
         s.take("a", next, 0);
         // A reset (the total went down) is counted whole.
         let reset = report(1, 30, Total::Int(3));
-        assert_eq!(counted(s.increase("a", &reset)?), (Increase::Int(3), true));
+        assert_eq!(
+            counted(s.increase(&mut HashMap::new(), "a", &reset)?),
+            (Increase::Int(3), true)
+        );
         // A new start time (the exporter restarted) is counted whole.
         let restart = report(2, 30, Total::Int(40));
         assert_eq!(
-            counted(s.increase("a", &restart)?),
+            counted(s.increase(&mut HashMap::new(), "a", &restart)?),
             (Increase::Int(40), true)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn two_reports_of_a_stream_in_one_request_are_each_counted_once() -> Result<(), StreamError> {
+        let mut s = Streams::new("otlp/", "otlp.max_streams", 10, 60_000);
+        s.take("a", report(1, 10, Total::Int(5)), 0);
+        let mut pending = HashMap::new();
+        let first = report(1, 20, Total::Int(8));
+        let second = report(1, 30, Total::Int(12));
+        assert_eq!(
+            counted(s.increase(&mut pending, "a", &first)?).0,
+            Increase::Int(3)
+        );
+        assert_eq!(
+            counted(s.increase(&mut pending, "a", &second)?).0,
+            Increase::Int(4)
+        );
+        // The first again, after the second: stale.
+        assert_eq!(s.increase(&mut pending, "a", &first)?, Step::Stale);
         Ok(())
     }
 
@@ -454,7 +498,11 @@ mod tests {
             sum,
         };
         s.take("h", report(1, 10, total(vec![1, 2, 0], 12.0)), 0);
-        let step = s.increase("h", &report(1, 20, total(vec![1, 5, 2], 60.0)))?;
+        let step = s.increase(
+            &mut HashMap::new(),
+            "h",
+            &report(1, 20, total(vec![1, 5, 2], 60.0)),
+        )?;
         assert_eq!(
             counted(step),
             (
@@ -471,7 +519,7 @@ mod tests {
             counts: vec![1, 5, 2],
             sum: 60.0,
         };
-        assert!(counted(s.increase("h", &report(1, 20, other))?).1);
+        assert!(counted(s.increase(&mut HashMap::new(), "h", &report(1, 20, other))?).1);
         Ok(())
     }
 
@@ -479,16 +527,22 @@ mod tests {
     fn a_full_table_refuses_new_streams_and_expiry_frees_it() {
         let mut s = Streams::new("otlp/", "otlp.max_streams", 1, 1_000);
         s.take("a", report(1, 10, Total::Float(1.5)), 0);
-        let err = s.increase("b", &report(1, 10, Total::Float(1.0)));
+        let err = s.increase(&mut HashMap::new(), "b", &report(1, 10, Total::Float(1.0)));
         assert!(matches!(err, Err(StreamError::Full { max: 1, .. })));
         // A known stream is still taken.
-        assert!(s.increase("a", &report(1, 20, Total::Float(2.0))).is_ok());
+        assert!(
+            s.increase(&mut HashMap::new(), "a", &report(1, 20, Total::Float(2.0)))
+                .is_ok()
+        );
         let gone = s.expiring(5_000);
         assert_eq!(gone, ["a"]);
         assert_eq!(s.delete_cursor("a").key, "otlp/a");
         assert_eq!(s.delete_cursor("a").value, None);
         s.forget(&gone);
-        assert!(s.increase("b", &report(1, 10, Total::Float(1.0))).is_ok());
+        assert!(
+            s.increase(&mut HashMap::new(), "b", &report(1, 10, Total::Float(1.0)))
+                .is_ok()
+        );
     }
 
     #[test]

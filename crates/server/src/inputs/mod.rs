@@ -6,8 +6,10 @@
 //! - [`federation`]: the receiver of downstream tiers' increments, one stream
 //!   per source; [`delivery`] holds its seq decisions, [`receiver_error`]
 //!   the reasons it refuses a stream or ends one.
-//! - [`otlp`]: the OpenTelemetry metrics receiver (gRPC and HTTP), whose
-//!   cumulative streams become deltas through [`cumulative`].
+//! - [`otlp`]: the OpenTelemetry metrics receiver (gRPC and HTTP), over
+//!   [`points`] (pre-aggregated data points, admitted metric by metric),
+//!   whose cumulative streams become deltas through [`cumulative`].
+//! - [`remote_write`]: the Prometheus remote-write receiver, over the same.
 //!
 //! The HTTP NDJSON endpoint is a handler of the API router
 //! ([`crate::api::http`]); both gRPC services are served here, on
@@ -19,7 +21,9 @@ pub mod delivery;
 pub mod federation;
 pub mod native;
 pub mod otlp;
+pub mod points;
 pub mod receiver_error;
+pub mod remote_write;
 pub mod samples;
 
 use std::net::SocketAddr;

@@ -27,66 +27,7 @@ use strata_model::exp_hist::{Buckets, ExpHistParts};
 use strata_model::{ExpHist, Kind, Latest, State, StateParams, Sum};
 
 use crate::inputs::cumulative::{Increase, Report, Total};
-
-/// What one exported data point becomes.
-#[derive(Debug)]
-pub struct Point {
-    /// The data point's place in the request (1-based), which errors name.
-    pub ordinal: usize,
-    pub metric: String,
-    pub kind: Kind,
-    pub labels: Vec<(String, String)>,
-    /// Event time in ms; `None`: the point gave none (now).
-    pub ts_ms: Option<i64>,
-    pub value: Value,
-}
-
-/// A point's contribution.
-#[derive(Debug)]
-pub enum Value {
-    /// A state to merge as it is (delta points, gauges).
-    State(State),
-    /// A cumulative report, turned into a state by the stream table.
-    Cumulative {
-        /// The stream: resource, scope, metric and attributes.
-        identity: String,
-        report: Report,
-    },
-}
-
-/// Data points not taken, with why.
-#[derive(Debug, Default)]
-pub struct Rejected {
-    pub count: u64,
-    /// The first few reasons, for the partial-success message.
-    pub reasons: Vec<String>,
-}
-
-/// Reasons kept for the partial-success message.
-const REASONS_KEPT: usize = 5;
-
-impl Rejected {
-    /// Counts one refused data point (or `n`), keeping the first reasons.
-    pub fn add(&mut self, n: u64, reason: impl FnOnce() -> String) {
-        if n == 0 {
-            return;
-        }
-        self.count += n;
-        if self.reasons.len() < REASONS_KEPT {
-            self.reasons.push(reason());
-        }
-    }
-
-    /// The partial-success message: the first reasons, and how many more.
-    pub fn message(&self) -> String {
-        let mut text = self.reasons.join("; ");
-        let more = self.count.saturating_sub(self.reasons.len() as u64);
-        if more > 0 && !text.is_empty() {
-            text.push_str(&format!(" (and {more} more data points refused)"));
-        }
-        text
-    }
-}
+use crate::inputs::points::{Point, Rejected, Value, explicit, state_of};
 
 /// How the node maps what it receives.
 #[derive(Clone, Debug)]
@@ -435,7 +376,7 @@ fn sum(
         Total::Float(v) => Increase::Float(v),
         _ => return None,
     };
-    Some(state_of(increase, &[], mapping).map(|s| (kind, ts_ms, Value::State(s))))
+    Some(state_of(increase, &[], &mapping.params).map(|s| (kind, ts_ms, Value::State(s))))
 }
 
 /// An explicit-bucket Histogram point → `exp_histogram`.
@@ -463,7 +404,7 @@ fn histogram(
             p.sum,
             None,
             None,
-            mapping,
+            &mapping.params,
         ) {
             return Some(Err(e));
         }
@@ -489,7 +430,7 @@ fn histogram(
             p.sum,
             p.min,
             p.max,
-            mapping,
+            &mapping.params,
         )
         .map(|h| {
             (
@@ -499,27 +440,6 @@ fn histogram(
             )
         }),
     )
-}
-
-/// An explicit-bucket histogram as an exponential one at the node's scale.
-fn explicit(
-    bounds: &[f64],
-    counts: &[u64],
-    sum: Option<f64>,
-    min: Option<f64>,
-    max: Option<f64>,
-    mapping: &Mapping,
-) -> Result<ExpHist, String> {
-    ExpHist::from_explicit_buckets(
-        bounds,
-        counts,
-        sum.filter(|s| s.is_finite()),
-        min,
-        max,
-        mapping.params.exp_histogram_scale,
-        mapping.params.exp_histogram_max_buckets,
-    )
-    .map_err(|e| e.to_string())
 }
 
 /// An ExponentialHistogram point → `exp_histogram`, as it is.
@@ -584,24 +504,6 @@ fn exp_of(p: &ExponentialHistogramDataPoint, mapping: &Mapping) -> Result<ExpHis
         max: p.max.unwrap_or(f64::NAN),
     };
     ExpHist::from_parts_fitting(parts).map_err(|e| e.to_string())
-}
-
-/// The state of an increase: `counter`, `sum` or `exp_histogram`
-/// (`bounds`: those of an explicit-bucket increase).
-pub fn state_of(increase: Increase, bounds: &[f64], mapping: &Mapping) -> Result<State, String> {
-    match increase {
-        Increase::Int(v) => Ok(State::Counter(v)),
-        Increase::Float(v) => {
-            let mut s = Sum::default();
-            s.add(v).map_err(|e| e.to_string())?;
-            Ok(State::Sum(s))
-        }
-        Increase::Explicit { counts, sum } => {
-            let sum = sum.is_finite().then_some(sum);
-            explicit(bounds, &counts, sum, None, None, mapping).map(State::ExpHistogram)
-        }
-        Increase::Exp(h) => Ok(State::ExpHistogram(h)),
-    }
 }
 
 /// An attribute value as a label value; `None` for arrays, maps and bytes,

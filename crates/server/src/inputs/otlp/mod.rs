@@ -19,7 +19,6 @@
 
 pub mod convert;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -31,18 +30,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     metrics_service_server::MetricsService,
 };
 use prost::Message as _;
-use strata_model::State;
-use tokio::sync::Mutex;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::ApiState;
-use crate::context::now_ms;
 use crate::core::stats::Stats;
-use crate::inputs::cumulative::{Report, Step, Streams, Total};
-use crate::inputs::samples::{Admitted, IngestError, Ingestor, RawSeries, RawState};
+use crate::inputs::points::{Exported, PointInput, PointSettings};
+use crate::inputs::samples::{IngestError, Ingestor};
 use crate::status::{Classify, grpc_status};
 
-use convert::{Mapping, Point, Rejected, Value, convert, state_of};
+use convert::{Mapping, convert};
 
 /// The OTLP/HTTP route.
 pub const HTTP_PATH: &str = "/v1/metrics";
@@ -50,36 +46,10 @@ pub const HTTP_PATH: &str = "/v1/metrics";
 /// Cursor keys of the OTLP stream table.
 pub const CURSOR_PREFIX: &str = "otlp/";
 
-/// How often the stream table is swept for silent streams.
-const EXPIRY_EVERY_MS: i64 = 60_000;
-
 /// The receiver both OTLP protocols hand their exports to.
 pub struct OtlpReceiver {
-    ingestor: Arc<Ingestor>,
+    input: PointInput,
     mapping: Mapping,
-    wait_commit: bool,
-    /// The stream table, held while an export is converted and enqueued
-    /// (not while it waits for its commit): the deltas of a stream are
-    /// computed and enqueued in the order its exports came.
-    streams: Mutex<Table>,
-}
-
-struct Table {
-    streams: Streams,
-    last_expiry_ms: i64,
-}
-
-/// A point ready to admit: the state it merges, and the stream report it
-/// moves (cumulative points).
-type Ready = (Point, State, Option<(String, Report)>);
-
-/// What an export came to.
-#[derive(Debug, Default)]
-pub struct Exported {
-    /// Data points merged.
-    pub accepted: u64,
-    /// Data points refused, with why.
-    pub rejected: Rejected,
 }
 
 /// The settings the receiver needs.
@@ -96,24 +66,20 @@ impl OtlpReceiver {
         ingestor: Arc<Ingestor>,
         settings: OtlpSettings,
     ) -> Result<OtlpReceiver, strata_store::StoreError> {
-        let mut streams = Streams::new(
-            CURSOR_PREFIX,
-            "otlp.max_streams",
-            settings.max_streams,
-            settings.stream_ttl_ms,
-        );
-        streams.restore(ingestor.ctx.store.cursors(CURSOR_PREFIX)?);
-        if !streams.is_empty() {
-            tracing::info!(streams = streams.len(), "OTLP cumulative streams restored");
-        }
-        Ok(OtlpReceiver {
+        let input = PointInput::new(
             ingestor,
+            PointSettings {
+                prefix: CURSOR_PREFIX,
+                max_key: "otlp.max_streams",
+                max_streams: settings.max_streams,
+                stream_ttl_ms: settings.stream_ttl_ms,
+                wait_commit: settings.wait_commit,
+                params: settings.mapping.params,
+            },
+        )?;
+        Ok(OtlpReceiver {
+            input,
             mapping: settings.mapping,
-            wait_commit: settings.wait_commit,
-            streams: Mutex::new(Table {
-                streams,
-                last_expiry_ms: now_ms(),
-            }),
         })
     }
 
@@ -124,163 +90,28 @@ impl OtlpReceiver {
         &self,
         request: ExportMetricsServiceRequest,
     ) -> Result<Exported, IngestError> {
-        let stats = &self.ingestor.ctx.stats;
+        let ingestor = self.input.ingestor();
+        let stats = &ingestor.ctx.stats;
         Stats::add(&stats.otlp_requests_total, 1);
-        self.ingestor
-            .check_lines(data_points(&request), "data points")?;
+        ingestor.check_lines(data_points(&request), "data points")?;
         let converted = convert(request, &self.mapping);
         Stats::add(
             &stats.otlp_dropped_attributes_total,
             converted.dropped_attributes,
         );
-        let mut rejected = converted.rejected;
-        let mut table = self.streams.lock().await;
-        let now = now_ms();
-        let ready = self.deltas(&table.streams, converted.points, &mut rejected);
-        let (admitted, taken) = self.admit(ready, &mut rejected);
-        let mut cursors: Vec<strata_store::Cursor> = taken
-            .iter()
-            .map(|(identity, report)| table.streams.cursor(identity, report, now))
-            .collect();
-        let expire = now.saturating_sub(table.last_expiry_ms) >= EXPIRY_EVERY_MS;
-        let mut expired = Vec::new();
-        if expire {
-            expired = table.streams.expiring(now);
-            cursors.extend(
-                expired
-                    .iter()
-                    .map(|identity| table.streams.delete_cursor(identity)),
-            );
+        let exported = self
+            .input
+            .receive(converted.points, converted.rejected)
+            .await?;
+        Stats::add(&stats.otlp_data_points_total, exported.accepted);
+        Stats::add(
+            &stats.otlp_rejected_data_points_total,
+            exported.rejected.count,
+        );
+        if exported.rejected.count > 0 {
+            tracing::debug!(rejected = exported.rejected.count, reasons = %exported.rejected.message(), "OTLP data points refused");
         }
-        let accepted = (admitted.samples.len() + admitted.increments.len()) as u64;
-        let mut commit = None;
-        if accepted > 0 || !cursors.is_empty() {
-            commit = self
-                .ingestor
-                .enqueue_admitted(admitted, cursors, self.wait_commit)
-                .await?
-                .1;
-        }
-        // Enqueued: the table moves, and the next export of a stream, which
-        // lands in this flush or a later one, is counted from here. (Should
-        // this commit fail, the node stops committing until it is restarted,
-        // and the table is read back from the store.)
-        for (identity, report) in taken {
-            table.streams.take(&identity, report, now);
-        }
-        if expire {
-            table.streams.forget(&expired);
-            table.last_expiry_ms = now;
-        }
-        drop(table);
-        if let Some(commit) = commit {
-            commit.wait().await?;
-        }
-        Stats::add(&stats.otlp_data_points_total, accepted);
-        Stats::add(&stats.otlp_rejected_data_points_total, rejected.count);
-        if rejected.count > 0 {
-            tracing::debug!(rejected = rejected.count, reasons = %rejected.message(), "OTLP data points refused");
-        }
-        Ok(Exported { accepted, rejected })
-    }
-
-    /// The state each point merges: as it came, or the increase of its
-    /// cumulative stream (a stale report merges nothing and is not refused).
-    fn deltas(&self, streams: &Streams, points: Vec<Point>, rejected: &mut Rejected) -> Vec<Ready> {
-        let mut ready = Vec::with_capacity(points.len());
-        for mut point in points {
-            let value = std::mem::replace(&mut point.value, Value::State(State::Counter(0)));
-            let (identity, report) = match value {
-                Value::State(state) => {
-                    ready.push((point, state, None));
-                    continue;
-                }
-                Value::Cumulative { identity, report } => (identity, report),
-            };
-            let refuse = |rejected: &mut Rejected, e: String| {
-                rejected.add(1, || {
-                    format!(
-                        "metric {:?}, data point {}: {e}",
-                        point.metric, point.ordinal
-                    )
-                })
-            };
-            match streams.increase(&identity, &report) {
-                Ok(Step::Stale) => {}
-                Ok(Step::Counted { increase, .. }) => {
-                    let bounds: &[f64] = match &report.total {
-                        Total::Explicit { bounds, .. } => bounds,
-                        _ => &[],
-                    };
-                    match state_of(increase, bounds, &self.mapping) {
-                        Ok(state) => ready.push((point, state, Some((identity, report)))),
-                        Err(e) => refuse(rejected, e),
-                    }
-                }
-                Err(e) => refuse(rejected, e.to_string()),
-            }
-        }
-        ready
-    }
-
-    /// Validates the points metric by metric; returns what is admitted and
-    /// the stream reports it holds.
-    fn admit(
-        &self,
-        ready: Vec<Ready>,
-        rejected: &mut Rejected,
-    ) -> (Admitted, Vec<(String, Report)>) {
-        let mut groups: Vec<Vec<Ready>> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for item in ready {
-            let i = *index.entry(item.0.metric.clone()).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[i].push(item);
-        }
-        let mut admitted = Admitted::default();
-        let mut taken = Vec::new();
-        for group in groups {
-            let n = group.len() as u64;
-            let mut input = Vec::with_capacity(group.len());
-            let mut reports = Vec::new();
-            for (point, state, report) in group {
-                reports.extend(report);
-                input.push(RawSeries {
-                    metric: point.metric,
-                    kind: point.kind,
-                    labels: point.labels,
-                    threshold: None,
-                    points: Vec::new(),
-                    states: vec![RawState {
-                        line: point.ordinal,
-                        ts_ms: point.ts_ms,
-                        state,
-                    }],
-                });
-            }
-            match self.ingestor.validate_all(input) {
-                Ok(a) => {
-                    admitted.increments.extend(a.increments);
-                    admitted.newest_state_ms = admitted.newest_state_ms.max(a.newest_state_ms);
-                    taken.extend(reports);
-                }
-                Err(e) => rejected.add(n, || point_error(&e)),
-            }
-        }
-        (admitted, taken)
-    }
-}
-
-/// An admission error naming the data point (`line` is its number).
-fn point_error(e: &IngestError) -> String {
-    match e {
-        IngestError::Invalid {
-            message,
-            line: Some(n),
-        } => format!("data point {n}: {message}"),
-        other => other.to_string(),
+        Ok(exported)
     }
 }
 
@@ -324,7 +155,7 @@ impl MetricsService for OtlpGrpc {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<GrpcResponse<ExportMetricsServiceResponse>, Status> {
-        let ingestor = &self.receiver.ingestor;
+        let ingestor = self.receiver.input.ingestor();
         let _timer = ingestor.ctx.stats.latency.ingest_grpc.start_timer();
         crate::inputs::native::authenticate(ingestor, &request, "grpc OTLP Export")?;
         match self.receiver.export(request.into_inner()).await {
