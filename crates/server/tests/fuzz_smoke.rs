@@ -18,12 +18,13 @@ use strata_model::{Hist, Kind, SampleValue, State, StateParams};
 type Check = fn(&[u8]);
 
 /// Every fuzz target: its name under `fuzz/` and the function it runs.
-const TARGETS: [(&str, Check); 5] = [
+const TARGETS: [(&str, Check); 6] = [
     ("ndjson", strata_server::fuzzing::ndjson),
     ("query", strata_server::fuzzing::query),
     ("federation_batch", strata_server::fuzzing::federation),
     ("state_codec", strata_model::fuzzing::state_codec),
     ("store_codec", strata_store::fuzzing::store_codec),
+    ("pushed", strata_server::fuzzing::pushed),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -112,6 +113,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "federation_batch" => strata_server::fuzzing::federation_seeds(),
         "state_codec" => state_seeds(),
         "store_codec" => strata_store::fuzzing::encodings(),
+        "pushed" => strata_server::fuzzing::pushed_seeds(),
         other => panic!("no seeds for {other}"),
     }
 }

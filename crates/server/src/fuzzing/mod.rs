@@ -12,6 +12,8 @@
 //!   selector — and a query executed over a small store.
 //! - [`federation`]: a federation stream's messages decoded into increments, as
 //!   the receiver does.
+//! - [`pushed`]: an OTLP export or a remote-write request decoded and
+//!   converted into points, as their receivers do.
 //!
 //! The codecs of stored state live beside them: `strata_model::fuzzing` and
 //! `strata_store::fuzzing`.
@@ -21,8 +23,10 @@
 
 mod federation;
 mod ndjson;
+mod pushed;
 mod query;
 
 pub use federation::{federation, federation_seeds};
 pub use ndjson::ndjson;
+pub use pushed::{pushed, pushed_seeds};
 pub use query::query;
