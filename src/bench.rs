@@ -2,7 +2,10 @@
 //!
 //! Starts one global and N edge processes of this same binary on loopback,
 //! drives the edges with batched native gRPC ingest (histograms and counters
-//! over `--series` series) for `--duration` seconds, then waits until the
+//! over `--series` series) — or, with `--otlp`, with OTLP/gRPC exports as an
+//! OpenTelemetry SDK sends them (delta exponential histograms of 100
+//! observations per data point, and counters) — for `--duration` seconds,
+//! then waits until the
 //! global tier's totals equal exactly what the edges acknowledged. Prints
 //! progress every second and, as its last line, one JSON object of figures.
 //!
@@ -30,6 +33,9 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Concurrent push loops per edge.
     pub concurrency: usize,
+    /// OTLP exports instead of native pushes (`samples` are then the
+    /// observations the exports summarise).
+    pub otlp: bool,
 }
 
 struct Proc {
@@ -76,7 +82,8 @@ fn write_config(dir: &Path, id: &str, body: &str) -> anyhow::Result<PathBuf> {
 fn node_toml(dir: &Path, id: &str, durable: bool) -> String {
     format!(
         "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_inflight_requests = 1024\n\
-         [grpc]\nlisten = \"127.0.0.1:0\"\n[storage]\nengine = \"{}\"\n",
+         [grpc]\nlisten = \"127.0.0.1:0\"\n[storage]\nengine = \"{}\"\n\
+         [otlp]\nlisten = \"\"\nhttp_listen = \"\"\nwait_commit = {durable}\n",
         dir.join(id).display(),
         if durable { "redb" } else { "memory" }
     )
@@ -215,6 +222,9 @@ async fn load(
     acked: Arc<Acked>,
     worker: usize,
 ) -> anyhow::Result<()> {
+    if opts.otlp {
+        return load_otlp(edge, grpc, opts, stop, acked, worker).await;
+    }
     let mut client = IngestClient::connect(format!("http://{grpc}"))
         .await?
         .max_encoding_message_size(64 << 20);
@@ -241,6 +251,184 @@ async fn load(
         }
     }
     Ok(())
+}
+
+/// Observations one OTLP histogram data point summarises, as an SDK's
+/// export interval would.
+const OBSERVATIONS_PER_POINT: usize = 100;
+
+/// The scale of the benchmark's exponential histograms: 5–405 ms spans about
+/// 100 buckets at scale 4, within the SDKs' 160.
+const OTLP_SCALE: i32 = 4;
+
+/// One OTLP export: `batch` observations over a rotating window of series,
+/// each histogram data point summarising [`OBSERVATIONS_PER_POINT`] of them,
+/// each counter data point as many increments.
+fn otlp_request(
+    edge: usize,
+    series: usize,
+    batch: usize,
+    offset: usize,
+    rng: &mut u64,
+) -> (otlp::ExportMetricsServiceRequest, u64, u64) {
+    let n_points = (batch / OBSERVATIONS_PER_POINT).max(1);
+    let now_ns = (strata_server::now_ms() as u64).saturating_mul(1_000_000);
+    let (mut counter_sum, mut hist_count) = (0u64, 0u64);
+    let (mut hists, mut counters) = (Vec::new(), Vec::new());
+    for k in 0..n_points {
+        let s = (offset + k) % series;
+        let attributes = vec![
+            otlp_attr("edge", format!("e{edge}")),
+            otlp_attr("series", format!("s{s}")),
+        ];
+        if !s.is_multiple_of(2) {
+            counter_sum += OBSERVATIONS_PER_POINT as u64;
+            counters.push(otlp::NumberDataPoint {
+                attributes,
+                start_time_unix_nano: now_ns.saturating_sub(1_000_000_000),
+                time_unix_nano: now_ns,
+                value: Some(otlp::number_data_point::Value::AsInt(
+                    OBSERVATIONS_PER_POINT as i64,
+                )),
+                ..Default::default()
+            });
+            continue;
+        }
+        let mut counts: Vec<u64> = Vec::new();
+        let (mut lo, mut sum, mut min, mut max) = (i32::MAX, 0.0, f64::INFINITY, 0.0f64);
+        let mut indices = Vec::with_capacity(OBSERVATIONS_PER_POINT);
+        for _ in 0..OBSERVATIONS_PER_POINT {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let v = 5.0 + (*rng % 40_000) as f64 / 100.0;
+            let i = strata_model::exp_hist::map_to_index(v, OTLP_SCALE);
+            lo = lo.min(i);
+            indices.push(i);
+            sum += v;
+            min = min.min(v);
+            max = max.max(v);
+        }
+        for i in indices {
+            let at = (i - lo) as usize;
+            if counts.len() <= at {
+                counts.resize(at + 1, 0);
+            }
+            counts[at] += 1;
+        }
+        hist_count += OBSERVATIONS_PER_POINT as u64;
+        hists.push(otlp::ExponentialHistogramDataPoint {
+            attributes,
+            start_time_unix_nano: now_ns.saturating_sub(1_000_000_000),
+            time_unix_nano: now_ns,
+            count: OBSERVATIONS_PER_POINT as u64,
+            sum: Some(sum),
+            scale: OTLP_SCALE,
+            positive: Some(otlp::exponential_histogram_data_point::Buckets {
+                offset: lo,
+                bucket_counts: counts,
+            }),
+            min: Some(min),
+            max: Some(max),
+            ..Default::default()
+        });
+    }
+    let delta = otlp::AggregationTemporality::Delta as i32;
+    let metrics = vec![
+        otlp::Metric {
+            name: "bench_latency_ms".into(),
+            data: Some(otlp::metric::Data::ExponentialHistogram(
+                otlp::ExponentialHistogram {
+                    data_points: hists,
+                    aggregation_temporality: delta,
+                },
+            )),
+            ..Default::default()
+        },
+        otlp::Metric {
+            name: "bench_requests".into(),
+            data: Some(otlp::metric::Data::Sum(otlp::Sum {
+                data_points: counters,
+                aggregation_temporality: delta,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        },
+    ];
+    let request = otlp::ExportMetricsServiceRequest {
+        resource_metrics: vec![otlp::ResourceMetrics {
+            scope_metrics: vec![otlp::ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    (request, counter_sum, hist_count)
+}
+
+fn otlp_attr(key: &str, value: String) -> otlp::KeyValue {
+    otlp::KeyValue {
+        key: key.into(),
+        value: Some(otlp::AnyValue {
+            value: Some(otlp::any_value::Value::StringValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// [`load`] as an OpenTelemetry SDK: OTLP/gRPC exports to the edge's gRPC port.
+async fn load_otlp(
+    edge: usize,
+    grpc: String,
+    opts: Arc<BenchOptions>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Acked>,
+    worker: usize,
+) -> anyhow::Result<()> {
+    let mut client = otlp::MetricsServiceClient::connect(format!("http://{grpc}"))
+        .await?
+        .max_encoding_message_size(64 << 20);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((edge as u64) << 32 | worker as u64);
+    let mut offset = worker * 7919;
+    let points = (opts.batch / OBSERVATIONS_PER_POINT).max(1);
+    while !stop.load(Ordering::Relaxed) {
+        let (req, counter_sum, hist_count) =
+            otlp_request(edge, opts.series, opts.batch, offset, &mut rng);
+        offset = (offset + points) % opts.series.max(1);
+        match client.export(req).await {
+            Ok(r) => {
+                if let Some(partial) = r.into_inner().partial_success
+                    && partial.rejected_data_points > 0
+                {
+                    bail!("edge {edge} refused data points: {}", partial.error_message);
+                }
+                acked
+                    .samples
+                    .fetch_add(counter_sum + hist_count, Ordering::Relaxed);
+                acked.counter_sum.fetch_add(counter_sum, Ordering::Relaxed);
+                acked.hist_count.fetch_add(hist_count, Ordering::Relaxed);
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                acked.rejected.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(status) => bail!("OTLP export to edge {edge} failed: {status}"),
+        }
+    }
+    Ok(())
+}
+
+/// The OTLP types the benchmark sends.
+mod otlp {
+    pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    pub use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    pub use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    pub use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point,
+        metric, number_data_point,
+    };
 }
 
 /// Sends a `latest` probe stamped with the send time to edge 0, and polls the
@@ -416,10 +604,15 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
         .chain(edges.iter().map(|e| e.child.id()))
         .collect();
     println!(
-        "bench: {} edge(s) → global, {} series, {} s, {}",
+        "bench: {} edge(s) → global, {} series, {} s, {}, {}",
         opts.edges,
         opts.series,
         opts.duration.as_secs(),
+        if opts.otlp {
+            "OTLP exports (100 observations per data point)"
+        } else {
+            "native pushes"
+        },
         if opts.durable {
             "durable (redb, wait_commit)"
         } else {
@@ -459,6 +652,7 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
         "edges": opts.edges,
         "series": opts.series,
         "durable": opts.durable,
+        "otlp": opts.otlp,
         "duration_s": load_secs,
         "samples": samples,
         "samples_per_s": samples as f64 / load_secs,

@@ -130,6 +130,11 @@ enum Command {
         /// Concurrent push loops per edge.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Drive the edges as OpenTelemetry SDKs do: OTLP/gRPC exports of
+        /// delta exponential histograms (100 observations per data point)
+        /// and counters, instead of native pushes of raw samples.
+        #[arg(long)]
+        otlp: bool,
     },
     /// Validate a config file and name every problem.
     CheckConfig {
@@ -276,6 +281,7 @@ fn main() -> ExitCode {
             best_effort,
             batch,
             concurrency,
+            otlp,
         } => {
             // The output is the figures: logs only for warnings.
             init_tracing("warn", log_format);
@@ -286,6 +292,7 @@ fn main() -> ExitCode {
                 durable: !best_effort,
                 batch: batch.max(10),
                 concurrency: concurrency.max(1),
+                otlp,
             };
             let result = runtime().and_then(|rt| rt.block_on(bench::run(opts)));
             exit(result)
