@@ -155,6 +155,14 @@ fn label(name: &str, value: String) -> v1::Label {
     }
 }
 
+/// xorshift: cheap deterministic latencies of 5–405 ms.
+fn latency(rng: &mut u64) -> f64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    5.0 + (*rng % 40_000) as f64 / 100.0
+}
+
 /// One push request: `batch` samples over a rotating window of series.
 fn request(
     edge: usize,
@@ -172,13 +180,9 @@ fn request(
         let histogram = s.is_multiple_of(2);
         let mut points = Vec::with_capacity(per_series);
         for _ in 0..per_series {
-            // xorshift: cheap deterministic latencies around 20–400 ms.
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
             let value = if histogram {
                 hist_count += 1;
-                5.0 + (*rng % 40_000) as f64 / 100.0
+                latency(rng)
             } else {
                 counter_sum += 1;
                 1.0
@@ -294,44 +298,8 @@ fn otlp_request(
             });
             continue;
         }
-        let mut counts: Vec<u64> = Vec::new();
-        let (mut lo, mut sum, mut min, mut max) = (i32::MAX, 0.0, f64::INFINITY, 0.0f64);
-        let mut indices = Vec::with_capacity(OBSERVATIONS_PER_POINT);
-        for _ in 0..OBSERVATIONS_PER_POINT {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            let v = 5.0 + (*rng % 40_000) as f64 / 100.0;
-            let i = strata_model::exp_hist::map_to_index(v, OTLP_SCALE);
-            lo = lo.min(i);
-            indices.push(i);
-            sum += v;
-            min = min.min(v);
-            max = max.max(v);
-        }
-        for i in indices {
-            let at = (i - lo) as usize;
-            if counts.len() <= at {
-                counts.resize(at + 1, 0);
-            }
-            counts[at] += 1;
-        }
         hist_count += OBSERVATIONS_PER_POINT as u64;
-        hists.push(otlp::ExponentialHistogramDataPoint {
-            attributes,
-            start_time_unix_nano: now_ns.saturating_sub(1_000_000_000),
-            time_unix_nano: now_ns,
-            count: OBSERVATIONS_PER_POINT as u64,
-            sum: Some(sum),
-            scale: OTLP_SCALE,
-            positive: Some(otlp::exponential_histogram_data_point::Buckets {
-                offset: lo,
-                bucket_counts: counts,
-            }),
-            min: Some(min),
-            max: Some(max),
-            ..Default::default()
-        });
+        hists.push(exp_point(attributes, now_ns, rng));
     }
     let delta = otlp::AggregationTemporality::Delta as i32;
     let metrics = vec![
@@ -365,6 +333,49 @@ fn otlp_request(
         }],
     };
     (request, counter_sum, hist_count)
+}
+
+/// A delta exponential histogram data point of [`OBSERVATIONS_PER_POINT`]
+/// latencies around 5–405 ms.
+fn exp_point(
+    attributes: Vec<otlp::KeyValue>,
+    now_ns: u64,
+    rng: &mut u64,
+) -> otlp::ExponentialHistogramDataPoint {
+    let mut counts: Vec<u64> = Vec::new();
+    let (mut lo, mut sum, mut min, mut max) = (i32::MAX, 0.0, f64::INFINITY, 0.0f64);
+    let mut indices = Vec::with_capacity(OBSERVATIONS_PER_POINT);
+    for _ in 0..OBSERVATIONS_PER_POINT {
+        let v = latency(rng);
+        let i = strata_model::exp_hist::map_to_index(v, OTLP_SCALE);
+        lo = lo.min(i);
+        indices.push(i);
+        sum += v;
+        min = min.min(v);
+        max = max.max(v);
+    }
+    for i in indices {
+        let at = (i - lo) as usize;
+        if counts.len() <= at {
+            counts.resize(at + 1, 0);
+        }
+        counts[at] += 1;
+    }
+    otlp::ExponentialHistogramDataPoint {
+        attributes,
+        start_time_unix_nano: now_ns.saturating_sub(1_000_000_000),
+        time_unix_nano: now_ns,
+        count: OBSERVATIONS_PER_POINT as u64,
+        sum: Some(sum),
+        scale: OTLP_SCALE,
+        positive: Some(otlp::exponential_histogram_data_point::Buckets {
+            offset: lo,
+            bucket_counts: counts,
+        }),
+        min: Some(min),
+        max: Some(max),
+        ..Default::default()
+    }
 }
 
 fn otlp_attr(key: &str, value: String) -> otlp::KeyValue {

@@ -77,6 +77,16 @@ fn check_point(p: &Point) {
 /// (byte 0) and a remote-write request with a counter, a gauge, a classic
 /// histogram and a native one (byte 1).
 pub fn pushed_seeds() -> Vec<Vec<u8>> {
+    let mut a = vec![0u8];
+    a.extend(otlp_seed().encode_to_vec());
+    let mut b = vec![1u8];
+    b.extend(remote_write_seed().encode_to_vec());
+    vec![a, b]
+}
+
+/// An OTLP export: a cumulative counter, an explicit and a delta
+/// exponential histogram.
+fn otlp_seed() -> ExportMetricsServiceRequest {
     let attr = |k: &str, v: &str| KeyValue {
         key: k.into(),
         value: Some(AnyValue {
@@ -139,7 +149,7 @@ pub fn pushed_seeds() -> Vec<Vec<u8>> {
             ..Default::default()
         },
     ];
-    let otlp = ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
                 attributes: vec![attr("service.name", "checkout")],
@@ -151,7 +161,12 @@ pub fn pushed_seeds() -> Vec<Vec<u8>> {
             }],
             ..Default::default()
         }],
-    };
+    }
+}
+
+/// A remote-write request: a counter, a gauge, a classic histogram family
+/// and a native histogram.
+fn remote_write_seed() -> prompb::WriteRequest {
     let label = |n: &str, v: &str| prompb::Label {
         name: n.into(),
         value: v.into(),
@@ -197,13 +212,8 @@ pub fn pushed_seeds() -> Vec<Vec<u8>> {
             ..Default::default()
         }],
     });
-    let rw = prompb::WriteRequest {
+    prompb::WriteRequest {
         timeseries,
         metadata: Vec::new(),
-    };
-    let mut a = vec![0u8];
-    a.extend(otlp.encode_to_vec());
-    let mut b = vec![1u8];
-    b.extend(rw.encode_to_vec());
-    vec![a, b]
+    }
 }

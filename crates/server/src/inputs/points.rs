@@ -176,7 +176,7 @@ impl PointInput {
     ) -> Result<Exported, IngestError> {
         let mut table = self.streams.lock().await;
         let now = now_ms();
-        let ready = self.deltas(&table.streams, points, &mut rejected);
+        let (ready, stale) = self.deltas(&table.streams, points, &mut rejected);
         let (admitted, taken) = self.admit(ready, &mut rejected);
         let mut cursors: Vec<strata_store::Cursor> = taken
             .iter()
@@ -194,7 +194,10 @@ impl PointInput {
         }
         let accepted = (admitted.samples.len() + admitted.increments.len()) as u64;
         let mut commit = None;
-        if accepted > 0 || !cursors.is_empty() {
+        // A stale report (a retry) may repeat one whose flush is not
+        // committed yet: with wait_commit, it is answered after that flush
+        // too (an empty request waits for the next commit).
+        if accepted > 0 || !cursors.is_empty() || (stale && self.wait_commit) {
             commit = self
                 .ingestor
                 .enqueue_admitted(admitted, cursors, self.wait_commit)
@@ -220,10 +223,17 @@ impl PointInput {
     }
 
     /// The state each point merges: as it came, or the increase of its
-    /// cumulative stream (a stale report merges nothing and is not refused).
-    fn deltas(&self, streams: &Streams, points: Vec<Point>, rejected: &mut Rejected) -> Vec<Ready> {
+    /// cumulative stream (a stale report merges nothing and is not
+    /// refused); and whether any report was stale.
+    fn deltas(
+        &self,
+        streams: &Streams,
+        points: Vec<Point>,
+        rejected: &mut Rejected,
+    ) -> (Vec<Ready>, bool) {
         let mut ready = Vec::with_capacity(points.len());
         let mut pending = HashMap::new();
+        let mut stale = false;
         for mut point in points {
             let value = std::mem::replace(&mut point.value, Value::State(State::Counter(0)));
             let (identity, report) = match value {
@@ -242,7 +252,7 @@ impl PointInput {
                 })
             };
             match streams.increase(&mut pending, &identity, &report) {
-                Ok(Step::Stale) => {}
+                Ok(Step::Stale) => stale = true,
                 Ok(Step::Counted { increase, .. }) => {
                     let bounds: &[f64] = match &report.total {
                         Total::Explicit { bounds, .. } => bounds,
@@ -256,7 +266,7 @@ impl PointInput {
                 Err(e) => refuse(rejected, e.to_string()),
             }
         }
-        ready
+        (ready, stale)
     }
 
     /// Validates the points metric by metric; returns what is admitted and
