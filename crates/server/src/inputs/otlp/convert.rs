@@ -559,3 +559,175 @@ pub fn metric_name(name: &str) -> Option<String> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, ResourceMetrics, ScopeMetrics};
+
+    fn attr(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn text(key: &str, value: &str) -> KeyValue {
+        attr(key, any_value::Value::StringValue(value.into()))
+    }
+
+    fn mapping() -> Mapping {
+        Mapping {
+            resource_labels: BTreeMap::from([("service.name".into(), "service".into())]),
+            params: StateParams::default(),
+            node_id: "edge".into(),
+        }
+    }
+
+    fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn point(attributes: Vec<KeyValue>, value: number_data_point::Value) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes,
+            time_unix_nano: 1_763_800_000_000_000_000,
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    fn metric(name: &str, data: metric::Data) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_are_sanitised_and_colliding_attributes_joined() {
+        assert_eq!(label_name("http.route"), "http_route");
+        assert_eq!(label_name("2xx"), "_2xx");
+        assert_eq!(label_name(""), "_");
+        assert_eq!(
+            metric_name("http.server.duration").as_deref(),
+            Some("http_server_duration")
+        );
+        assert_eq!(metric_name("9lives").as_deref(), Some("_9lives"));
+        assert_eq!(metric_name(""), None);
+
+        let gauge = metric::Data::Gauge(Gauge {
+            data_points: vec![point(
+                vec![
+                    text("a.b", "1"),
+                    text("a_b", "2"),
+                    text("service", "from-point"),
+                    attr("flag", any_value::Value::BoolValue(true)),
+                    attr("list", any_value::Value::BytesValue(vec![1])),
+                    text("empty", ""),
+                ],
+                number_data_point::Value::AsDouble(1.5),
+            )],
+        });
+        let req = request(
+            vec![text("service.name", "checkout"), text("host.name", "h1")],
+            vec![metric("queue.depth", gauge)],
+        );
+        let out = convert(req, &mapping());
+        assert_eq!(out.rejected.count, 0);
+        // host.name (not on the list) and the bytes value are dropped.
+        assert_eq!(out.dropped_attributes, 2);
+        let p = &out.points[0];
+        assert_eq!(p.metric, "queue_depth");
+        assert_eq!(p.kind, Kind::Latest);
+        let labels: Vec<(&str, &str)> = p
+            .labels
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        // The point's `service` wins over the resource's; `a.b` and `a_b`
+        // are joined in the order of their names.
+        assert_eq!(
+            labels,
+            [("a_b", "1;2"), ("flag", "true"), ("service", "from-point")]
+        );
+    }
+
+    #[test]
+    fn sums_map_by_monotonicity_and_temporality() {
+        let sum = |monotonic, temporality: AggregationTemporality, value| {
+            metric::Data::Sum(opentelemetry_proto::tonic::metrics::v1::Sum {
+                data_points: vec![point(Vec::new(), value)],
+                aggregation_temporality: temporality as i32,
+                is_monotonic: monotonic,
+            })
+        };
+        use AggregationTemporality::{Cumulative, Delta, Unspecified};
+        use number_data_point::Value::{AsDouble, AsInt};
+        let req = request(
+            Vec::new(),
+            vec![
+                metric("ints", sum(true, Delta, AsInt(4))),
+                metric("doubles", sum(true, Cumulative, AsDouble(2.5))),
+                metric("level", sum(false, Cumulative, AsInt(-3))),
+                metric("updown", sum(false, Delta, AsInt(1))),
+                metric("unknown", sum(true, Unspecified, AsInt(1))),
+                metric("negative", sum(true, Cumulative, AsInt(-1))),
+            ],
+        );
+        let out = convert(req, &mapping());
+        let kinds: Vec<(&str, Kind)> = out
+            .points
+            .iter()
+            .map(|p| (p.metric.as_str(), p.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ints", Kind::Counter),
+                ("doubles", Kind::Sum),
+                ("level", Kind::Latest)
+            ]
+        );
+        assert!(matches!(
+            out.points[0].value,
+            Value::State(State::Counter(4))
+        ));
+        assert!(matches!(out.points[1].value, Value::Cumulative { .. }));
+        assert_eq!(out.rejected.count, 3);
+        let message = out.rejected.message();
+        for (name, why) in [
+            ("updown", "delta"),
+            ("unknown", "unspecified"),
+            ("negative", "went negative"),
+        ] {
+            assert!(message.contains(name) && message.contains(why), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_point_without_a_recorded_value_is_skipped_not_refused() {
+        let mut p = point(Vec::new(), number_data_point::Value::AsDouble(1.0));
+        p.flags = NO_RECORDED_VALUE;
+        let gauge = metric::Data::Gauge(Gauge {
+            data_points: vec![p],
+        });
+        let out = convert(request(Vec::new(), vec![metric("g", gauge)]), &mapping());
+        assert!(out.points.is_empty());
+        assert_eq!(out.rejected.count, 0);
+    }
+}
