@@ -45,12 +45,17 @@ fn python() -> &'static Path {
         if ready(&python) {
             return python;
         }
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status();
+        let venv = || {
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // Debian's python3 needs python3-venv (and pip) for a virtualenv.
+        let made = venv() || (apt_install(&["python3", "python3-venv", "python3-pip"]) && venv());
         assert!(
-            made.is_ok_and(|s| s.success()),
+            made,
             "this test needs python3 with venv (Debian: apt-get install python3-venv)"
         );
         let installed = Command::new(dir.join("bin/pip"))

@@ -79,22 +79,9 @@ fn prometheus_bin() -> &'static Path {
         if let Some(bin) = found() {
             return bin;
         }
-        let install = "apt-get install -y --no-install-recommends prometheus \
-            || (apt-get update && apt-get install -y --no-install-recommends prometheus)";
-        let sudo = if rustix_is_root() { "" } else { "sudo " };
-        let _ = Command::new("sh")
-            .args(["-c", &format!("{sudo}sh -c '{install}'")])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+        apt_install(&["prometheus"]);
         found().expect("this test needs Prometheus: apt-get install prometheus (Debian package)")
     })
-}
-
-fn rustix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A Prometheus scraping `target` every second and remote-writing to `edge`.

@@ -691,6 +691,33 @@ pub fn merged_since(node: &Node, selector: &str, from_ms: i64) -> Option<Value> 
     Some(point["value"].clone())
 }
 
+/// Installs Debian `packages` with apt (through sudo when not root), as the
+/// test command does for the real components a test needs; whether apt
+/// succeeded. Tries without `apt-get update` first.
+pub fn apt_install(packages: &[&str]) -> bool {
+    let list = packages.join(" ");
+    let install = format!(
+        "apt-get install -y --no-install-recommends {list} \
+         || (apt-get update && apt-get install -y --no-install-recommends {list})"
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut cmd = if root {
+        let mut c = Command::new("sh");
+        c.args(["-c", &install]);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "sh", "-c", &install]);
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Total of a counter over `[base, base + 2 min)`, 0 when there is no data.
 pub fn counter_total(node: &Node, selector: &str, base: i64) -> u64 {
     merged_value(node, selector, base).map_or(0, |v| {
