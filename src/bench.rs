@@ -148,6 +148,22 @@ struct Acked {
     rejected: AtomicU64,
 }
 
+impl Acked {
+    /// An acknowledged request: its samples, counter increments and
+    /// histogram observations.
+    fn add(&self, samples: u64, counter_sum: u64, hist_count: u64) {
+        self.samples.fetch_add(samples, Ordering::Relaxed);
+        self.counter_sum.fetch_add(counter_sum, Ordering::Relaxed);
+        self.hist_count.fetch_add(hist_count, Ordering::Relaxed);
+    }
+
+    /// A request refused as busy: counted, and a short pause before the next.
+    async fn busy(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn label(name: &str, value: String) -> v1::Label {
     v1::Label {
         name: name.into(),
@@ -240,17 +256,8 @@ async fn load(
         req.wait_commit = opts.durable;
         offset = (offset + opts.batch / 10) % opts.series.max(1);
         match client.push(req).await {
-            Ok(r) => {
-                acked
-                    .samples
-                    .fetch_add(r.into_inner().accepted, Ordering::Relaxed);
-                acked.counter_sum.fetch_add(counter_sum, Ordering::Relaxed);
-                acked.hist_count.fetch_add(hist_count, Ordering::Relaxed);
-            }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                acked.rejected.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            Ok(r) => acked.add(r.into_inner().accepted, counter_sum, hist_count),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => acked.busy().await,
             Err(status) => bail!("push to edge {edge} failed: {status}"),
         }
     }
@@ -414,16 +421,9 @@ async fn load_otlp(
                 {
                     bail!("edge {edge} refused data points: {}", partial.error_message);
                 }
-                acked
-                    .samples
-                    .fetch_add(counter_sum + hist_count, Ordering::Relaxed);
-                acked.counter_sum.fetch_add(counter_sum, Ordering::Relaxed);
-                acked.hist_count.fetch_add(hist_count, Ordering::Relaxed);
+                acked.add(counter_sum + hist_count, counter_sum, hist_count);
             }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                acked.rejected.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => acked.busy().await,
             Err(status) => bail!("OTLP export to edge {edge} failed: {status}"),
         }
     }
