@@ -21,7 +21,7 @@
 //! | [`Class::OverLimit`] | 422 | `RESOURCE_EXHAUSTED` | | `IngestError::Limited` (cardinality), `QueryError::OverLimit` |
 //! | [`Class::Busy`] | 429 | `RESOURCE_EXHAUSTED` | yes | `IngestError::Busy` |
 //! | [`Class::Unavailable`] | 503 | `UNAVAILABLE` | yes | `IngestError::Stopping`, `ReceiverError::{PreviousStreamCommitting, ShuttingDown, CommitFailed}` |
-//! | [`Class::Internal`] | 500 | `INTERNAL` | | `IngestError::CommitFailed`, `ReceiverError::NoLiveState`, a failed store read or task |
+//! | [`Class::Internal`] | 500 | `INTERNAL` | | `IngestError::CommitFailed`, `QueryFailed::Store`, `ReceiverError::NoLiveState`, a failed store read or task |
 //! | [`Class::Cancelled`] | 499 | `CANCELLED` | | `ReceiverError::StreamClosed` (the peer is gone) |
 //!
 //! The retry hint is [`RETRY_AFTER`]: `Retry-After: 1` over HTTP,
@@ -201,6 +201,7 @@ mod tests {
         assert_eq!((http(&lines), grpc(&lines)), (413, Code::ResourceExhausted));
         assert_eq!(http(&QueryFailed::OverLimit("x".into())), 422);
         assert_eq!(http(&QueryFailed::Invalid(QueryError("x".into()))), 400);
+        assert_eq!(http(&QueryFailed::Store("x".into())), 500);
         assert_eq!(
             (http(&AuthError::Wrong), grpc(&AuthError::Wrong)),
             (401, Code::Unauthenticated)

@@ -64,6 +64,9 @@ pub enum QueryFailed {
     /// message names the limit.
     #[error("{0}")]
     OverLimit(String),
+    /// The store could not be read (500): the node's fault, not the query's.
+    #[error("store: {0}")]
+    Store(String),
 }
 
 impl Classify for QueryFailed {
@@ -71,6 +74,7 @@ impl Classify for QueryFailed {
         match self {
             QueryFailed::Invalid(e) => e.class(),
             QueryFailed::OverLimit(_) => Class::OverLimit,
+            QueryFailed::Store(_) => Class::Internal,
         }
     }
 }
@@ -243,7 +247,7 @@ pub fn execute(
 ) -> Result<Value, QueryError> {
     execute_limited(store, watermarks, retention, q, QueryLimits::NONE).map_err(|e| match e {
         QueryFailed::Invalid(e) => e,
-        QueryFailed::OverLimit(message) => QueryError(message),
+        other => QueryError(other.to_string()),
     })
 }
 
@@ -363,7 +367,7 @@ pub fn merged_groups(
     };
     merged_groups_limited(store, sel, group_by, span, QueryLimits::NONE).map_err(|e| match e {
         QueryFailed::Invalid(e) => e,
-        QueryFailed::OverLimit(message) => QueryError(message),
+        other => QueryError(other.to_string()),
     })
 }
 
@@ -429,7 +433,7 @@ pub fn merged_groups_limited(
         };
         let buckets = store
             .read_at(&series, resolution, from, to)
-            .map_err(|e| QueryError(format!("store: {e}")))?;
+            .map_err(|e| QueryFailed::Store(e.to_string()))?;
         if buckets.is_empty() {
             continue;
         }
