@@ -29,6 +29,7 @@ use prost::Message as _;
 use crate::ApiState;
 use crate::api::json::refusal;
 use crate::context::now_ms;
+use crate::core::limits::ReportBudget;
 use crate::core::stats::Stats;
 use crate::inputs::points::{PointInput, PointSettings};
 use crate::inputs::samples::{IngestError, Ingestor};
@@ -50,8 +51,8 @@ pub struct RemoteWrite {
     types: Mutex<HashMap<String, i32>>,
     node_id: String,
     params: strata_model::StateParams,
-    /// When refusals were last logged.
-    last_logged_ms: Mutex<i64>,
+    /// Refusals are logged once a minute at most.
+    refusal_log: ReportBudget,
 }
 
 impl RemoteWrite {
@@ -67,7 +68,7 @@ impl RemoteWrite {
             types: Mutex::new(HashMap::new()),
             node_id,
             params,
-            last_logged_ms: Mutex::new(0),
+            refusal_log: ReportBudget::new(1),
         })
     }
 
@@ -100,13 +101,8 @@ impl RemoteWrite {
             &stats.remote_write_rejected_samples_total,
             exported.rejected.count,
         );
-        if exported.rejected.count > 0 {
-            let now = now_ms();
-            let mut last = self.last_logged_ms.lock();
-            if now.saturating_sub(*last) >= 60_000 {
-                *last = now;
-                tracing::warn!(rejected = exported.rejected.count, reasons = %exported.rejected.message(), "remote-write samples refused (further refusals this minute are only counted)");
-            }
+        if exported.rejected.count > 0 && self.refusal_log.take(now_ms()) {
+            tracing::warn!(rejected = exported.rejected.count, reasons = %exported.rejected.message(), "remote-write samples refused (further refusals this minute are only counted)");
         }
         Ok(exported.accepted)
     }
