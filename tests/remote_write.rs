@@ -67,21 +67,7 @@ fn exporter(exposed: Arc<Mutex<Exposed>>) -> String {
 /// The `prometheus` binary, installed with apt when missing.
 fn prometheus_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let found = || {
-            Command::new("sh")
-                .args(["-c", "command -v prometheus"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        };
-        if let Some(bin) = found() {
-            return bin;
-        }
-        apt_install(&["prometheus"]);
-        found().expect("this test needs Prometheus: apt-get install prometheus (Debian package)")
-    })
+    BIN.get_or_init(|| installed("prometheus", "prometheus"))
 }
 
 /// A Prometheus scraping `target` every second and remote-writing to `edge`.

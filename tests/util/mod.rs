@@ -718,6 +718,27 @@ pub fn apt_install(packages: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The path of `command`, installing Debian `package` with apt when it is
+/// missing; fails naming the package when it cannot be installed (a test
+/// never skips for want of a component).
+pub fn installed(command: &str, package: &str) -> PathBuf {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let Some(path) = found() {
+        return path;
+    }
+    apt_install(&[package]);
+    found().unwrap_or_else(|| {
+        panic!("this test needs {command}: apt-get install {package} (Debian package)")
+    })
+}
+
 /// Total of a counter over `[base, base + 2 min)`, 0 when there is no data.
 pub fn counter_total(node: &Node, selector: &str, base: i64) -> u64 {
     merged_value(node, selector, base).map_or(0, |v| {

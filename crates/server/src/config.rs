@@ -72,6 +72,8 @@ pub struct Config {
     pub downstream: Vec<DownstreamConfig>,
     /// Alarm rules, evaluated every minute by [`crate::outputs::alarms`].
     pub alarm: Vec<AlarmConfig>,
+    /// `[alarms]`: what every rule shares, its Alertmanagers.
+    pub alarms: AlarmsConfig,
     /// `[events]`: how long the event log keeps each type of event.
     pub events: EventsConfig,
     /// `[[expiry]]`: series TTLs per metric (and labels), first match in
@@ -122,6 +124,11 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// A TLS handshake must finish within this.
     pub handshake_timeout_ms: u64,
+    /// How others reach this node's HTTP API (`http://host:port`, or behind a
+    /// proxy, `https://strata.example.com/prefix`): the base of the links
+    /// the node hands out, such as its Alertmanager alerts' `generatorURL`.
+    /// Absent: `http://` and `listen` as bound.
+    pub external_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -391,6 +398,48 @@ pub struct AlarmConfig {
     /// PEM CA certificates the rule's `https://` webhooks are verified
     /// against; absent: the system's roots.
     pub webhook_ca_file: Option<PathBuf>,
+    /// Alertmanagers (base URLs) this rule's alerts go to instead of
+    /// `alarms.alertmanager_urls`; empty: none; absent: the node's.
+    pub alertmanager_urls: Option<Vec<String>>,
+    /// The `severity` label of its Alertmanager alerts.
+    pub severity: String,
+    /// Further labels of its Alertmanager alerts, templated
+    /// ([`crate::outputs::alarms::template`]).
+    pub labels: BTreeMap<String, String>,
+    /// Further annotations of its Alertmanager alerts, templated.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `[alarms]`: where every rule's alerts go besides its webhooks.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmsConfig {
+    /// Alertmanagers (base URLs: `/api/v2/alerts` is appended) every rule
+    /// sends its alerts to, unless the rule names its own.
+    pub alertmanager_urls: Vec<String>,
+    /// A firing alert is sent again this often, so that the Alertmanager
+    /// keeps it (its `endsAt` is four times this ahead).
+    pub alertmanager_resend_s: u64,
+    /// PEM CA certificates `https://` Alertmanagers are verified against;
+    /// absent: the system's roots.
+    pub alertmanager_ca_file: Option<PathBuf>,
+}
+
+/// Default `alarms.alertmanager_resend_s`: what Alertmanager expects of
+/// Prometheus (its `resend_delay`).
+pub const DEFAULT_ALERTMANAGER_RESEND_S: u64 = 60;
+
+/// Longest `alarms.alertmanager_resend_s`: 1 hour.
+pub const MAX_ALERTMANAGER_RESEND_S: u64 = 3600;
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            alertmanager_urls: Vec::new(),
+            alertmanager_resend_s: DEFAULT_ALERTMANAGER_RESEND_S,
+            alertmanager_ca_file: None,
+        }
+    }
 }
 
 /// `[events]`: retention of the event log, per event type.
@@ -449,6 +498,7 @@ impl Default for HttpConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout_ms: 10_000,
             handshake_timeout_ms: 10_000,
+            external_url: None,
         }
     }
 }
@@ -560,6 +610,10 @@ impl Default for AlarmConfig {
             include_incomplete: false,
             webhooks: Vec::new(),
             webhook_ca_file: None,
+            alertmanager_urls: None,
+            severity: "warning".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 }
@@ -641,6 +695,7 @@ impl Config {
         self.check_duration_limits(&mut p);
         check_downstream(&self.downstream, &self.node.id, &mut p);
         check_alarms(&self.alarm, &self.storage, &mut p);
+        check_alertmanagers(&self.alarms, &self.alarm, &mut p);
         check_events(&self.events, &self.storage, &mut p);
         check_expiry(&self.expiry, &self.aggregation, &mut p);
         self.check_limits(&mut p);
@@ -949,6 +1004,11 @@ fn check_http(http: &HttpConfig, p: &mut Problems) {
         ("http.tls_key_file", &http.tls_key_file),
         p,
     );
+    if let Some(url) = &http.external_url
+        && let Err(e) = check_base_url(url)
+    {
+        p.bad("http.external_url", e);
+    }
 }
 
 /// Longest `http.body_read_timeout_ms`: 1 hour.
@@ -1379,6 +1439,117 @@ fn check_alarms(alarms: &[AlarmConfig], storage: &StorageConfig, p: &mut Problem
     }
 }
 
+/// `[alarms]` and the Alertmanager keys of each `[[alarm]]`: base URLs (the
+/// node's and each rule's), a re-send interval within bounds, a CA file only
+/// beside an `https://` Alertmanager, a severity, and `labels` and
+/// `annotations` with label names that strata does not set itself and
+/// templates that parse.
+fn check_alertmanagers(node: &AlarmsConfig, rules: &[AlarmConfig], p: &mut Problems) {
+    use crate::outputs::alarms::alertmanager::{BUILTIN_ANNOTATIONS, RESERVED_LABELS};
+    for (j, url) in node.alertmanager_urls.iter().enumerate() {
+        if let Err(e) = check_base_url(url) {
+            p.bad(format!("alarms.alertmanager_urls[{j}]"), e);
+        }
+    }
+    if !(1..=MAX_ALERTMANAGER_RESEND_S).contains(&node.alertmanager_resend_s) {
+        p.bad(
+            "alarms.alertmanager_resend_s",
+            format!(
+                "{} is outside 1..={MAX_ALERTMANAGER_RESEND_S} (1 hour)",
+                node.alertmanager_resend_s
+            ),
+        );
+    }
+    let mut any_https = node
+        .alertmanager_urls
+        .iter()
+        .any(|u| u.starts_with("https://"));
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("alarm[{i}].{k}");
+        for (j, url) in r.alertmanager_urls.iter().flatten().enumerate() {
+            if let Err(e) = check_base_url(url) {
+                p.bad(key(&format!("alertmanager_urls[{j}]")), e);
+            }
+        }
+        let urls = r
+            .alertmanager_urls
+            .as_ref()
+            .unwrap_or(&node.alertmanager_urls);
+        any_https |= r
+            .alertmanager_urls
+            .iter()
+            .flatten()
+            .any(|u| u.starts_with("https://"));
+        if r.severity.is_empty() {
+            p.bad(
+                key("severity"),
+                "must not be empty (it is the severity label of the rule's alerts)",
+            );
+        }
+        if !urls.is_empty() && r.group_by.iter().any(|g| g == "alertname") {
+            p.bad(
+                key("group_by"),
+                "must not hold \"alertname\": the rule's Alertmanager alerts carry the rule's name there",
+            );
+        }
+        let templates = [
+            ("labels", &r.labels, &RESERVED_LABELS[..]),
+            ("annotations", &r.annotations, &BUILTIN_ANNOTATIONS[..]),
+        ];
+        for (table, entries, reserved) in templates {
+            for (name, text) in entries {
+                let k = key(&format!("{table}.{name}"));
+                if !crate::outputs::alarms::template::is_label_name(name) {
+                    p.bad(
+                        k,
+                        format!("{name:?} is not a label name: must match [a-zA-Z_][a-zA-Z0-9_]*"),
+                    );
+                } else if reserved.contains(&name.as_str()) {
+                    p.bad(k, format!("{name:?} is set by strata itself"));
+                } else if table == "labels" && r.group_by.contains(name) {
+                    p.bad(k, format!("{name:?} is a group_by label of the rule"));
+                } else if let Err(e) = crate::outputs::alarms::template::Template::parse(text) {
+                    p.bad(k, e);
+                }
+            }
+        }
+    }
+    if node.alertmanager_ca_file.is_some() && !any_https {
+        p.bad(
+            "alarms.alertmanager_ca_file",
+            "is set but no Alertmanager URL (alarms.alertmanager_urls or a rule's) is https://",
+        );
+    }
+}
+
+/// A base URL (`http.external_url`, an Alertmanager's): `http://` or
+/// `https://`, a host, no query or fragment; a path is a prefix.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let example = "such as \"http://127.0.0.1:9093\"";
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "{url:?} must start with http:// or https:// (a base URL {example})"
+        ));
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "{url:?} must be a base URL without a query or fragment, {example}"
+        ));
+    }
+    let authority = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("{url:?} names no host: a base URL {example}"));
+    }
+    match url.parse::<ureq::http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(_) => Err(format!("{url:?} names no host: a base URL {example}")),
+        Err(e) => Err(format!("{url:?} is not a URL ({e}): a base URL {example}")),
+    }
+}
+
 /// `[events]`: days greater than 0, only one of the two names of the
 /// default retention, and types the event log knows.
 fn check_events(events: &EventsConfig, storage: &StorageConfig, p: &mut Problems) {
@@ -1764,6 +1935,79 @@ mod tests {
             Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn alertmanager_keys_are_checked_naming_the_key() {
+        let text = r#"
+            [http]
+            external_url = "strata.example.com"
+            [alarms]
+            alertmanager_urls = ["http://127.0.0.1:9093", "ftp://am", "http://am:9093/?x=1", "http://", "http://a b"]
+            alertmanager_resend_s = 0
+            alertmanager_ca_file = "ca.pem"
+            [[alarm]]
+            name = "a"
+            metric = "m"
+            field = "p99"
+            group_by = ["cloud", "alertname"]
+            severity = ""
+            labels = { team = "x", node = "n", cloud = "c", "bad-name" = "v", summary = "{{ $value" }
+            annotations = { value = "v", summary = "{{ $labels.cloud }} {{ .Value }}", ok = "{{ $value }}" }
+            [[alarm]]
+            name = "b"
+            metric = "m"
+            field = "p99"
+            alertmanager_urls = ["am:9093"]
+        "#;
+        assert_eq!(
+            problems_of(text),
+            [
+                "http.external_url: \"strata.example.com\" must start with http:// or https:// (a base URL such as \"http://127.0.0.1:9093\")",
+                "alarms.alertmanager_urls[1]: \"ftp://am\" must start with http:// or https:// (a base URL such as \"http://127.0.0.1:9093\")",
+                "alarms.alertmanager_urls[2]: \"http://am:9093/?x=1\" must be a base URL without a query or fragment, such as \"http://127.0.0.1:9093\"",
+                "alarms.alertmanager_urls[3]: \"http://\" names no host: a base URL such as \"http://127.0.0.1:9093\"",
+                "alarms.alertmanager_urls[4]: \"http://a b\" is not a URL (invalid uri character): a base URL such as \"http://127.0.0.1:9093\"",
+                "alarms.alertmanager_resend_s: 0 is outside 1..=3600 (1 hour)",
+                "alarm[0].severity: must not be empty (it is the severity label of the rule's alerts)",
+                "alarm[0].group_by: must not hold \"alertname\": the rule's Alertmanager alerts carry the rule's name there",
+                "alarm[0].labels.bad-name: \"bad-name\" is not a label name: must match [a-zA-Z_][a-zA-Z0-9_]*",
+                "alarm[0].labels.cloud: \"cloud\" is a group_by label of the rule",
+                "alarm[0].labels.node: \"node\" is set by strata itself",
+                "alarm[0].labels.summary: malformed template: the {{ at character 1 is not closed by }}",
+                "alarm[0].annotations.summary: malformed template: {{ .Value }} is not {{ $value }} or {{ $labels.<name> }} (the only placeholders supported)",
+                "alarm[0].annotations.value: \"value\" is set by strata itself",
+                "alarm[1].alertmanager_urls[0]: \"am:9093\" must start with http:// or https:// (a base URL such as \"http://127.0.0.1:9093\")",
+                "alarms.alertmanager_ca_file: is set but no Alertmanager URL (alarms.alertmanager_urls or a rule's) is https://",
+            ]
+        );
+        let good = r#"
+            [http]
+            external_url = "https://strata.example.com/global/"
+            [alarms]
+            alertmanager_urls = ["http://127.0.0.1:9093"]
+            alertmanager_resend_s = 3600
+            alertmanager_ca_file = "ca.pem"
+            [[alarm]]
+            name = "a"
+            metric = "m"
+            field = "p99"
+            group_by = ["cloud"]
+            alertmanager_urls = ["https://am.example.com:9093/prefix"]
+            labels = { team = "payments", where = "{{$labels.cloud}}" }
+            annotations = { summary = "p99 {{ $value }} ms in {{ $labels.cloud }}" }
+            [[alarm]]
+            name = "b"
+            metric = "m"
+            field = "p99"
+            group_by = ["alertname"]
+            alertmanager_urls = []
+        "#;
+        let config = Config::from_toml(good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.alarm[0].severity, "warning");
+        assert_eq!(config.alarm[1].alertmanager_urls, Some(Vec::new()));
+        assert_eq!(Config::default().alarms.alertmanager_resend_s, 60);
+        assert_eq!(AlarmConfig::default().alertmanager_urls, None);
     }
 
     #[test]

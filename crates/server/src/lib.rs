@@ -201,6 +201,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     )
     .await
     .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    api.alarms.http_bound(http_addr);
     let grpc = inputs::serve_grpc(
         &config,
         grpc_tls.clone(),
@@ -490,6 +491,7 @@ async fn start_alarms(
         config.alarm.clone(),
         pipeline.clone(),
     );
+    let settings = settings.with_config(config);
     tokio::task::spawn_blocking(move || alarms::Alarms::start(&id, &rules, pipeline, settings))
         .await?
         .context("starting the alarm evaluator")

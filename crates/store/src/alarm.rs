@@ -1,6 +1,6 @@
 //! What the store keeps for alarms: each alarm instance's state, the history
-//! of its transitions, and the outbox of webhook notifications not yet
-//! delivered.
+//! of its transitions, and the outbox of notifications (to webhooks and to
+//! Alertmanagers) not yet delivered.
 //!
 //! The store knows nothing of rules or webhooks: these are records the alarm
 //! evaluator writes and reads back. [`AlarmUpdate`] is applied in one
@@ -57,10 +57,25 @@ pub struct AlarmRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
     pub url: String,
-    /// The request body, as sent (JSON).
+    /// The request body (JSON): as sent to a webhook; for an Alertmanager,
+    /// the sender completes it when sending (see [`NotificationKind`]).
     pub body: String,
     /// When it was queued (ms).
     pub created_ms: i64,
+    /// What receives it, which decides how it is sent.
+    pub kind: NotificationKind,
+}
+
+/// What a [`Notification`] goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NotificationKind {
+    /// A rule's webhook: the body is POSTed as it is.
+    #[default]
+    Webhook,
+    /// An Alertmanager's `/api/v2/alerts`: the body is an array of alerts,
+    /// and the sender sets the `endsAt` of those without one (firing
+    /// alerts) from the time of sending.
+    Alertmanager,
 }
 
 /// A queued [`Notification`] with its delivery record.

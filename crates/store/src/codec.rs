@@ -15,8 +15,8 @@ use prost::encoding::{decode_varint, encode_varint};
 use strata_model::{Increment, SeriesKey, State};
 
 use crate::{
-    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventKind, Notification, OutboxEntry,
-    SpoolBatch,
+    AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventKind, Notification,
+    NotificationKind, OutboxEntry, SpoolBatch,
 };
 
 /// Version byte at the start of every encoded series key.
@@ -27,8 +27,14 @@ const SPOOL_BATCH_V1: u8 = 1;
 /// key, not here).
 const EVENT_V1: u8 = 1;
 /// Version byte at the start of every encoded alarm key, alarm state, alarm
-/// history record and outbox entry.
+/// history record and webhook outbox entry.
 const ALARM_V1: u8 = 1;
+/// Version byte of an outbox entry followed by its kind: version 1's layout,
+/// then one byte, [`NotificationKind`] (0 webhook, 1 Alertmanager). Webhook
+/// entries are still written as version 1, so entries written before
+/// Alertmanager notifications existed, and webhook entries written since,
+/// read the same.
+const OUTBOX_V2: u8 = 2;
 
 /// Appends `key` as: version, metric, label count, then each name and value.
 pub(crate) fn encode_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
@@ -196,21 +202,37 @@ pub(crate) fn decode_alarm_record(ts_ms: i64, bytes: &[u8]) -> Result<AlarmRecor
     })
 }
 
-/// Encodes an outbox entry without its id (the table's key).
+/// Encodes an outbox entry without its id (the table's key): a webhook
+/// entry as version 1, any other as [`OUTBOX_V2`] with its kind at the end.
 pub(crate) fn encode_outbox_entry(entry: &OutboxEntry, out: &mut Vec<u8>) {
-    out.push(ALARM_V1);
     let n = &entry.notification;
+    let webhook = n.kind == NotificationKind::Webhook;
+    out.push(if webhook { ALARM_V1 } else { OUTBOX_V2 });
     put_bytes(n.url.as_bytes(), out);
     put_bytes(n.body.as_bytes(), out);
     out.extend_from_slice(&n.created_ms.to_le_bytes());
     encode_varint(u64::from(entry.attempts), out);
     out.extend_from_slice(&entry.next_attempt_ms.to_le_bytes());
     put_bytes(entry.last_error.as_bytes(), out);
+    if !webhook {
+        out.push(match n.kind {
+            NotificationKind::Webhook => 0,
+            NotificationKind::Alertmanager => 1,
+        });
+    }
 }
 
-/// Decodes what [`encode_outbox_entry`] wrote, for the entry stored as `id`.
+/// Decodes what [`encode_outbox_entry`] wrote (either version), for the
+/// entry stored as `id`.
 pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, DecodeError> {
-    let mut r = Reader::versioned(bytes, ALARM_V1, "outbox entry")?;
+    let mut r = Reader::new(bytes);
+    let version = r.u8()?;
+    if version != ALARM_V1 && version != OUTBOX_V2 {
+        return Err(DecodeError::Version {
+            what: "outbox entry",
+            found: version,
+        });
+    }
     let url = r.string().map_err(|e| e.at("url"))?;
     let body = r.string().map_err(|e| e.at("body"))?;
     let created_ms = r.i64()?;
@@ -221,6 +243,20 @@ pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, 
     })?;
     let next_attempt_ms = r.i64()?;
     let last_error = r.string().map_err(|e| e.at("last error"))?;
+    let kind = if version == ALARM_V1 {
+        NotificationKind::Webhook
+    } else {
+        match r.u8()? {
+            0 => NotificationKind::Webhook,
+            1 => NotificationKind::Alertmanager,
+            other => {
+                return Err(DecodeError::TooLarge {
+                    what: "notification kind",
+                    value: u64::from(other),
+                });
+            }
+        }
+    };
     r.finish()?;
     Ok(OutboxEntry {
         id,
@@ -228,6 +264,7 @@ pub(crate) fn decode_outbox_entry(id: u64, bytes: &[u8]) -> Result<OutboxEntry, 
             url,
             body,
             created_ms,
+            kind,
         },
         attempts,
         next_attempt_ms,
@@ -523,6 +560,7 @@ mod tests {
                 url: "http://127.0.0.1:9099/hook".into(),
                 body: "{\"alarm\":\"x\"}".into(),
                 created_ms: 5,
+                kind: NotificationKind::Webhook,
             },
             attempts: 3,
             next_attempt_ms: 1_000,
@@ -532,9 +570,52 @@ mod tests {
         encode_outbox_entry(&entry, &mut bytes);
         assert_eq!(decode_outbox_entry(9, &bytes).unwrap(), entry);
         assert_strict(&bytes, |b| decode_outbox_entry(9, b));
-        bytes[0] = 2;
+        bytes[0] = 3;
         let err = decode_outbox_entry(9, &bytes).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
+        assert!(err.to_string().contains("version 3"), "{err}");
+    }
+
+    #[test]
+    fn outbox_entries_keep_their_kind_and_older_entries_read_as_webhooks() {
+        let mut entry = OutboxEntry {
+            id: 4,
+            notification: Notification {
+                url: "http://127.0.0.1:9093/api/v2/alerts".into(),
+                body: "[]".into(),
+                created_ms: 7,
+                kind: NotificationKind::Alertmanager,
+            },
+            attempts: 1,
+            next_attempt_ms: 2_000,
+            last_error: String::new(),
+        };
+        let mut bytes = Vec::new();
+        encode_outbox_entry(&entry, &mut bytes);
+        assert_eq!((bytes[0], bytes.last()), (OUTBOX_V2, Some(&1)));
+        assert_eq!(decode_outbox_entry(4, &bytes).unwrap(), entry);
+        assert_strict(&bytes, |b| decode_outbox_entry(4, b));
+        let last = bytes.len() - 1;
+        bytes[last] = 9;
+        let err = decode_outbox_entry(4, &bytes).unwrap_err();
+        assert!(err.to_string().contains("notification kind 9"), "{err}");
+
+        // Written by a build without kinds: version 1, nothing after the
+        // last error.
+        let mut old = vec![ALARM_V1];
+        put_bytes(b"http://127.0.0.1:9099/hook", &mut old);
+        put_bytes(b"{}", &mut old);
+        old.extend_from_slice(&7i64.to_le_bytes());
+        encode_varint(1, &mut old);
+        old.extend_from_slice(&2_000i64.to_le_bytes());
+        put_bytes(b"", &mut old);
+        entry.notification.url = "http://127.0.0.1:9099/hook".into();
+        entry.notification.body = "{}".into();
+        entry.notification.kind = NotificationKind::Webhook;
+        assert_eq!(decode_outbox_entry(4, &old).unwrap(), entry);
+        // A webhook entry is still written that way.
+        let mut bytes = Vec::new();
+        encode_outbox_entry(&entry, &mut bytes);
+        assert_eq!(bytes, old);
     }
 
     #[test]

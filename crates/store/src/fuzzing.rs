@@ -156,6 +156,7 @@ pub fn encodings() -> Vec<Vec<u8>> {
             url: "http://127.0.0.1:9099/hook".into(),
             body: "{\"alarm\":\"x\"}".into(),
             created_ms: 5,
+            kind: crate::NotificationKind::Alertmanager,
         },
         attempts: 3,
         next_attempt_ms: 1_000,

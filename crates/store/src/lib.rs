@@ -1,7 +1,7 @@
 //! Durable storage for a strata node: metric state per minute, hour and day,
 //! the progress of every downstream source, the spool of increments waiting to
 //! go upstream, the node's event log, and its alarms (state, history and the
-//! outbox of webhook notifications).
+//! outbox of notifications to webhooks and Alertmanagers).
 //!
 //! Everything a flush produces lands in the store in **one** transaction
 //! ([`Store::commit`] with a [`Commit`]): the merged bucket states at every
@@ -94,7 +94,8 @@
 //! # Alarms
 //! The store keeps, for the alarm evaluator, one [`AlarmState`] per alarm
 //! instance (rule and group), an append-only history of [`AlarmRecord`]s,
-//! and an outbox of webhook notifications ([`OutboxEntry`]) that are deleted
+//! and an outbox of notifications ([`OutboxEntry`], to webhooks and
+//! Alertmanagers: [`NotificationKind`]) that are deleted
 //! only once delivered. [`Store::update_alarms`] changes all of them, and
 //! appends events, in one transaction.
 //!
@@ -123,7 +124,7 @@
 //! - `error.rs`: [`StoreError`], [`DecodeError`].
 //! - `events.rs`: [`Event`], [`EventKind`], [`EventQuery`], [`EventCutoffs`].
 //! - `alarm.rs`: [`AlarmKey`], [`AlarmState`], [`AlarmRecord`],
-//!   [`Notification`], [`OutboxEntry`], [`AlarmUpdate`].
+//!   [`Notification`], [`NotificationKind`], [`OutboxEntry`], [`AlarmUpdate`].
 //! - `resolution.rs`: [`Resolution`] and its bucket boundaries.
 //! - `memory.rs`: the [`Memory`] backend.
 //! - `redb/`: the [`Redb`] backend — `mod.rs` (the type and its `Backend`
@@ -176,7 +177,9 @@ mod spool;
 #[cfg(test)]
 mod suite;
 
-pub use alarm::{AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Notification, OutboxEntry};
+pub use alarm::{
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Notification, NotificationKind, OutboxEntry,
+};
 pub use backed::BackedStore;
 pub use backend::Backend;
 pub use error::{BackendError, DecodeError, StoreError};

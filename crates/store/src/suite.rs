@@ -12,8 +12,8 @@ use tempfile::TempDir;
 
 use crate::{
     AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Cursor, Event,
-    EventCutoffs, EventKind, EventQuery, MemoryStore, Notification, RedbStore, Resolution,
-    SourceProgress, SpoolStats, Store, StoreOptions,
+    EventCutoffs, EventKind, EventQuery, MemoryStore, Notification, NotificationKind, RedbStore,
+    Resolution, SourceProgress, SpoolStats, Store, StoreOptions,
 };
 
 const M: i64 = strata_model::MINUTE_MS;
@@ -1411,6 +1411,7 @@ fn notification(url: &str, created_ms: i64) -> Notification {
         url: url.to_owned(),
         body: format!("{{\"created\":{created_ms}}}"),
         created_ms,
+        kind: NotificationKind::Webhook,
     }
 }
 
@@ -1533,14 +1534,23 @@ fn outbox_keeps_notifications_until_deleted(open: &Open) {
     assert!(!s.outbox_delete(ids[0]).unwrap());
     assert_eq!(s.outbox_len().unwrap(), 1);
     assert!(s.outbox_delete(ids[1]).unwrap());
-    // Ids are never reused, also once the outbox is empty.
+    // Ids are never reused, also once the outbox is empty; an entry keeps
+    // its kind, also across a retry.
+    let alertmanager = Notification {
+        kind: NotificationKind::Alertmanager,
+        ..notification("http://am:9093/api/v2/alerts", 2)
+    };
     let next = s
         .update_alarms(AlarmUpdate {
-            notifications: &[notification("http://a/hook", 2)],
+            notifications: &[notification("http://a/hook", 2), alertmanager.clone()],
             ..AlarmUpdate::default()
         })
         .unwrap();
     assert!(next[0] > ids[1], "{next:?} after {ids:?}");
+    assert!(s.outbox_retry(next[1], 1, 9, "refused").unwrap());
+    let queued = s.outbox(10).unwrap();
+    assert_eq!(queued[1].notification, alertmanager);
+    assert_eq!(queued[0].notification.kind, NotificationKind::Webhook);
 }
 
 fn an_alarm_update_is_applied_whole(open: &Open) {

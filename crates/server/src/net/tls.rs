@@ -9,11 +9,11 @@
 //! provider picked from feature flags.
 //!
 //! **Roots.** A client verifies its server against the CA file its config
-//! names (`upstream.ca_file`, `alarm[].webhook_ca_file`, `strata query
-//! --ca-file`), else against the operating system's roots, read with
-//! `rustls-native-certs` (on Linux the usual bundle, e.g.
-//! `/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE` /
-//! `SSL_CERT_DIR`).
+//! names (`upstream.ca_file`, `alarm[].webhook_ca_file`,
+//! `alarms.alertmanager_ca_file`, `strata query --ca-file`), else against
+//! the operating system's roots, read with `rustls-native-certs` (on Linux
+//! the usual bundle, e.g. `/etc/ssl/certs/ca-certificates.crt`, or
+//! `SSL_CERT_FILE` / `SSL_CERT_DIR`).
 //!
 //! **Errors** name the config key and the file: `grpc.tls_cert_file
 //! /etc/strata/grpc.pem: holds no PEM certificate`. [`check_files`] loads every
@@ -416,6 +416,11 @@ pub fn check_files(config: &Config) -> Vec<ConfigProblem> {
         {
             problems.push(e.to_problem());
         }
+    }
+    if let Some(path) = &config.alarms.alertmanager_ca_file
+        && let Err(e) = load_roots("alarms.alertmanager_ca_file", path)
+    {
+        problems.push(e.to_problem());
     }
     problems
 }

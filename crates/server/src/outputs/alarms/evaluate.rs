@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use strata_model::{MINUTE_MS, Step, minute_start};
 use strata_store::{
-    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Event, EventKind, Notification, Resolution,
-    StoreError,
+    AlarmKey, AlarmRecord, AlarmState, AlarmUpdate, Event, EventKind, Notification,
+    NotificationKind, Resolution, StoreError,
 };
 
+use super::alertmanager::{self, AlertPoint};
 use super::rules::Rule;
 use super::{Alarms, notify};
 use crate::api::query::{QueryError, merged_groups};
@@ -50,6 +51,9 @@ pub(crate) struct EvalState {
     pub(super) newest_evaluated: HashMap<String, i64>,
     /// Rules whose field is not a value of their metric's kind, warned once.
     pub(super) misconfigured: HashSet<String>,
+    /// When each firing instance of a rule with Alertmanagers is next posted
+    /// to them again; absent: at once (as after a restart).
+    pub(super) resend_at: HashMap<AlarmKey, i64>,
 }
 
 impl EvalState {
@@ -98,6 +102,10 @@ pub(crate) struct Transition {
     now_ms: i64,
     /// When it last fired: now when it fires, kept when it resolves.
     last_fired_ms: Option<i64>,
+    /// When the firing this transition starts or ends began (an alert's
+    /// `startsAt`), and its value (what an alert's labels are rendered with).
+    starts_ms: i64,
+    fired_value: f64,
 }
 
 /// What one tick records, in one store transaction.
@@ -282,7 +290,8 @@ impl Alarms {
     }
 
     /// Adds one transition to `changes`: the instance's new state, its
-    /// history record, an event and one notification per webhook.
+    /// history record, an event, one notification per webhook and one per
+    /// Alertmanager.
     pub(super) fn transition(&self, rule: &Rule, t: Transition, changes: &mut Changes) {
         let c = &rule.config;
         let body =
@@ -293,7 +302,26 @@ impl Alarms {
                 url: url.clone(),
                 body: body.clone(),
                 created_ms: queued_ms,
+                kind: NotificationKind::Webhook,
             });
+        }
+        if !rule.alertmanagers.is_empty() {
+            let point = AlertPoint {
+                value: t.value,
+                minute_ms: t.minute_ms,
+                fired_value: t.fired_value,
+                starts_ms: t.starts_ms,
+                ends_ms: (!t.firing).then_some(t.now_ms),
+            };
+            let body = alertmanager::post_body(&[self.alert(rule, &t.key.group, &point)]);
+            for url in &rule.alertmanagers {
+                changes.notifications.push(Notification {
+                    url: url.clone(),
+                    body: body.clone(),
+                    created_ms: queued_ms,
+                    kind: NotificationKind::Alertmanager,
+                });
+            }
         }
         let message = format!(
             "alarm {} {}: {} {} = {} (threshold {} {}) in minute {}",
@@ -355,15 +383,21 @@ impl Alarms {
         }
         for key in &changes.clear {
             eval.states.remove(key);
+            eval.resend_at.remove(key);
         }
         let stats = &self.ctx.stats;
+        let resend_ms = self.settings.alertmanager.resend_ms();
         for state in changes.states {
             if state.firing {
                 out.fired += 1;
                 Stats::add(&stats.alarms_fired_total, 1);
+                // Just posted: the next post is one interval on.
+                let next = alertmanager::next_resend_ms(state.since_ms, state.since_ms, resend_ms);
+                eval.resend_at.insert(state.key.clone(), next);
             } else {
                 out.resolved += 1;
                 Stats::add(&stats.alarms_resolved_total, 1);
+                eval.resend_at.remove(&state.key);
             }
             eval.states.insert(state.key.clone(), state);
         }
@@ -464,6 +498,10 @@ pub(crate) fn transition_of(
     } else {
         return None;
     };
+    let (starts_ms, fired_value) = match current {
+        Some(state) if !firing => (state.since_ms, state.value),
+        _ => (now_ms, value),
+    };
     Some(Transition {
         key,
         firing,
@@ -471,6 +509,8 @@ pub(crate) fn transition_of(
         value,
         now_ms,
         last_fired_ms,
+        starts_ms,
+        fired_value,
     })
 }
 
@@ -549,14 +589,18 @@ mod tests {
 
     #[test]
     fn transitions_fire_resolve_and_respect_the_silence() {
-        let rule = Rule::compile(&AlarmConfig {
-            name: "r".into(),
-            count: 2,
-            period_minutes: 3,
-            silence_minutes: 5,
-            threshold: 1.0,
-            ..AlarmConfig::default()
-        });
+        let rule = Rule::compile(
+            &AlarmConfig {
+                name: "r".into(),
+                count: 2,
+                period_minutes: 3,
+                silence_minutes: 5,
+                threshold: 1.0,
+                ..AlarmConfig::default()
+            },
+            &alertmanager::AlertmanagerSettings::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let key = AlarmKey {
             rule: "r".into(),
             group: Vec::new(),
@@ -576,6 +620,8 @@ mod tests {
                 value: 3.0,
                 now_ms: now,
                 last_fired_ms: Some(now),
+                starts_ms: now,
+                fired_value: 3.0,
             })
         );
         let state = |firing: bool, last_fired_ms: i64| AlarmState {
@@ -605,9 +651,17 @@ mod tests {
             ..InstanceEvaluation::default()
         };
         let resolved = transition_of(&rule, key.clone(), &quiet, Some(&firing), 0, now);
+        // An alert's resolution starts when it fired, with the value that
+        // fired it.
         assert_eq!(
-            resolved.map(|t| (t.firing, t.minute_ms, t.last_fired_ms)),
-            Some((false, 2 * MINUTE_MS, Some(now)))
+            resolved.map(|t| (
+                t.firing,
+                t.minute_ms,
+                t.last_fired_ms,
+                t.starts_ms,
+                t.fired_value
+            )),
+            Some((false, 2 * MINUTE_MS, Some(now), now, 3.0))
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Alarm rules (DESIGN §6): which minute points breach, when an alarm
-//! instance fires or resolves, and webhook notifications delivered at least
-//! once.
+//! instance fires or resolves, and notifications to webhooks and
+//! Alertmanagers delivered at least once.
 //!
 //! # Rules
 //! A rule (`[[alarm]]`, [`AlarmConfig`]) watches one value `field` of one
@@ -26,9 +26,12 @@
 //!
 //! # Notifications
 //! Each transition is recorded — alarm state, history record, one outbox
-//! notification per webhook, and an `alarm_fired` / `alarm_resolved` event
-//! — in one store transaction ([`strata_store::Store::update_alarms`]), so a restart
-//! neither repeats a transition nor loses its notifications. The sender
+//! notification per webhook and per Alertmanager, and an `alarm_fired` /
+//! `alarm_resolved` event — in one store transaction
+//! ([`strata_store::Store::update_alarms`]), so a restart neither repeats a
+//! transition nor loses its notifications. A firing instance is also posted
+//! again to its Alertmanagers every `alarms.alertmanager_resend_s`, through
+//! the same outbox ([`alertmanager`]). The sender
 //! thread POSTs the outbox oldest first, deletes an entry only once the
 //! webhook answered 2xx, and retries a failed one with exponential backoff
 //! (`min_backoff` doubling to `max_backoff`, with jitter), across restarts.
@@ -41,7 +44,8 @@
 //! - `alarm-eval`: evaluates every rule ([`Alarms::tick`]) as soon as a
 //!   minute is complete at this node, at least once a minute, and again
 //!   when late data lands in a minute it has already evaluated (`schedule`);
-//!   also applies the history's retention.
+//!   queues the Alertmanager re-sends that are due; also applies the
+//!   history's retention.
 //! - `alarm-notify`: delivers the outbox with a blocking HTTP client
 //!   (`http://` or `https://`), woken when a transition queues notifications.
 //!
@@ -55,13 +59,18 @@
 //! - `schedule`: the evaluator thread (when a tick is due) and the
 //!   re-evaluation of minutes that received late data.
 //! - [`notify`]: the sender thread (outbox, delivery, backoff) and the
-//!   notification body.
+//!   webhook notification body.
+//! - [`alertmanager`]: the alerts posted to Alertmanagers, their re-send
+//!   schedule, and what the sender completes when it sends them.
+//! - [`template`]: the `{{ $value }}` / `{{ $labels.x }}` templates of a
+//!   rule's `labels` and `annotations`.
 //!
 //! `GET /api/v1/alarms` is rendered by [`crate::api::alarms`] from
 //! [`Alarms::firing`], [`Alarms::history`] and [`Alarms::rules`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel as cb;
 use parking_lot::Mutex;
@@ -72,10 +81,12 @@ use crate::context::{Context, now_ms};
 use crate::core::health::Health;
 use crate::core::pipeline::Pipeline;
 
+pub mod alertmanager;
 pub mod evaluate;
 pub mod notify;
 pub mod rules;
 mod schedule;
+pub mod template;
 
 pub use evaluate::TickOutcome;
 pub use rules::{AlarmSettings, Op};
@@ -94,6 +105,10 @@ struct Status {
     /// Creation time of the oldest queued notification that has failed.
     oldest_failing_ms: Option<i64>,
     last_delivery_error: Option<String>,
+    /// `(…/api/v2/alerts URL, alert identity)` of every alert queued for an
+    /// Alertmanager as of the sender's last pass: its re-send is not queued
+    /// again while one waits.
+    pending_alerts: HashSet<(String, String)>,
 }
 
 /// The node's alarm rules, their evaluation and their notifications.
@@ -113,6 +128,9 @@ pub struct Alarms {
     /// picks them up at once instead of at its next timer.
     doorbell: cb::Sender<()>,
     status: Mutex<Status>,
+    /// The HTTP listener as bound: the base of alerts' links when
+    /// `http.external_url` is not set.
+    http_addr: OnceLock<SocketAddr>,
 }
 
 /// The running evaluator and sender threads.
@@ -148,7 +166,11 @@ impl Alarms {
         pipeline: Arc<Pipeline>,
         settings: AlarmSettings,
     ) -> anyhow::Result<(Arc<Alarms>, Option<AlarmThreads>)> {
-        let rules: Vec<Rule> = rules.iter().map(Rule::compile).collect();
+        let rules = rules
+            .iter()
+            .map(|r| Rule::compile(r, &settings.alertmanager))
+            .collect::<Result<Vec<Rule>, String>>()
+            .map_err(anyhow::Error::msg)?;
         let store = &pipeline.context().store;
         let states = restore_states(&**store, &rules)?;
         let firing = states.values().filter(|s| s.firing).count();
@@ -166,6 +188,7 @@ impl Alarms {
                 pending: usize::try_from(queued).unwrap_or(usize::MAX),
                 ..Status::default()
             }),
+            http_addr: OnceLock::new(),
         });
         if alarms.rules.is_empty() && queued == 0 {
             return Ok((alarms, None));
@@ -208,6 +231,24 @@ impl Alarms {
             .spawn(move || a.send_loop(&stop, &doorbell))?;
         handles.push(("alarm-notify", handle));
         Ok(handles)
+    }
+
+    /// Tells the alarms where the HTTP listener is bound: with
+    /// `http.external_url` unset, the links alerts carry point there.
+    pub fn http_bound(&self, addr: SocketAddr) {
+        let _ = self.http_addr.set(addr);
+    }
+
+    /// The base of the links alerts carry: `http.external_url`, else
+    /// `http://` and the HTTP listener as bound (as configured until then).
+    pub(crate) fn link_base(&self) -> String {
+        if let Some(url) = &self.settings.external_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        match self.http_addr.get() {
+            Some(addr) => format!("http://{addr}"),
+            None => format!("http://{}", self.settings.http_listen),
+        }
     }
 
     /// Whether any rule is configured.

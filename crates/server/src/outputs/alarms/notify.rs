@@ -1,4 +1,5 @@
-//! The sender: delivers the alarm outbox to webhooks, at least once.
+//! The sender: delivers the alarm outbox to webhooks and Alertmanagers, at
+//! least once.
 //!
 //! The `alarm-notify` thread loads the outbox (dropping the oldest entries
 //! past `outbox_max`), POSTs every entry that is due — oldest first, and per
@@ -9,7 +10,10 @@
 //! a notification's body says ([`notification_body`]).
 //!
 //! Webhooks are `http://` or `https://`; an `https://` one is verified against
-//! its rule's `webhook_ca_file`, else the system's roots (`Clients`).
+//! its rule's `webhook_ca_file`, else the system's roots (`Clients`). So are
+//! Alertmanagers, against `alarms.alertmanager_ca_file`. An Alertmanager
+//! post is completed when it is sent: its firing alerts get their `endsAt`
+//! ([`alertmanager::complete_at_send`]).
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
@@ -18,9 +22,12 @@ use std::time::Duration;
 use crossbeam_channel as cb;
 use rand::Rng;
 use serde_json::{Map, Value, json};
-use strata_store::{AlarmKey, Event, EventKind, Notification, OutboxEntry, StoreError};
+use strata_store::{
+    AlarmKey, Event, EventKind, Notification, NotificationKind, OutboxEntry, StoreError,
+};
 
 use super::Alarms;
+use super::alertmanager::{self, AlertmanagerSettings};
 use super::rules::Rule;
 use crate::context::now_ms;
 use crate::core::stats::Stats;
@@ -41,7 +48,11 @@ impl Alarms {
     /// The sender thread: delivers the outbox, oldest first and in order per
     /// URL, until stopped.
     pub(super) fn send_loop(&self, stop: &cb::Receiver<()>, doorbell: &cb::Receiver<()>) {
-        let clients = Clients::new(&self.rules, self.settings.request_timeout);
+        let clients = Clients::new(
+            &self.rules,
+            &self.settings.alertmanager,
+            self.settings.request_timeout,
+        );
         let mut queue: Vec<OutboxEntry> = Vec::new();
         let mut reload = true;
         loop {
@@ -100,9 +111,10 @@ impl Alarms {
             if !matches!(stop.try_recv(), Err(cb::TryRecvError::Empty)) {
                 return Pass::Stopped;
             }
+            let valid_for_ms = self.settings.alertmanager.valid_for_ms();
             let delivered = clients
-                .for_url(url)
-                .and_then(|agent| deliver(agent, &entry.notification));
+                .for_notification(&entry.notification)
+                .and_then(|agent| deliver(agent, &entry.notification, valid_for_ms));
             match delivered {
                 Ok(()) => {
                     reload |= !self.delivered(entry);
@@ -162,9 +174,21 @@ impl Alarms {
     }
 
     /// What the `notifications` health check shows: queue length and the
-    /// oldest failing entry.
+    /// oldest failing entry; and for the re-sends, which alerts wait for
+    /// which Alertmanager.
     fn publish_queue(&self, queue: &[OutboxEntry]) {
+        let pending_alerts = queue
+            .iter()
+            .filter(|e| e.notification.kind == NotificationKind::Alertmanager)
+            .flat_map(|e| {
+                let url = &e.notification.url;
+                alertmanager::identities_in(&e.notification.body)
+                    .into_iter()
+                    .map(move |id| (url.clone(), id))
+            })
+            .collect();
         let mut status = self.status.lock();
+        status.pending_alerts = pending_alerts;
         status.pending = queue.len();
         status.oldest_failing_ms = queue
             .iter()
@@ -265,11 +289,15 @@ fn backoff(attempts: u32, min: Duration, max: Duration) -> Duration {
 
 /// The sender's HTTP clients, all on the node's TLS provider: for the
 /// `https://` webhooks of a rule with `webhook_ca_file`, one trusting that
-/// file's CAs; for other `https://` URLs one trusting the system's roots
-/// (read at its first use); and one for `http://`.
+/// file's CAs; for `https://` Alertmanagers with `alarms.alertmanager_ca_file`,
+/// one trusting that file's; for other `https://` URLs one trusting the
+/// system's roots (read at its first use); and one for `http://`.
 struct Clients {
     /// Webhook URL → the client trusting its rule's CA file, or why there is none.
     by_url: HashMap<String, Result<ureq::Agent, String>>,
+    /// The client trusting `alarms.alertmanager_ca_file` (or why there is
+    /// none); absent without one.
+    alertmanager: Option<Result<ureq::Agent, String>>,
     /// For `https://` URLs of rules without a CA file (and of rules no longer
     /// configured whose notifications are still queued).
     system: OnceCell<ureq::Agent>,
@@ -278,7 +306,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(rules: &[Rule], timeout: Duration) -> Clients {
+    fn new(rules: &[Rule], alertmanager: &AlertmanagerSettings, timeout: Duration) -> Clients {
         let mut by_url = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
             let Some(ca_file) = &rule.config.webhook_ca_file else {
@@ -295,21 +323,36 @@ impl Clients {
                 by_url.entry(url.clone()).or_insert_with(|| client.clone());
             }
         }
+        let alertmanager = alertmanager.ca_file.as_ref().map(|ca_file| {
+            let client = crate::net::tls::http_client_tls("alarms.alertmanager_ca_file", Some(ca_file))
+                .map(|tls| agent(timeout, tls))
+                .map_err(|e| e.to_string());
+            if let Err(e) = &client {
+                tracing::error!(error = %e, "Alertmanager CA file not usable: https Alertmanagers cannot be sent to");
+            }
+            client
+        });
         Clients {
             by_url,
+            alertmanager,
             system: OnceCell::new(),
             plain: agent(timeout, crate::net::tls::http_client_tls_with(Vec::new())),
             timeout,
         }
     }
 
-    /// The client for `url`, or why it cannot be sent.
-    fn for_url(&self, url: &str) -> Result<&ureq::Agent, String> {
-        if let Some(client) = self.by_url.get(url) {
-            return client.as_ref().map_err(Clone::clone);
-        }
+    /// The client for `n`, or why it cannot be sent.
+    fn for_notification(&self, n: &Notification) -> Result<&ureq::Agent, String> {
+        let url = n.url.as_str();
+        let own = match n.kind {
+            NotificationKind::Webhook => self.by_url.get(url),
+            NotificationKind::Alertmanager => self.alertmanager.as_ref(),
+        };
         if !is_https(url) {
             return Ok(&self.plain);
+        }
+        if let Some(client) = own {
+            return client.as_ref().map_err(Clone::clone);
         }
         Ok(self.system.get_or_init(|| {
             let tls = crate::net::tls::http_client_tls("system roots", None)
@@ -333,14 +376,36 @@ fn agent(timeout: Duration, tls: ureq::tls::TlsConfig) -> ureq::Agent {
         .into()
 }
 
-/// POSTs one notification; Ok only for a 2xx answer.
-fn deliver(agent: &ureq::Agent, n: &Notification) -> Result<(), String> {
+/// Longest part of an Alertmanager's refusal quoted in the error.
+const MAX_ANSWER_CHARS: usize = 200;
+
+/// POSTs one notification; Ok only for a 2xx answer. An Alertmanager post
+/// is completed first (its firing alerts' `endsAt`: `valid_for_ms` from
+/// now), and its refusal quotes what the Alertmanager answered.
+fn deliver(agent: &ureq::Agent, n: &Notification, valid_for_ms: i64) -> Result<(), String> {
+    let body = match n.kind {
+        NotificationKind::Webhook => n.body.clone(),
+        NotificationKind::Alertmanager => {
+            alertmanager::complete_at_send(&n.body, now_ms(), valid_for_ms)
+        }
+    };
     match agent
         .post(&n.url)
         .header("Content-Type", "application/json")
-        .send(n.body.as_str())
+        .send(body.as_str())
     {
         Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(mut resp) if n.kind == NotificationKind::Alertmanager => {
+            let status = resp.status().as_u16();
+            let answer = resp
+                .body_mut()
+                .with_config()
+                .limit(16 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            let answer: String = answer.trim().chars().take(MAX_ANSWER_CHARS).collect();
+            Err(format!("http status {status}: {answer}"))
+        }
         Ok(resp) => Err(format!("http status {}", resp.status().as_u16())),
         Err(e) => Err(e.to_string()),
     }
@@ -368,6 +433,7 @@ mod tests {
                 url: url.into(),
                 body: String::new(),
                 created_ms: 0,
+                kind: strata_store::NotificationKind::Webhook,
             },
             attempts: 1,
             next_attempt_ms,

@@ -1,6 +1,7 @@
 //! What an alarm rule is once loaded: its comparison ([`Op`]), the compiled
-//! [`Rule`] the evaluator runs (the `[[alarm]]` config plus its selector),
-//! and the evaluator's and sender's tunables ([`AlarmSettings`]).
+//! [`Rule`] the evaluator runs (the `[[alarm]]` config plus its selector,
+//! Alertmanagers and templates), and the evaluator's and sender's tunables
+//! ([`AlarmSettings`]).
 
 use std::time::Duration;
 
@@ -8,8 +9,10 @@ use promql_parser::label::{MatchOp, Matcher};
 use serde::{Deserialize, Serialize};
 use strata_model::MINUTE_MS;
 
+use super::alertmanager::{AlertmanagerSettings, alerts_url};
+use super::template::Template;
 use crate::api::query::Selector;
-use crate::config::AlarmConfig;
+use crate::config::{AlarmConfig, Config};
 use crate::context::{Clock, system_clock};
 
 /// Tunables of the evaluator and the sender; [`Default`] is what a node runs
@@ -34,6 +37,33 @@ pub struct AlarmSettings {
     /// How long the oldest failing notification may have waited before the
     /// `alarms` health component reports Degraded.
     pub degraded_after: Duration,
+    /// `[alarms]`: the Alertmanagers rules send to, how often a firing alert
+    /// is sent again, their CA file.
+    pub alertmanager: AlertmanagerSettings,
+    /// The base of the links alerts carry (`http.external_url`); absent:
+    /// `http://` and the HTTP listener as bound
+    /// ([`super::Alarms::http_bound`]), or `http_listen` until it is.
+    pub external_url: Option<String>,
+    /// `http.listen` as configured.
+    pub http_listen: String,
+}
+
+impl AlarmSettings {
+    /// These settings with what the node's config says: `[alarms]` and the
+    /// base of its links.
+    pub fn with_config(self, config: &Config) -> AlarmSettings {
+        let a = &config.alarms;
+        AlarmSettings {
+            alertmanager: AlertmanagerSettings {
+                urls: a.alertmanager_urls.clone(),
+                resend: Duration::from_secs(a.alertmanager_resend_s),
+                ca_file: a.alertmanager_ca_file.clone(),
+            },
+            external_url: config.http.external_url.clone(),
+            http_listen: config.http.listen.clone(),
+            ..self
+        }
+    }
 }
 
 impl Default for AlarmSettings {
@@ -46,6 +76,9 @@ impl Default for AlarmSettings {
             request_timeout: Duration::from_secs(10),
             outbox_max: 10_000,
             degraded_after: Duration::from_secs(300),
+            alertmanager: AlertmanagerSettings::default(),
+            external_url: None,
+            http_listen: crate::config::HttpConfig::default().listen,
         }
     }
 }
@@ -59,6 +92,9 @@ impl std::fmt::Debug for AlarmSettings {
             .field("request_timeout", &self.request_timeout)
             .field("outbox_max", &self.outbox_max)
             .field("degraded_after", &self.degraded_after)
+            .field("alertmanager", &self.alertmanager)
+            .field("external_url", &self.external_url)
+            .field("http_listen", &self.http_listen)
             .finish_non_exhaustive()
     }
 }
@@ -134,22 +170,53 @@ pub(crate) struct Rule {
     pub(crate) config: AlarmConfig,
     /// The metric and the `match` labels as equality matchers.
     pub(crate) selector: Selector,
+    /// Where its alerts go: each Alertmanager's `…/api/v2/alerts`, from the
+    /// rule's `alertmanager_urls`, else the node's.
+    pub(crate) alertmanagers: Vec<String>,
+    /// Its `labels` and `annotations`, parsed, by name.
+    pub(crate) labels: Vec<(String, Template)>,
+    pub(crate) annotations: Vec<(String, Template)>,
 }
 
 impl Rule {
-    pub(crate) fn compile(config: &AlarmConfig) -> Rule {
+    /// Compiles `config`, with the node's Alertmanagers `node` for a rule
+    /// without its own. `Err` names the template key that does not parse
+    /// (the config check refuses it first).
+    pub(crate) fn compile(
+        config: &AlarmConfig,
+        node: &AlertmanagerSettings,
+    ) -> Result<Rule, String> {
         let matchers = config
             .matchers
             .iter()
             .map(|(name, value)| Matcher::new(MatchOp::Equal, name, value))
             .collect();
-        Rule {
+        let templates = |table: &str, entries: &std::collections::BTreeMap<String, String>| {
+            entries
+                .iter()
+                .map(|(name, text)| {
+                    Template::parse(text)
+                        .map(|t| (name.clone(), t))
+                        .map_err(|e| format!("alarm {:?} {table}.{name}: {e}", config.name))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok(Rule {
             config: config.clone(),
             selector: Selector {
                 metric: config.metric.clone(),
                 matchers,
             },
-        }
+            alertmanagers: config
+                .alertmanager_urls
+                .as_ref()
+                .unwrap_or(&node.urls)
+                .iter()
+                .map(|base| alerts_url(base))
+                .collect(),
+            labels: templates("labels", &config.labels)?,
+            annotations: templates("annotations", &config.annotations)?,
+        })
     }
 
     /// How long after firing an instance stays silenced.

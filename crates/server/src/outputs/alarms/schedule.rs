@@ -1,4 +1,6 @@
-//! When the evaluator runs, and what late data makes it look at again.
+//! When the evaluator runs, and what late data makes it look at again. It
+//! also queues the Alertmanager re-sends that are due, at every check
+//! ([`Alarms::resend_due`]).
 //!
 //! The evaluator thread checks about once a second whether a tick is due:
 //! a rule's window moved (a minute became complete here, or a new minute
@@ -25,6 +27,9 @@ use strata_model::{MINUTE_MS, minute_start};
 use super::Alarms;
 use super::evaluate::{Changes, TickOutcome, transition_of, window_end};
 
+/// Longest the evaluator waits at start for the HTTP listener's address.
+const HTTP_ADDR_WAIT: Duration = Duration::from_secs(10);
+
 /// What decides whether a tick is due: the window end of rules that wait
 /// for complete minutes, and the current minute for those that do not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +50,9 @@ impl Alarms {
         let mut last_tick: Option<(WindowEnds, Instant)> = None;
         let mut waiting = false;
         let mut history_retention: Option<Instant> = None;
+        if !self.wait_for_http_addr(stop) {
+            return;
+        }
         loop {
             let now = (self.settings.clock)();
             let late = self.pipeline.take_late_minutes();
@@ -64,6 +72,7 @@ impl Alarms {
                 };
                 last_tick = Some((ends, Instant::now()));
             }
+            self.resend_due((self.settings.clock)());
             if history_retention.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
                 history_retention = Some(Instant::now());
                 self.apply_history_retention();
@@ -73,6 +82,26 @@ impl Alarms {
                 Ok(()) | Err(cb::RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Waits (at most [`HTTP_ADDR_WAIT`]) until the HTTP listener is bound
+    /// when alerts link to it (rules with Alertmanagers, no
+    /// `http.external_url`), so that no alert queued at start links to a
+    /// port 0; `false` when stopped meanwhile.
+    fn wait_for_http_addr(&self, stop: &cb::Receiver<()>) -> bool {
+        if self.settings.external_url.is_some()
+            || self.rules.iter().all(|r| r.alertmanagers.is_empty())
+        {
+            return true;
+        }
+        let deadline = Instant::now() + HTTP_ADDR_WAIT;
+        while self.http_addr.get().is_none() && Instant::now() < deadline {
+            match stop.recv_timeout(Duration::from_millis(20)) {
+                Err(cb::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(cb::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     fn window_ends(&self, now_ms: i64) -> WindowEnds {
