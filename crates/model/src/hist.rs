@@ -614,6 +614,27 @@ impl Hist {
         units as f64 / Self::SCALE
     }
 
+    /// The non-empty buckets, lowest first: `(lowest, highest, count)`, the
+    /// smallest and largest value each bucket stands for (both inclusive), in
+    /// the recorded unit.
+    pub fn buckets(&self) -> Vec<(f64, f64, u64)> {
+        let (geo, base) = (self.geo, u64::from(self.base));
+        with_counts!(&self.counts, v => {
+            v.iter()
+                .enumerate()
+                .filter_map(|(i, &c)| {
+                    let c = Count::wide(c);
+                    (c != 0).then(|| {
+                        let value = geo.value_for(base + i as u64);
+                        let low = geo.lowest_equivalent(value) as f64 / Self::SCALE;
+                        let high = geo.highest_equivalent(value) as f64 / Self::SCALE;
+                        (low, high, c)
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Heap memory of the counts window (allocated capacity), in bytes.
     pub fn heap_bytes(&self) -> usize {
         self.counts.heap_bytes()
@@ -949,6 +970,20 @@ mod tests {
         }
         assert!(matches!(Hist::new(0), Err(ModelError::InvalidValue { .. })));
         assert!(matches!(Hist::new(6), Err(ModelError::InvalidValue { .. })));
+    }
+
+    #[test]
+    fn buckets_cover_every_recorded_value_once() {
+        let values = [0.5, 0.5, 3.0, 250.0, 251.0, 9000.0];
+        let h = hist(2, &values);
+        let buckets = h.buckets();
+        assert_eq!(buckets.iter().map(|b| b.2).sum::<u64>(), 6);
+        assert!(buckets.windows(2).all(|w| w[0].1 < w[1].0), "{buckets:?}");
+        for v in values {
+            let holding = buckets.iter().filter(|b| b.0 <= v && v <= b.1).count();
+            assert_eq!(holding, 1, "{v} in {buckets:?}");
+        }
+        assert!(Hist::new(2).unwrap().buckets().is_empty());
     }
 
     #[test]

@@ -18,13 +18,14 @@ use strata_model::{Hist, Kind, SampleValue, State, StateParams};
 type Check = fn(&[u8]);
 
 /// Every fuzz target: its name under `fuzz/` and the function it runs.
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("ndjson", strata_server::fuzzing::ndjson),
     ("query", strata_server::fuzzing::query),
     ("federation_batch", strata_server::fuzzing::federation),
     ("state_codec", strata_model::fuzzing::state_codec),
     ("store_codec", strata_store::fuzzing::store_codec),
     ("pushed", strata_server::fuzzing::pushed),
+    ("promql", strata_server::fuzzing::promql),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -72,6 +73,20 @@ fn query_seeds() -> Vec<Vec<u8>> {
     .to_vec()
 }
 
+fn promql_seeds() -> Vec<Vec<u8>> {
+    [
+        "1+1",
+        "histogram_quantile(0.99, sum by (cloud) (rate(lat[5m])))\n-3",
+        "topk(2, sum without (service) (increase(req{cloud=~\"a.*\"}[10m]))) > bool 3",
+        "label_replace(req, \"c\", \"$1\", \"cloud\", \"(.)(.*)\") / on (cloud) req offset 5m\n7",
+        "absent(nope{a=\"b\"}) or vector(time())",
+        "lat_count @ 1763799000 + -req[1e300]",
+        "sum(histogram_count(increase(lat[30m]))) / scalar(count(req))\n30",
+    ]
+    .map(|s| s.as_bytes().to_vec())
+    .to_vec()
+}
+
 fn state_seeds() -> Vec<Vec<u8>> {
     let params = StateParams::default();
     let mut seeds = Vec::new();
@@ -114,6 +129,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "state_codec" => state_seeds(),
         "store_codec" => strata_store::fuzzing::encodings(),
         "pushed" => strata_server::fuzzing::pushed_seeds(),
+        "promql" => promql_seeds(),
         other => panic!("no seeds for {other}"),
     }
 }

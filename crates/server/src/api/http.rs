@@ -141,7 +141,8 @@ pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
         .route(
             "/ready",
             get(move || std::future::ready(ready(&ready_node, &stopping))),
-        );
+        )
+        .merge(crate::api::prometheus::routes());
     guarded(routes, node)
 }
 

@@ -9,6 +9,8 @@
 //! - [`query`]: selectors, grouping and merging for `/api/v1/query`.
 //! - [`health`]: `/health` and `/health/{component}`.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`prometheus`]: the Prometheus-compatible API under `/prometheus`
+//!   (PromQL over merged state).
 //! - [`json`]: the JSON error answers every handler shares.
 //! - [`request_id`]: request correlation ids: the HTTP middleware and gRPC
 //!   layer that give every request an id, its span and its `x-request-id`.
@@ -21,5 +23,6 @@ pub mod health;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod prometheus;
 pub mod query;
 pub mod request_id;

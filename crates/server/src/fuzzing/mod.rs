@@ -10,6 +10,8 @@
 //!   [`Ingestor::validate`], all or nothing, with line-numbered errors.
 //! - [`query`]: the query API's parameters — times, step, `group_by`, the PromQL
 //!   selector — and a query executed over a small store.
+//! - [`promql`]: a PromQL expression through the Prometheus-compatible
+//!   API's parser guard and evaluator over the same small store.
 //! - [`federation`]: a federation stream's messages decoded into increments, as
 //!   the receiver does.
 //! - [`pushed`]: an OTLP export or a remote-write request decoded and
@@ -29,4 +31,4 @@ mod query;
 pub use federation::{federation, federation_seeds};
 pub use ndjson::ndjson;
 pub use pushed::{pushed, pushed_seeds};
-pub use query::query;
+pub use query::{promql, query};

@@ -1,4 +1,6 @@
-//! The query API's parameters, and a query executed over a small store.
+//! The query API's parameters, and a query executed over a small store; a
+//! PromQL expression evaluated by the Prometheus-compatible API over the same
+//! store.
 
 use std::sync::{Arc, OnceLock};
 
@@ -50,6 +52,38 @@ pub fn query(input: &[u8]) {
         group_by,
     };
     check_execute(&query);
+}
+
+/// Reads `input` as a PromQL expression (first line) and an evaluation time
+/// offset in minutes (second line) and evaluates it over the same store: an
+/// answer in Prometheus' JSON form or a clear error, never a panic, within
+/// small limits.
+pub fn promql(input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let mut lines = text.splitn(2, '\n');
+    let q = lines.next().unwrap_or_default();
+    let minutes: i64 = lines
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(0);
+    let t = NOW_MS + minutes.clamp(-30, 30) * 60_000;
+    let limits = crate::api::query::QueryLimits {
+        max_series: 50,
+        max_points: 10_000,
+    };
+    match crate::api::prometheus::instant_data(store(), q, t, limits) {
+        Ok(data) => {
+            let kind = data["resultType"].as_str().unwrap_or_default();
+            assert!(
+                ["scalar", "string", "vector", "matrix"].contains(&kind),
+                "{q:?}: {data}"
+            );
+        }
+        Err(e) => assert!(
+            !e.to_string().is_empty(),
+            "{q:?}: an error without a message"
+        ),
+    }
 }
 
 /// A time parses into the accepted range, and back from its epoch milliseconds.
