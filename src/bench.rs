@@ -8,6 +8,11 @@
 //! then waits until the
 //! global tier's totals equal exactly what the edges acknowledged. Prints
 //! progress every second and, as its last line, one JSON object of figures.
+//! Each push's acknowledgement latency goes into a histogram of bounded size.
+//! With `--memory-passes`, two more passes follow on fresh topologies — every
+//! series a histogram, then every series a counter — to measure the global's
+//! memory per series of each kind; every pass runs the same code
+//! ([`run_pass`]), parameterised by its [`Mix`].
 //!
 //! CPU is read from `/proc/<pid>/stat` of the strata processes (the load
 //! generator is reported separately); RSS from `/proc/<pid>/status`.
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use strata_model::Hist;
 use strata_proto::v1::{self, ingest_client::IngestClient};
 
 /// Options of one run.
@@ -36,6 +42,48 @@ pub struct BenchOptions {
     /// OTLP exports instead of native pushes (`samples` are then the
     /// observations the exports summarise).
     pub otlp: bool,
+    /// After the main run, a histograms-only and a counters-only pass, each
+    /// on a fresh topology, for the global's memory per series of each kind.
+    pub memory_passes: bool,
+}
+
+/// Which of the load's series are histograms and which are counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mix {
+    /// Even series histograms, odd series counters: the main run.
+    Mixed,
+    /// Every series a histogram.
+    Histograms,
+    /// Every series a counter.
+    Counters,
+}
+
+impl Mix {
+    /// Whether series number `s` is a histogram (else a counter).
+    fn histogram(self, s: usize) -> bool {
+        match self {
+            Mix::Mixed => s.is_multiple_of(2),
+            Mix::Histograms => true,
+            Mix::Counters => false,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mix::Mixed => "half histograms, half counters",
+            Mix::Histograms => "histograms only",
+            Mix::Counters => "counters only",
+        }
+    }
+
+    /// The pass's directory under the run's.
+    fn dir_name(self) -> &'static str {
+        match self {
+            Mix::Mixed => "mixed",
+            Mix::Histograms => "histograms",
+            Mix::Counters => "counters",
+        }
+    }
 }
 
 struct Proc {
@@ -79,11 +127,26 @@ fn write_config(dir: &Path, id: &str, body: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn node_toml(dir: &Path, id: &str, durable: bool) -> String {
+/// Room above the load's own series in the limits the bench sets.
+const LIMIT_HEADROOM: usize = 1_000;
+
+/// A node's config. Its limits fit the load: each edge's direct ingest, and
+/// each edge as a source at the global, brings `--series` series and the
+/// freshness probe's one (`limits.max_series_per_source`); the totals query
+/// selects every series of one metric at the global, up to `--edges` ×
+/// `--series` when every series is of one kind (`limits.max_query_series`).
+fn node_toml(dir: &Path, id: &str, opts: &BenchOptions) -> String {
+    let durable = opts.durable;
+    let series_per_source = opts.series.saturating_add(LIMIT_HEADROOM);
+    let query_series = opts
+        .edges
+        .saturating_mul(opts.series)
+        .saturating_add(LIMIT_HEADROOM);
     format!(
         "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_inflight_requests = 1024\n\
          [grpc]\nlisten = \"127.0.0.1:0\"\n[storage]\nengine = \"{}\"\n\
-         [otlp]\nlisten = \"\"\nhttp_listen = \"\"\nwait_commit = {durable}\n",
+         [otlp]\nlisten = \"\"\nhttp_listen = \"\"\nwait_commit = {durable}\n\
+         [limits]\nmax_series_per_source = {series_per_source}\nmax_query_series = {query_series}\n",
         dir.join(id).display(),
         if durable { "redb" } else { "memory" }
     )
@@ -179,12 +242,14 @@ fn latency(rng: &mut u64) -> f64 {
     5.0 + (*rng % 40_000) as f64 / 100.0
 }
 
-/// One push request: `batch` samples over a rotating window of series.
+/// One push request: `batch` samples over a rotating window of series, each
+/// a histogram or a counter as `mix` has it.
 fn request(
     edge: usize,
     series: usize,
     batch: usize,
     offset: usize,
+    mix: Mix,
     rng: &mut u64,
 ) -> (v1::PushRequest, u64, u64) {
     let per_series = 10usize;
@@ -193,7 +258,7 @@ fn request(
     let (mut counter_sum, mut hist_count) = (0u64, 0u64);
     for k in 0..n_series {
         let s = (offset + k) % series;
-        let histogram = s.is_multiple_of(2);
+        let histogram = mix.histogram(s);
         let mut points = Vec::with_capacity(per_series);
         for _ in 0..per_series {
             let value = if histogram {
@@ -234,34 +299,69 @@ fn request(
     )
 }
 
-async fn load(
+/// Significant digits of the acknowledgement-latency histograms: buckets
+/// 0.1% wide. A histogram's size depends on the range of the latencies (tens
+/// of KiB at most for a millisecond to a minute), not on the number of pushes.
+const ACK_SIGFIG: u8 = 3;
+
+/// One push loop: the edge it drives, and what it shares with the others.
+struct Loader {
     edge: usize,
+    worker: usize,
     grpc: String,
     opts: Arc<BenchOptions>,
+    mix: Mix,
     stop: Arc<AtomicBool>,
     acked: Arc<Acked>,
-    worker: usize,
-) -> anyhow::Result<()> {
-    if opts.otlp {
-        return load_otlp(edge, grpc, opts, stop, acked, worker).await;
+}
+
+impl Loader {
+    /// A seed of its own for the latencies the loop sends.
+    fn seed(&self) -> u64 {
+        0x9E37_79B9_7F4A_7C15u64 ^ ((self.edge as u64) << 32 | self.worker as u64)
     }
-    let mut client = IngestClient::connect(format!("http://{grpc}"))
-        .await?
+}
+
+/// Milliseconds since `sent`, recorded into `acks`.
+fn record_ack(acks: &mut Hist, sent: Instant) -> anyhow::Result<()> {
+    acks.record(sent.elapsed().as_secs_f64() * 1e3)
+        .context("recording an acknowledgement latency")
+}
+
+/// Pushes until stopped; returns the acknowledgement latency (ms) of every
+/// acknowledged push: for durable runs the wait for the commit, otherwise
+/// the admission into the aggregator.
+async fn load(l: Loader) -> anyhow::Result<Hist> {
+    if l.opts.otlp {
+        return load_otlp(l).await;
+    }
+    let (edge, opts) = (l.edge, &l.opts);
+    let mut client = IngestClient::connect(format!("http://{}", l.grpc))
+        .await
+        .with_context(|| format!("connecting to edge {edge} at {}", l.grpc))?
         .max_encoding_message_size(64 << 20);
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((edge as u64) << 32 | worker as u64);
-    let mut offset = worker * 7919;
-    while !stop.load(Ordering::Relaxed) {
+    let mut rng = l.seed();
+    let mut offset = l.worker * 7919;
+    let mut acks = Hist::new(ACK_SIGFIG)?;
+    while !l.stop.load(Ordering::Relaxed) {
         let (mut req, counter_sum, hist_count) =
-            request(edge, opts.series, opts.batch, offset, &mut rng);
+            request(edge, opts.series, opts.batch, offset, l.mix, &mut rng);
         req.wait_commit = opts.durable;
         offset = (offset + opts.batch / 10) % opts.series.max(1);
+        let sent = Instant::now();
         match client.push(req).await {
-            Ok(r) => acked.add(r.into_inner().accepted, counter_sum, hist_count),
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => acked.busy().await,
+            Ok(r) => {
+                record_ack(&mut acks, sent)?;
+                l.acked
+                    .add(r.into_inner().accepted, counter_sum, hist_count);
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                l.acked.busy().await;
+            }
             Err(status) => bail!("push to edge {edge} failed: {status}"),
         }
     }
-    Ok(())
+    Ok(acks)
 }
 
 /// Observations one OTLP histogram data point summarises, as an SDK's
@@ -280,6 +380,7 @@ fn otlp_request(
     series: usize,
     batch: usize,
     offset: usize,
+    mix: Mix,
     rng: &mut u64,
 ) -> (otlp::ExportMetricsServiceRequest, u64, u64) {
     let n_points = (batch / OBSERVATIONS_PER_POINT).max(1);
@@ -292,7 +393,7 @@ fn otlp_request(
             otlp_attr("edge", format!("e{edge}")),
             otlp_attr("series", format!("s{s}")),
         ];
-        if !s.is_multiple_of(2) {
+        if !mix.histogram(s) {
             counter_sum += OBSERVATIONS_PER_POINT as u64;
             counters.push(otlp::NumberDataPoint {
                 attributes,
@@ -396,38 +497,39 @@ fn otlp_attr(key: &str, value: String) -> otlp::KeyValue {
 }
 
 /// [`load`] as an OpenTelemetry SDK: OTLP/gRPC exports to the edge's gRPC port.
-async fn load_otlp(
-    edge: usize,
-    grpc: String,
-    opts: Arc<BenchOptions>,
-    stop: Arc<AtomicBool>,
-    acked: Arc<Acked>,
-    worker: usize,
-) -> anyhow::Result<()> {
-    let mut client = otlp::MetricsServiceClient::connect(format!("http://{grpc}"))
-        .await?
+async fn load_otlp(l: Loader) -> anyhow::Result<Hist> {
+    let (edge, opts) = (l.edge, &l.opts);
+    let mut client = otlp::MetricsServiceClient::connect(format!("http://{}", l.grpc))
+        .await
+        .with_context(|| format!("connecting to edge {edge} at {}", l.grpc))?
         .max_encoding_message_size(64 << 20);
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((edge as u64) << 32 | worker as u64);
-    let mut offset = worker * 7919;
+    let mut rng = l.seed();
+    let mut offset = l.worker * 7919;
     let points = (opts.batch / OBSERVATIONS_PER_POINT).max(1);
-    while !stop.load(Ordering::Relaxed) {
+    let mut acks = Hist::new(ACK_SIGFIG)?;
+    while !l.stop.load(Ordering::Relaxed) {
         let (req, counter_sum, hist_count) =
-            otlp_request(edge, opts.series, opts.batch, offset, &mut rng);
+            otlp_request(edge, opts.series, opts.batch, offset, l.mix, &mut rng);
         offset = (offset + points) % opts.series.max(1);
+        let sent = Instant::now();
         match client.export(req).await {
             Ok(r) => {
+                record_ack(&mut acks, sent)?;
                 if let Some(partial) = r.into_inner().partial_success
                     && partial.rejected_data_points > 0
                 {
                     bail!("edge {edge} refused data points: {}", partial.error_message);
                 }
-                acked.add(counter_sum + hist_count, counter_sum, hist_count);
+                l.acked
+                    .add(counter_sum + hist_count, counter_sum, hist_count);
             }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => acked.busy().await,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                l.acked.busy().await;
+            }
             Err(status) => bail!("OTLP export to edge {edge} failed: {status}"),
         }
     }
-    Ok(())
+    Ok(acks)
 }
 
 /// The OTLP types the benchmark sends.
@@ -508,10 +610,9 @@ fn global_totals(global_http: &str, from_ms: i64) -> (u64, u64) {
     (q("bench_requests"), q("bench_latency_ms"))
 }
 
-#[allow(clippy::print_stdout)]
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("strata-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = run_in(&dir, opts).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -519,7 +620,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
 
 /// Starts the global and the edges, each edge forwarding to the global.
 fn start_topology(dir: &Path, opts: &BenchOptions) -> anyhow::Result<(Proc, Vec<Proc>)> {
-    let mut global_toml = node_toml(dir, "global", opts.durable);
+    let mut global_toml = node_toml(dir, "global", opts);
     for i in 0..opts.edges {
         global_toml.push_str(&format!(
             "[[downstream]]\nid = \"edge{i}\"\ntoken = \"t{i}\"\n"
@@ -530,7 +631,7 @@ fn start_topology(dir: &Path, opts: &BenchOptions) -> anyhow::Result<(Proc, Vec<
     for i in 0..opts.edges {
         let toml = format!(
             "{}[upstream]\nendpoint = \"http://{}\"\ntoken = \"t{i}\"\n",
-            node_toml(dir, &format!("edge{i}"), opts.durable),
+            node_toml(dir, &format!("edge{i}"), opts),
             global.grpc
         );
         edges.push(spawn(&write_config(dir, &format!("edge{i}"), &toml)?)?);
@@ -538,28 +639,39 @@ fn start_topology(dir: &Path, opts: &BenchOptions) -> anyhow::Result<(Proc, Vec<
     Ok((global, edges))
 }
 
+/// What the load of one pass gathered.
+struct Driven {
+    /// Seconds the load ran.
+    secs: f64,
+    /// Freshness probe samples, in milliseconds.
+    freshness: Vec<f64>,
+    /// Acknowledgement latency of every acknowledged push, in milliseconds.
+    acks: Hist,
+}
+
 /// Drives `concurrency` loaders per edge and a freshness probe for
-/// `opts.duration`, printing the acknowledged rate every second; returns how
-/// long the load ran and the freshness samples.
+/// `opts.duration`, printing the acknowledged rate every second.
 #[allow(clippy::print_stdout)]
 async fn drive_load(
     opts: &Arc<BenchOptions>,
+    mix: Mix,
     global: &Proc,
     edges: &[Proc],
     acked: &Arc<Acked>,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+) -> anyhow::Result<Driven> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (i, e) in edges.iter().enumerate() {
-        for w in 0..opts.concurrency {
-            tasks.push(tokio::spawn(load(
-                i,
-                e.grpc.clone(),
-                opts.clone(),
-                stop.clone(),
-                acked.clone(),
-                w,
-            )));
+    for (edge, e) in edges.iter().enumerate() {
+        for worker in 0..opts.concurrency {
+            tasks.push(tokio::spawn(load(Loader {
+                edge,
+                worker,
+                grpc: e.grpc.clone(),
+                opts: opts.clone(),
+                mix,
+                stop: stop.clone(),
+                acked: acked.clone(),
+            })));
         }
     }
     let probe = tokio::spawn(freshness_probe(
@@ -580,44 +692,251 @@ async fn drive_load(
         last = now;
     }
     stop.store(true, Ordering::Relaxed);
+    let mut acks = Hist::new(ACK_SIGFIG)?;
     for t in tasks {
-        t.await??;
+        acks.merge(&t.await??)?;
     }
-    let load_secs = started.elapsed().as_secs_f64();
-    Ok((load_secs, probe.await?))
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Driven {
+        secs,
+        freshness: probe.await?,
+        acks,
+    })
 }
 
-/// Polls the global (up to 2 minutes) until its totals since `from_ms` equal
-/// `want`; returns the last totals seen.
+/// How long the drain may take before the totals are declared different.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The most an edge's spool holds once it has forwarded all its data: the
+/// batch of one flush without increments (its watermark), in flight.
+const IDLE_SPOOL_BYTES: f64 = 1024.0;
+
+/// Whether an edge (its `/metrics` text) has forwarded all its increments
+/// but the last few: at most one small batch waits for the global's
+/// acknowledgement. An edge that cannot be read counts as settled.
+fn spool_settled(metrics: &str) -> bool {
+    metric_value(metrics, "strata_spool_batches") <= 1.0
+        && metric_value(metrics, "strata_spool_bytes") <= IDLE_SPOOL_BYTES
+}
+
+/// Polls the global (up to [`DRAIN_LIMIT`]) until its totals since `from_ms`
+/// equal `want`; returns the last totals seen. The totals query reads every
+/// series, which costs the global CPU with many series, so it is sent only
+/// once every edge's spool has settled ([`spool_settled`]), and once more
+/// at the limit.
 async fn wait_for_totals(
-    global_http: &str,
+    global: &Proc,
+    edges: &[Proc],
     from_ms: i64,
     want: (u64, u64),
 ) -> anyhow::Result<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut got = (0, 0);
-    while Instant::now() < deadline {
-        let g = global_http.to_string();
-        got = tokio::task::spawn_blocking(move || global_totals(&g, from_ms)).await?;
-        if got == want {
-            break;
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let edge_http: Vec<String> = edges.iter().map(|e| e.http.clone()).collect();
+    loop {
+        let (g, e) = (global.http.clone(), edge_http.clone());
+        let last_try = Instant::now() >= deadline;
+        let seen = tokio::task::spawn_blocking(move || {
+            let settled = e.iter().all(|h| spool_settled(&prom(h)));
+            (last_try || settled).then(|| global_totals(&g, from_ms))
+        })
+        .await?;
+        match seen {
+            Some(got) if got == want || last_try => return Ok(got),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(got)
+}
+
+/// Figures read from the processes at the start and at the end of a pass.
+struct Readings {
+    /// CPU seconds of every strata process.
+    cpu_strata: f64,
+    /// CPU seconds of the global process.
+    cpu_global: f64,
+    /// CPU seconds of this process, the load generator.
+    cpu_loadgen: f64,
+    /// Increments the global merged from the edges
+    /// (`strata_federation_increments_total`).
+    increments: f64,
+    /// Series in the global's store (`strata_series`).
+    series: f64,
+    /// The global's resident set.
+    rss_global: u64,
+}
+
+impl Readings {
+    async fn take(global: &Proc, pids: &[u32]) -> anyhow::Result<Readings> {
+        let (http, global_pid, pids) = (global.http.clone(), global.child.id(), pids.to_vec());
+        let readings = tokio::task::spawn_blocking(move || {
+            let text = prom(&http);
+            Readings {
+                cpu_strata: pids.iter().map(|p| cpu_seconds(*p)).sum(),
+                cpu_global: cpu_seconds(global_pid),
+                cpu_loadgen: cpu_seconds(std::process::id()),
+                increments: metric_value(&text, "strata_federation_increments_total"),
+                series: metric_value(&text, "strata_series"),
+                rss_global: rss_bytes(global_pid),
+            }
+        })
+        .await?;
+        Ok(readings)
+    }
+}
+
+/// One pass: a fresh topology loaded with one [`Mix`], drained and measured.
+struct Pass {
+    /// At the start of the load, the global idle and without series.
+    start: Readings,
+    /// Once the global's totals matched (or the drain gave up).
+    end: Readings,
+    driven: Driven,
+    acked: Arc<Acked>,
+    /// Seconds from the start of the load to the end of the drain.
+    drained_secs: f64,
+    /// The global's counter sum and histogram count since the start.
+    got: (u64, u64),
+    /// What the edges acknowledged.
+    want: (u64, u64),
+}
+
+/// `seconds` per million of `count`; NaN (null in the JSON) without any.
+fn per_million(seconds: f64, count: f64) -> f64 {
+    if count > 0.0 {
+        seconds / (count / 1e6)
+    } else {
+        f64::NAN
+    }
+}
+
+impl Pass {
+    fn exact(&self) -> bool {
+        self.got == self.want
+    }
+
+    fn increments(&self) -> f64 {
+        self.end.increments - self.start.increments
+    }
+
+    fn global_cpu_per_million_increments(&self) -> f64 {
+        per_million(
+            self.end.cpu_global - self.start.cpu_global,
+            self.increments(),
+        )
+    }
+
+    /// The global's RSS at the end above its idle RSS at the start, per
+    /// series in its store at the end.
+    fn rss_per_series_above_idle(&self) -> f64 {
+        if self.end.series > 0.0 {
+            (self.end.rss_global as f64 - self.start.rss_global as f64) / self.end.series
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The pass's figures, as the JSON line has them.
+    fn figures(&mut self, opts: &BenchOptions) -> serde_json::Map<String, Value> {
+        let secs = self.driven.secs;
+        let samples = self.acked.samples.load(Ordering::Relaxed);
+        let cpu = self.end.cpu_strata - self.start.cpu_strata;
+        let cpu_global = self.end.cpu_global - self.start.cpu_global;
+        let (rss, series) = (self.end.rss_global, self.end.series);
+        let figures = json!({
+            "edges": opts.edges,
+            "series": opts.series,
+            "durable": opts.durable,
+            "otlp": opts.otlp,
+            "duration_s": secs,
+            "samples": samples,
+            "samples_per_s": samples as f64 / secs,
+            "busy_rejections": self.acked.rejected.load(Ordering::Relaxed),
+            "increments_per_s_global": self.increments() / self.drained_secs,
+            "freshness_p50_ms": exact_quantile(&mut self.driven.freshness, 0.5),
+            "freshness_p99_ms": exact_quantile(&mut self.driven.freshness, 0.99),
+            "ack_latency_p50_ms": self.driven.acks.quantile(0.5),
+            "ack_latency_p99_ms": self.driven.acks.quantile(0.99),
+            "cpu_s_strata": cpu,
+            "cpu_s_loadgen": self.end.cpu_loadgen - self.start.cpu_loadgen,
+            "cpu_s_per_million_samples": per_million(cpu, samples as f64),
+            "cpu_s_global": cpu_global,
+            "global_cpu_s_per_million_increments": self.global_cpu_per_million_increments(),
+            "rss_bytes_global": rss,
+            "series_global": series,
+            "rss_bytes_per_series_global": if series > 0.0 { rss as f64 / series } else { f64::NAN },
+        });
+        match figures {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    #[allow(clippy::print_stdout)]
+    fn print_summary(&self) {
+        if !self.exact() {
+            println!(
+                "  NOT EXACT: global has counter sum {} / histogram count {}, acknowledged {} / {}",
+                self.got.0, self.got.1, self.want.0, self.want.1
+            );
+        }
+        println!(
+            "  drained after {:.1} s; acknowledgements p50 {:.2} ms, p99 {:.2} ms; \
+             the global merged {} increments at {:.2} CPU-s per million",
+            self.drained_secs,
+            self.driven.acks.quantile(0.5),
+            self.driven.acks.quantile(0.99),
+            self.increments(),
+            self.global_cpu_per_million_increments()
+        );
+    }
+}
+
+/// Runs one pass in a directory of its own under `dir`: starts a fresh
+/// topology, reads the idle global, loads the edges with `mix`, waits for
+/// the global's totals, reads again, and stops the topology.
+async fn run_pass(dir: &Path, opts: &Arc<BenchOptions>, mix: Mix) -> anyhow::Result<Pass> {
+    let dir = dir.join(mix.dir_name());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (global, edges) = start_topology(&dir, opts)?;
+    let pids: Vec<u32> = std::iter::once(global.child.id())
+        .chain(edges.iter().map(|e| e.child.id()))
+        .collect();
+    let start_ms = strata_server::now_ms();
+    let start = Readings::take(&global, &pids).await?;
+    let acked = Arc::new(Acked::default());
+    let started = Instant::now();
+    let driven = drive_load(opts, mix, &global, &edges, &acked).await?;
+    // Drain: the global totals must reach exactly what was acknowledged.
+    let want = (
+        acked.counter_sum.load(Ordering::Relaxed),
+        acked.hist_count.load(Ordering::Relaxed),
+    );
+    let got = wait_for_totals(&global, &edges, start_ms - 60_000, want).await?;
+    let drained_secs = started.elapsed().as_secs_f64();
+    let end = Readings::take(&global, &pids).await?;
+    drop(edges);
+    drop(global);
+    let _ = std::fs::remove_dir_all(&dir);
+    let pass = Pass {
+        start,
+        end,
+        driven,
+        acked,
+        drained_secs,
+        got,
+        want,
+    };
+    pass.print_summary();
+    Ok(pass)
 }
 
 #[allow(clippy::print_stdout)]
 async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
-    let (global, edges) = start_topology(dir, &opts)?;
-    let pids: Vec<u32> = std::iter::once(global.child.id())
-        .chain(edges.iter().map(|e| e.child.id()))
-        .collect();
     println!(
-        "bench: {} edge(s) → global, {} series, {} s, {}, {}",
+        "bench: {} edge(s) → global, {} series per edge ({}), {} s, {}, {}{}",
         opts.edges,
         opts.series,
+        Mix::Mixed.describe(),
         opts.duration.as_secs(),
         if opts.otlp {
             "OTLP exports (100 observations per data point)"
@@ -628,60 +947,37 @@ async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
             "durable (redb, wait_commit)"
         } else {
             "best-effort (memory store)"
+        },
+        if opts.memory_passes {
+            "; then memory passes"
+        } else {
+            ""
         }
     );
-    let start_ms = strata_server::now_ms();
-    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let self_cpu_before = cpu_seconds(std::process::id());
-    let inc_before = metric_value(&prom(&global.http), "strata_federation_increments_total");
-    let acked = Arc::new(Acked::default());
-    let started = Instant::now();
-    let (load_secs, mut freshness) = drive_load(&opts, &global, &edges, &acked).await?;
-
-    // Drain: the global totals must reach exactly what was acknowledged.
-    let want = (
-        acked.counter_sum.load(Ordering::Relaxed),
-        acked.hist_count.load(Ordering::Relaxed),
-    );
-    let got = wait_for_totals(&global.http, start_ms - 60_000, want).await?;
-    let drained_secs = started.elapsed().as_secs_f64();
-    let exact = got == want;
-    let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
-    let loadgen_cpu = cpu_seconds(std::process::id()) - self_cpu_before;
-    let prom_text = prom(&global.http);
-    let increments = metric_value(&prom_text, "strata_federation_increments_total") - inc_before;
-    let series = metric_value(&prom_text, "strata_series");
-    let rss = rss_bytes(global.child.id());
-    let samples = acked.samples.load(Ordering::Relaxed);
-    if !exact {
-        println!(
-            "  NOT EXACT: global has counter sum {} / histogram count {}, acknowledged {} / {}",
-            got.0, got.1, want.0, want.1
-        );
+    let mut main = run_pass(dir, &opts, Mix::Mixed).await?;
+    let mut exact = main.exact();
+    let mut figures = main.figures(&opts);
+    if opts.memory_passes {
+        let passes = [
+            (Mix::Histograms, "rss_bytes_per_histogram_series_global"),
+            (Mix::Counters, "rss_bytes_per_counter_series_global"),
+        ];
+        for (mix, key) in passes {
+            println!("memory pass: {}, on a fresh topology", mix.describe());
+            let pass = run_pass(dir, &opts, mix).await?;
+            exact &= pass.exact();
+            let per_series = pass.rss_per_series_above_idle();
+            println!(
+                "  global RSS {:.1} MB idle, {:.1} MB with {} series: {per_series:.0} bytes per series",
+                pass.start.rss_global as f64 / 1e6,
+                pass.end.rss_global as f64 / 1e6,
+                pass.end.series
+            );
+            figures.insert(key.into(), json!(per_series));
+        }
     }
-    let figures = json!({
-        "edges": opts.edges,
-        "series": opts.series,
-        "durable": opts.durable,
-        "otlp": opts.otlp,
-        "duration_s": load_secs,
-        "samples": samples,
-        "samples_per_s": samples as f64 / load_secs,
-        "busy_rejections": acked.rejected.load(Ordering::Relaxed),
-        "increments_per_s_global": increments / drained_secs,
-        "freshness_p50_ms": exact_quantile(&mut freshness, 0.5),
-        "freshness_p99_ms": exact_quantile(&mut freshness, 0.99),
-        "cpu_s_strata": cpu,
-        "cpu_s_loadgen": loadgen_cpu,
-        "cpu_s_per_million_samples": cpu / (samples as f64 / 1e6),
-        "rss_bytes_global": rss,
-        "series_global": series,
-        "rss_bytes_per_series_global": if series > 0.0 { rss as f64 / series } else { f64::NAN },
-        "exact": exact,
-    });
-    println!("{figures}");
-    drop(edges);
-    drop(global);
+    figures.insert("exact".into(), json!(exact));
+    println!("{}", Value::Object(figures));
     if !exact {
         bail!("global totals differ from what was acknowledged");
     }

@@ -115,7 +115,8 @@ enum Command {
         /// Edge processes forwarding to the one global process.
         #[arg(long, default_value_t = 2)]
         edges: usize,
-        /// Distinct series per edge (half histograms, half counters).
+        /// Distinct series per edge (half histograms, half counters); the
+        /// nodes' series limits are raised to fit (tested up to 100 000).
         #[arg(long, default_value_t = 1000)]
         series: usize,
         /// redb stores and wait_commit on every request (the default).
@@ -135,6 +136,11 @@ enum Command {
         /// and counters, instead of native pushes of raw samples.
         #[arg(long)]
         otlp: bool,
+        /// After the main run, two more passes on fresh topologies, same
+        /// series and duration: histograms only, then counters only, for the
+        /// global's RSS per series of each kind above its idle RSS.
+        #[arg(long)]
+        memory_passes: bool,
     },
     /// Validate a config file and name every problem.
     CheckConfig {
@@ -282,6 +288,7 @@ fn main() -> ExitCode {
             batch,
             concurrency,
             otlp,
+            memory_passes,
         } => {
             // The output is the figures: logs only for warnings.
             init_tracing("warn", log_format);
@@ -293,6 +300,7 @@ fn main() -> ExitCode {
                 batch: batch.max(10),
                 concurrency: concurrency.max(1),
                 otlp,
+                memory_passes,
             };
             let result = runtime().and_then(|rt| rt.block_on(bench::run(opts)));
             exit(result)
