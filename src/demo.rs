@@ -1,8 +1,9 @@
 //! `strata demo`: two clouds feeding a global tier, on loopback, with
 //! synthetic traffic whose latency differs per cloud.
 //!
-//! Every few seconds it prints each tier's ingest and forward rates, the p99
-//! of `checkout` latency in each cloud, the global p99 that strata merges
+//! It prints the global tier's console URL first, then every few seconds
+//! each tier's ingest and forward rates, the p99 of `checkout` latency in
+//! each cloud, the global p99 that strata merges
 //! from full histograms, the exact p99 of the raw samples (the demo keeps
 //! them), and what averaging the clouds' p99s would have said.
 
@@ -105,6 +106,11 @@ pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         edges.push(strata_server::start(cfg).await?);
     }
 
+    // First, so it can be clicked before the figures start scrolling.
+    println!(
+        "console: http://{}/  (topology, merged percentiles, alarms)",
+        global.http_addr
+    );
     println!(
         "strata demo: two clouds → one global tier, on loopback (data in {})",
         dir.display()

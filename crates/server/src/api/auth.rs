@@ -1,9 +1,11 @@
 //! Bearer-token authentication of the HTTP API and the native gRPC ingest.
 //!
-//! `[http] token` guards every route but `/health`, `/health/{component}` and
-//! `/ready` (probes must work without secrets); `[http] ingest_token`, when
-//! set, is accepted beside it on the ingest routes only, so that applications
-//! which send data cannot read it. Without `token` the API is open.
+//! `[http] token` guards every route but `/health`, `/health/{component}`,
+//! `/ready` (probes must work without secrets) and the console's page and
+//! assets (no data: the page must load to ask for the token);
+//! `[http] ingest_token`, when set, is accepted beside it on the ingest
+//! routes only, so that applications which send data cannot read it.
+//! Without `token` the API is open.
 //!
 //! A request without a token, or with a wrong one, is answered 401 with
 //! `WWW-Authenticate: Bearer` and `{"status":"error","errorType":"unauthorized",…}`;
@@ -34,7 +36,8 @@ pub const LOG_EVERY_MS: i64 = 10_000;
 /// What a route lets a token do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// Health and readiness probes: no token.
+    /// Health and readiness probes, and the console's page and assets (they
+    /// hold no data; the calls it makes for data need the token): no token.
     Exempt,
     /// Sending data: `http.token` or `http.ingest_token`.
     Ingest,
@@ -44,8 +47,17 @@ pub enum Scope {
 
 impl Scope {
     /// The scope of an HTTP path.
+    ///
+    /// The console's page (`/`) and its assets (exactly the files it serves
+    /// under `/console/`, [`crate::api::console::is_public`]) need no token:
+    /// the page must load to ask for one. Everything it shows comes from
+    /// data routes, which keep needing the token.
     pub fn of_path(path: &str) -> Scope {
-        if path == "/health" || path.starts_with("/health/") || path == "/ready" {
+        if path == "/health"
+            || path.starts_with("/health/")
+            || path == "/ready"
+            || crate::api::console::is_public(path)
+        {
             Scope::Exempt
         } else if path == "/api/v1/ingest"
             || path == crate::inputs::otlp::HTTP_PATH
@@ -311,15 +323,42 @@ mod tests {
         assert_eq!(Scope::of_path("/api/v1/ingest"), Scope::Ingest);
         assert_eq!(Scope::of_path("/v1/metrics"), Scope::Ingest);
         assert_eq!(Scope::of_path("/api/v1/write"), Scope::Ingest);
-        for read in [
-            "/api/v1/query",
-            "/metrics",
-            "/api/v1/quarantine",
+        for read in ["/api/v1/query", "/metrics", "/api/v1/quarantine", "/nope"] {
+            assert_eq!(Scope::of_path(read), Scope::Read, "{read}");
+        }
+    }
+
+    #[test]
+    fn the_console_page_and_its_assets_need_no_token_but_its_data_does() {
+        for public in [
             "/",
-            "/nope",
+            "/console/app.js",
+            "/console/console.css",
+            "/console/pages/explore.js",
+        ] {
+            assert_eq!(Scope::of_path(public), Scope::Exempt, "{public}");
+        }
+        for read in [
+            "/api/v1/status",
+            "/api/v1/labels",
+            "/api/v1/sources",
+            "/api/v1/alarms",
+            "/api/v1/events",
+            "/console/",
+            "/console/nope.js",
+            "/console/app.js/",
+            "/console/../api/v1/status",
+            "//",
+            "/index.html",
         ] {
             assert_eq!(Scope::of_path(read), Scope::Read, "{read}");
         }
+        let tokens = Tokens::new("read-token", "");
+        assert_eq!(tokens.check(Scope::of_path("/"), None), Ok(()));
+        assert_eq!(
+            tokens.check(Scope::of_path("/api/v1/status"), None),
+            Err(AuthError::Missing)
+        );
     }
 
     #[test]

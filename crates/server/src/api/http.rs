@@ -142,6 +142,7 @@ pub fn router(node: Arc<ApiState>, stopping: CancellationToken) -> Router {
             "/ready",
             get(move || std::future::ready(ready(&ready_node, &stopping))),
         )
+        .merge(crate::api::console::routes())
         .merge(crate::api::prometheus::routes());
     guarded(routes, node)
 }

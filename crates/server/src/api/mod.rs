@@ -11,6 +11,8 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`prometheus`]: the Prometheus-compatible API under `/prometheus`
 //!   (PromQL over merged state).
+//! - [`console`]: the web console at `/` (assets compiled in) and its
+//!   `/api/v1/status` and `/api/v1/labels`.
 //! - [`json`]: the JSON error answers every handler shares.
 //! - [`request_id`]: request correlation ids: the HTTP middleware and gRPC
 //!   layer that give every request an id, its span and its `x-request-id`.
@@ -18,6 +20,7 @@
 pub mod alarms;
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod events;
 pub mod health;
 pub mod http;
