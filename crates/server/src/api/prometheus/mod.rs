@@ -386,21 +386,18 @@ fn limited<T>(p: &Params, mut items: Vec<T>) -> Result<(Vec<T>, Vec<String>), Ev
     Ok((items, warnings))
 }
 
-async fn series(
-    State(node): State<Arc<ApiState>>,
-    raw: RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+/// Answers a listing (series, label names, label values): `work` over the
+/// request's parameters, truncated to `limit`.
+async fn listing<T: serde::Serialize + Send + 'static>(
+    node: &ApiState,
+    params: Result<Params, EvalError>,
+    work: impl FnOnce(&dyn Store, QueryLimits, &Params) -> Result<Vec<T>, EvalError> + Send + 'static,
 ) -> Response {
     let run = async {
-        let p = Params::new(raw.0.as_deref(), &headers, &body)?;
+        let p = params?;
         p.check_times()?;
-        blocking(&node, move |store, limits, _| {
-            let all: Vec<Json> = matched_series(store, &p, limits, true)?
-                .iter()
-                .map(labels_json)
-                .collect();
-            limited(&p, all)
+        blocking(node, move |store, limits, _| {
+            limited(&p, work(store, limits, &p)?)
         })
         .await
     };
@@ -408,6 +405,20 @@ async fn series(
         Ok((data, warnings)) => success(json!(data), warnings),
         Err(e) => error_answer(&e),
     }
+}
+
+async fn series(
+    State(node): State<Arc<ApiState>>,
+    raw: RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = Params::new(raw.0.as_deref(), &headers, &body);
+    listing(&node, params, |store, limits, p| {
+        let all = matched_series(store, p, limits, true)?;
+        Ok(all.iter().map(labels_json).collect::<Vec<Json>>())
+    })
+    .await
 }
 
 async fn labels(
@@ -416,22 +427,15 @@ async fn labels(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let run = async {
-        let p = Params::new(raw.0.as_deref(), &headers, &body)?;
-        p.check_times()?;
-        blocking(&node, move |store, limits, _| {
-            let names: BTreeSet<String> = matched_series(store, &p, limits, false)?
-                .into_iter()
-                .flat_map(|l| l.into_keys())
-                .collect();
-            limited(&p, names.into_iter().collect())
-        })
-        .await
-    };
-    match run.await {
-        Ok((data, warnings)) => success(json!(data), warnings),
-        Err(e) => error_answer(&e),
-    }
+    let params = Params::new(raw.0.as_deref(), &headers, &body);
+    listing(&node, params, |store, limits, p| {
+        let names: BTreeSet<String> = matched_series(store, p, limits, false)?
+            .into_iter()
+            .flat_map(|l| l.into_keys())
+            .collect();
+        Ok(names.into_iter().collect())
+    })
+    .await
 }
 
 async fn label_values(
@@ -440,26 +444,19 @@ async fn label_values(
     raw: RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let run = async {
-        let p = Params::new(raw.0.as_deref(), &headers, &[])?;
-        p.check_times()?;
-        blocking(&node, move |store, limits, _| {
-            let values: BTreeSet<String> = if name == value::NAME && p.all("match[]").is_empty() {
-                store.metrics().into_iter().map(|m| m.name).collect()
-            } else {
-                matched_series(store, &p, limits, false)?
-                    .into_iter()
-                    .filter_map(|mut l| l.remove(&name))
-                    .collect()
-            };
-            limited(&p, values.into_iter().collect())
-        })
-        .await
-    };
-    match run.await {
-        Ok((data, warnings)) => success(json!(data), warnings),
-        Err(e) => error_answer(&e),
-    }
+    let params = Params::new(raw.0.as_deref(), &headers, &[]);
+    listing(&node, params, move |store, limits, p| {
+        let values: BTreeSet<String> = if name == value::NAME && p.all("match[]").is_empty() {
+            store.metrics().into_iter().map(|m| m.name).collect()
+        } else {
+            matched_series(store, p, limits, false)?
+                .into_iter()
+                .filter_map(|mut l| l.remove(&name))
+                .collect()
+        };
+        Ok(values.into_iter().collect())
+    })
+    .await
 }
 
 /// The Prometheus metric type a strata kind reads as.

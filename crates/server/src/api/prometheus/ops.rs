@@ -32,21 +32,23 @@ pub fn check_unique(v: &[Sample], what: &str) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// The grouping key of `labels` under `by`/`without`.
+/// `labels` under `by`/`on` (those kept) or `without`/`ignoring` (those
+/// and the metric name dropped).
+fn kept(labels: &Labels, modifier: &LabelModifier) -> Labels {
+    let listed = |k: &String| modifier.labels().labels.iter().any(|l| l == k);
+    labels
+        .iter()
+        .filter(|(k, _)| match modifier {
+            LabelModifier::Include(_) => listed(k),
+            LabelModifier::Exclude(_) => k.as_str() != NAME && !listed(k),
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The grouping key of `labels` under `by`/`without` (none: one group).
 fn group_key(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
-    match modifier {
-        None => Labels::new(),
-        Some(LabelModifier::Include(by)) => labels
-            .iter()
-            .filter(|(k, _)| by.labels.iter().any(|l| l == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        Some(LabelModifier::Exclude(without)) => labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != NAME && !without.labels.iter().any(|l| l == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
+    modifier.map_or_else(Labels::new, |m| kept(labels, m))
 }
 
 /// An aggregation over `inner` (`param` evaluated: topk's k).
@@ -286,21 +288,10 @@ pub fn binary(b: &BinaryExpr, lhs: Value, rhs: Value) -> Result<Value, EvalError
     }
 }
 
-/// The labels two elements are matched on, under `on`/`ignoring`.
+/// The labels two elements are matched on, under `on`/`ignoring` (none:
+/// all but the metric name).
 fn match_key(labels: &Labels, matching: Option<&LabelModifier>) -> Labels {
-    match matching {
-        Some(LabelModifier::Include(on)) => labels
-            .iter()
-            .filter(|(k, _)| on.labels.iter().any(|l| l == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        Some(LabelModifier::Exclude(ignoring)) => labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != NAME && !ignoring.labels.iter().any(|l| l == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        None => without_name(labels.clone()),
-    }
+    matching.map_or_else(|| without_name(labels.clone()), |m| kept(labels, m))
 }
 
 /// `vector op vector`, one-to-one.
