@@ -15,7 +15,9 @@ use crate::core::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
 use crate::core::registry::Registry;
 use crate::core::retention::Retention;
 use crate::core::shard::SampleItem;
-use crate::inputs::samples::{IngestError, IngestSettings, Ingestor, RawSeries, parse_ndjson};
+use crate::inputs::samples::{
+    IngestError, IngestSettings, Ingestor, RawPoint, RawSeries, parse_ndjson,
+};
 
 /// Parses `body` as an HTTP ingest request and validates what parses, checking:
 /// errors name a line of the body; every parsed sample re-serialises to a line that
@@ -38,24 +40,52 @@ pub fn ndjson(body: &[u8]) {
         }
         Err(other) => panic!("parsing answered {other:?}"),
     };
-    let mut previous = 0;
+    let mut previous_first = 0;
     for s in &parsed {
-        assert_eq!(s.points.len(), 1, "one sample per line");
-        let line = s.points[0].line;
+        assert!(!s.points.is_empty(), "a series without a sample");
+        let first = s.points[0].line;
         assert!(
-            previous < line && line <= lines,
-            "line {line} after {previous}"
+            previous_first < first,
+            "series of line {first} after {previous_first}"
         );
-        previous = line;
+        previous_first = first;
+        for pair in s.points.windows(2) {
+            assert!(
+                pair[0].line < pair[1].line,
+                "lines of a series out of order"
+            );
+        }
+    }
+    let samples = by_line(&parsed);
+    for pair in samples.windows(2) {
+        assert!(pair[0].1.line < pair[1].1.line, "a line read twice");
+    }
+    if let Some((_, last)) = samples.last() {
+        assert!(
+            last.line <= lines,
+            "line {} of a body of {lines}",
+            last.line
+        );
     }
     check_roundtrip(&parsed);
     check_validation(parsed, body.len().is_multiple_of(2));
 }
 
+/// Every sample of a parsed body with its series, in the order of its lines.
+fn by_line(parsed: &[RawSeries]) -> Vec<(&RawSeries, RawPoint)> {
+    let mut samples: Vec<(&RawSeries, RawPoint)> = parsed
+        .iter()
+        .flat_map(|s| s.points.iter().map(move |p| (s, *p)))
+        .collect();
+    samples.sort_by_key(|(_, p)| p.line);
+    samples
+}
+
 /// Each parsed line, written back as JSON, parses to the same sample.
 fn check_roundtrip(parsed: &[RawSeries]) {
+    let samples = by_line(parsed);
     let mut body = String::new();
-    for s in parsed {
+    for (s, p) in &samples {
         let mut line = Map::new();
         line.insert("metric".into(), json!(s.metric));
         line.insert("kind".into(), json!(s.kind.as_str()));
@@ -65,7 +95,6 @@ fn check_roundtrip(parsed: &[RawSeries]) {
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
         line.insert("labels".into(), Value::Object(labels));
-        let p = s.points[0];
         if let Some(ts) = p.ts_ms {
             line.insert("ts_ms".into(), json!(ts));
         }
@@ -82,14 +111,14 @@ fn check_roundtrip(parsed: &[RawSeries]) {
     }
     let again = parse_ndjson(body.as_bytes())
         .unwrap_or_else(|e| panic!("re-serialised body does not parse: {e}\n{body}"));
-    assert_eq!(again.len(), parsed.len());
-    for (i, (a, b)) in parsed.iter().zip(&again).enumerate() {
+    let again = by_line(&again);
+    assert_eq!(again.len(), samples.len());
+    for (i, ((a, pa), (b, pb))) in samples.iter().zip(&again).enumerate() {
         assert_eq!(
             (&a.metric, a.kind, &a.labels, a.threshold),
             (&b.metric, b.kind, &b.labels, b.threshold),
             "sample {i} changed through serialisation"
         );
-        let (pa, pb) = (a.points[0], b.points[0]);
         assert_eq!((pa.ts_ms, pa.value), (pb.ts_ms, pb.value), "sample {i}");
         assert_eq!(pb.line, i + 1);
     }
@@ -110,9 +139,12 @@ fn check_validation(parsed: Vec<RawSeries>, wide_window: bool) {
     };
     let ingestor = Ingestor::new(pipeline().clone(), registry.clone(), settings, 1);
     let metrics: Vec<String> = parsed.iter().map(|s| s.metric.clone()).collect();
-    let lines: Vec<usize> = parsed.iter().map(|s| s.points[0].line).collect();
+    let lines: Vec<usize> = parsed
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.line))
+        .collect();
     let refusal = match ingestor.validate(parsed) {
-        Ok(items) => return check_admitted(items, metrics.len(), &registry),
+        Ok(items) => return check_admitted(items, lines.len(), &registry),
         Err(IngestError::Invalid { message, line }) => {
             if let Some(line) = line {
                 assert!(lines.contains(&line), "error names line {line}: {message}");

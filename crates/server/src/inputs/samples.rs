@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use strata_model::{Kind, MINUTE_MS, SampleValue, SeriesKey, State, minute_start};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -35,8 +34,13 @@ use crate::core::shard::SampleItem;
 use crate::core::stats::Stats;
 use crate::status::{Class, Classify};
 
+mod ndjson;
+
+pub use ndjson::parse_ndjson;
+
 /// Samples of one series as an input read them, before validation. NDJSON
-/// gives one per line; native gRPC one per `SeriesSamples`, so the series key
+/// gives one per distinct series of the body, its points in the order of
+/// their lines; native gRPC one per `SeriesSamples`. Either way the series key
 /// is built and checked once for all its points.
 #[derive(Clone, Debug)]
 pub struct RawSeries {
@@ -161,136 +165,6 @@ fn invalid(line: usize, message: impl Into<String>) -> IngestError {
     }
 }
 
-/// One NDJSON line (DESIGN §8).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    metric: String,
-    kind: String,
-    #[serde(default, deserialize_with = "unique_labels")]
-    labels: std::collections::BTreeMap<String, String>,
-    ts_ms: Option<i64>,
-    value: Option<serde_json::Value>,
-    threshold: Option<f64>,
-}
-
-/// The `labels` object, refusing a name given twice: a plain map would keep
-/// the last value silently, where every other input refuses the series.
-fn unique_labels<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
-    struct Labels;
-    impl<'de> serde::de::Visitor<'de> for Labels {
-        type Value = std::collections::BTreeMap<String, String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object of label names to string values")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut labels = std::collections::BTreeMap::new();
-            while let Some((name, value)) = map.next_entry::<String, String>()? {
-                if labels.contains_key(&name) {
-                    return Err(serde::de::Error::custom(format!(
-                        "label {name:?} appears more than once"
-                    )));
-                }
-                labels.insert(name, value);
-            }
-            Ok(labels)
-        }
-    }
-    d.deserialize_map(Labels)
-}
-
-/// Parses an NDJSON body; blank lines are skipped. Any bad line fails the whole body.
-pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
-    let text = std::str::from_utf8(body).map_err(|e| IngestError::Invalid {
-        message: format!("body is not utf-8: {e}"),
-        line: None,
-    })?;
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let line: Line = serde_json::from_str(raw).map_err(|e| invalid(line_no, e.to_string()))?;
-        let kind: Kind = line
-            .kind
-            .parse()
-            .map_err(|e: strata_model::ModelError| invalid(line_no, e.to_string()))?;
-        let value = match (&line.value, kind) {
-            (None, Kind::Counter) => SampleValue::Number(1.0),
-            (None, _) => {
-                return Err(invalid(
-                    line_no,
-                    format!("missing field `value` for a {kind}"),
-                ));
-            }
-            (Some(serde_json::Value::Bool(b)), _) => SampleValue::Flag(*b),
-            (Some(serde_json::Value::Number(n)), _) => {
-                SampleValue::Number(number_value(n, kind).map_err(|e| invalid(line_no, e))?)
-            }
-            (Some(other), _) => {
-                return Err(invalid(
-                    line_no,
-                    format!("value must be a number or a boolean, got {other}"),
-                ));
-            }
-        };
-        out.push(RawSeries {
-            metric: line.metric,
-            kind,
-            labels: line.labels.into_iter().collect(),
-            threshold: line.threshold,
-            points: vec![RawPoint {
-                line: line_no,
-                ts_ms: line.ts_ms,
-                value,
-            }],
-            states: Vec::new(),
-        });
-    }
-    if out.is_empty() {
-        return Err(IngestError::Invalid {
-            message: "no samples in request".into(),
-            line: None,
-        });
-    }
-    Ok(out)
-}
-
-/// Largest integer below which every integer is exactly a 64-bit float: 2^53.
-const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
-
-/// The float of a JSON number. An integer literal the float cannot hold
-/// exactly (`9007199254740993` would become 2^53) is refused, naming the
-/// value and the range the kind holds exactly, instead of being rounded.
-fn number_value(n: &serde_json::Number, kind: Kind) -> Result<f64, String> {
-    let v = n
-        .as_f64()
-        .ok_or_else(|| format!("value {n} is not a number"))?;
-    // Through i128, which holds every u64 and i64 and is not saturated by
-    // any float of their range (`u64::MAX as f64` is 2^64).
-    let literal = n
-        .as_u64()
-        .map(i128::from)
-        .or_else(|| n.as_i64().map(i128::from));
-    match literal {
-        Some(int) if v as i128 != int => Err(match kind {
-            Kind::Counter => format!(
-                "counter value {n} cannot be held exactly: counter values are integers from 0 to {MAX_EXACT_INTEGER} (2^53)"
-            ),
-            _ => format!(
-                "{kind} value {n} cannot be held exactly: {kind} values are 64-bit floats, exact for integers from -{MAX_EXACT_INTEGER} to {MAX_EXACT_INTEGER} (2^53)"
-            ),
-        }),
-        _ => Ok(v),
-    }
-}
-
 /// Limits applied to every sample.
 #[derive(Clone, Debug)]
 pub struct IngestSettings {
@@ -328,6 +202,58 @@ impl TimeWindow {
             now,
             oldest_bucket_end: now.saturating_sub(settings.allowed_lateness_ms),
             newest_ts: now.saturating_add(settings.max_future_ms),
+        }
+    }
+}
+
+/// What [`Ingestor::validate_all`] has admitted so far of a request.
+struct Checked {
+    /// One key per distinct series, shared by its samples and states.
+    interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState>,
+    /// What the series ask the registry for, registered once all are valid.
+    wanted: Vec<Wanted>,
+    admitted: Admitted,
+}
+
+/// The line (or point) of a series' first sample or state.
+fn first_line(s: &RawSeries) -> Option<usize> {
+    let first = s.points.first().map(|p| p.line);
+    first.or_else(|| s.states.first().map(|p| p.line))
+}
+
+/// A problem of a request: what it is refused with if it is the first (by
+/// line), and the counter that then counts it. Problems found while looking
+/// for the first are not counted.
+struct Refusal {
+    line: usize,
+    message: String,
+    counted: Option<Counted>,
+}
+
+/// The node counters a refusal may add to.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// `limit_refusals_total`: a name or label over `[limits]`.
+    Limit,
+    /// `future_samples_total`.
+    Future,
+    /// `late_samples_total`.
+    Late,
+}
+
+impl Refusal {
+    fn new(line: usize, message: impl Into<String>) -> Self {
+        Refusal {
+            line,
+            message: message.into(),
+            counted: None,
+        }
+    }
+
+    fn counted(self, counted: Counted) -> Self {
+        Refusal {
+            counted: Some(counted),
+            ..self
         }
     }
 }
@@ -431,56 +357,37 @@ impl Ingestor {
 
     /// [`Ingestor::validate`] of samples and states: a state must be of its
     /// series' kind, valid, and of a minute the node still takes.
+    ///
+    /// Series are checked in turn. A problem found is reported unless a
+    /// series after it has one at a smaller line (NDJSON gathers the lines
+    /// of a series, whose later lines may follow the next series' first):
+    /// the problem of the smallest line is the request's, and the only one
+    /// counted.
     pub fn validate_all(&self, input: Vec<RawSeries>) -> Result<Admitted, IngestError> {
         let points = input.iter().map(|s| s.points.len() + s.states.len()).sum();
         self.check_lines(points, "lines")?;
         let window = TimeWindow::new(now_ms(), &self.settings);
-        let mut interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState> = HashMap::default();
-        let mut items = Vec::with_capacity(input.iter().map(|s| s.points.len()).sum());
-        let mut admitted = Admitted::default();
-        let mut wanted: Vec<Wanted> = Vec::with_capacity(input.len());
-        for s in input {
-            let first = s.points.first().map(|p| p.line);
-            let Some(line) = first.or_else(|| s.states.first().map(|p| p.line)) else {
-                continue;
-            };
-            let key = self.series_key(s.metric, s.labels, s.kind, line)?;
-            let apdex_threshold = self.apdex_threshold(&key, s.kind, s.threshold, line)?;
-            let series = match interned.get(&key) {
-                Some(a) => a.clone(),
-                None => {
-                    let a = Arc::new(key.clone());
-                    interned.insert(key, a.clone());
-                    a
-                }
-            };
-            for p in &s.points {
-                let (bucket_ms, ts_ms) = self.check_point(s.kind, p, &window)?;
-                items.push(SampleItem {
-                    series: series.clone(),
-                    kind: s.kind,
-                    bucket_ms,
-                    ts_ms,
-                    value: p.value,
-                    apdex_threshold,
-                });
+        let samples = input.iter().map(|s| s.points.len()).sum();
+        let mut checked = Checked {
+            interned: HashMap::default(),
+            wanted: Vec::with_capacity(input.len()),
+            admitted: Admitted {
+                samples: Vec::with_capacity(samples),
+                ..Admitted::default()
+            },
+        };
+        let mut input = input.into_iter();
+        while let Some(s) = input.next() {
+            if let Err(found) = self.check_series(s, &window, &mut checked) {
+                let first = self.first_refusal(found, input.as_slice(), &window);
+                return Err(self.refuse(first));
             }
-            for p in s.states {
-                let (bucket_ms, ts_ms) = self.check_state(s.kind, &p, &window)?;
-                admitted.newest_state_ms = admitted.newest_state_ms.max(Some(ts_ms));
-                admitted.increments.push(strata_model::Increment {
-                    series: series.clone(),
-                    bucket_ms,
-                    state: p.state,
-                });
-            }
-            wanted.push(Wanted {
-                line,
-                series,
-                kind: s.kind,
-                threshold: (s.kind == Kind::Apdex).then_some(apdex_threshold),
-            });
         }
+        let Checked {
+            interned,
+            wanted,
+            admitted,
+        } = checked;
         let budget = self
             .cardinality
             .admit(&self.ctx.node_id, interned.keys(), window.now)
@@ -492,8 +399,103 @@ impl Ingestor {
             self.cardinality.release(budget);
             return Err(e);
         }
-        admitted.samples = items;
         Ok(admitted)
+    }
+
+    /// Checks one series, its points and its states, and adds them to
+    /// `checked`; stops at the first problem, in the order of its lines.
+    fn check_series(
+        &self,
+        s: RawSeries,
+        window: &TimeWindow,
+        checked: &mut Checked,
+    ) -> Result<(), Refusal> {
+        let Some(line) = first_line(&s) else {
+            return Ok(());
+        };
+        let key = self.series_key(s.metric, s.labels, s.kind, line)?;
+        let apdex_threshold = self.apdex_threshold(&key, s.kind, s.threshold, line)?;
+        let series = match checked.interned.get(&key) {
+            Some(a) => a.clone(),
+            None => {
+                let a = Arc::new(key.clone());
+                checked.interned.insert(key, a.clone());
+                a
+            }
+        };
+        for p in &s.points {
+            let (bucket_ms, ts_ms) = self.check_point(s.kind, p, window)?;
+            checked.admitted.samples.push(SampleItem {
+                series: series.clone(),
+                kind: s.kind,
+                bucket_ms,
+                ts_ms,
+                value: p.value,
+                apdex_threshold,
+            });
+        }
+        for p in s.states {
+            let (bucket_ms, ts_ms) = self.check_state(s.kind, &p, window)?;
+            let admitted = &mut checked.admitted;
+            admitted.newest_state_ms = admitted.newest_state_ms.max(Some(ts_ms));
+            admitted.increments.push(strata_model::Increment {
+                series: series.clone(),
+                bucket_ms,
+                state: p.state,
+            });
+        }
+        checked.wanted.push(Wanted {
+            line,
+            series,
+            kind: s.kind,
+            threshold: (s.kind == Kind::Apdex).then_some(apdex_threshold),
+        });
+        Ok(())
+    }
+
+    /// The problem at the smallest line: `found`, or one the series not
+    /// checked yet have at a smaller line.
+    fn first_refusal(&self, found: Refusal, rest: &[RawSeries], window: &TimeWindow) -> Refusal {
+        rest.iter()
+            .fold(found, |first, s| match self.series_refusal(s, window) {
+                Some(r) if r.line < first.line => r,
+                _ => first,
+            })
+    }
+
+    /// The problem of a series at its smallest line, if it has one.
+    fn series_refusal(&self, s: &RawSeries, window: &TimeWindow) -> Option<Refusal> {
+        let line = first_line(s)?;
+        let series = self
+            .series_key(s.metric.clone(), s.labels.clone(), s.kind, line)
+            .and_then(|key| self.apdex_threshold(&key, s.kind, s.threshold, line));
+        if let Err(r) = series {
+            return Some(r);
+        }
+        let points = s
+            .points
+            .iter()
+            .filter_map(|p| self.check_point(s.kind, p, window).err());
+        let states = s
+            .states
+            .iter()
+            .filter_map(|p| self.check_state(s.kind, p, window).err());
+        points.chain(states).min_by_key(|r| r.line)
+    }
+
+    /// The error a request is refused with, counting its problem.
+    fn refuse(&self, r: Refusal) -> IngestError {
+        let stats = &self.ctx.stats;
+        let counter = match r.counted {
+            None => None,
+            Some(Counted::Limit) => Some(&stats.limit_refusals_total),
+            Some(Counted::Future) => Some(&stats.future_samples_total),
+            Some(Counted::Late) => Some(&stats.late_samples_total),
+        };
+        if let Some(counter) = counter {
+            Stats::add(counter, 1);
+        }
+        invalid(r.line, r.message)
     }
 
     /// The series of a sample group: not a self-metric name, a valid key,
@@ -504,9 +506,9 @@ impl Ingestor {
         labels: Vec<(String, String)>,
         kind: Kind,
         line: usize,
-    ) -> Result<SeriesKey, IngestError> {
+    ) -> Result<SeriesKey, Refusal> {
         if metric.starts_with(SELF_PREFIX) {
-            return Err(invalid(
+            return Err(Refusal::new(
                 line,
                 format!(
                     "metric names starting with {SELF_PREFIX:?} are reserved for the node's own metrics"
@@ -518,14 +520,13 @@ impl Ingestor {
             labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         );
         if let Err(e) = sizes {
-            Stats::add(&self.ctx.stats.limit_refusals_total, 1);
-            return Err(invalid(line, e));
+            return Err(Refusal::new(line, e).counted(Counted::Limit));
         }
-        let key = SeriesKey::new(metric, labels).map_err(|e| invalid(line, e.to_string()))?;
+        let key = SeriesKey::new(metric, labels).map_err(|e| Refusal::new(line, e.to_string()))?;
         self.settings
             .message_limits
             .check(&key, kind)
-            .map_err(|e| invalid(line, e))?;
+            .map_err(|e| Refusal::new(line, e))?;
         Ok(key)
     }
 
@@ -538,16 +539,19 @@ impl Ingestor {
         kind: Kind,
         named: Option<f64>,
         line: usize,
-    ) -> Result<f64, IngestError> {
+    ) -> Result<f64, Refusal> {
         let threshold = match named {
             Some(t) if !(t.is_finite() && t > 0.0) => {
-                return Err(invalid(
+                return Err(Refusal::new(
                     line,
                     format!("threshold must be a positive number, got {t}"),
                 ));
             }
             Some(_) if kind != Kind::Apdex => {
-                return Err(invalid(line, "threshold is only valid for apdex samples"));
+                return Err(Refusal::new(
+                    line,
+                    "threshold is only valid for apdex samples",
+                ));
             }
             t => t,
         };
@@ -569,8 +573,8 @@ impl Ingestor {
         kind: Kind,
         p: &RawPoint,
         window: &TimeWindow,
-    ) -> Result<(i64, i64), IngestError> {
-        State::validate_sample(kind, p.value).map_err(|e| invalid(p.line, e.to_string()))?;
+    ) -> Result<(i64, i64), Refusal> {
+        State::validate_sample(kind, p.value).map_err(|e| Refusal::new(p.line, e.to_string()))?;
         self.check_time(p.line, p.ts_ms, window)
     }
 
@@ -581,16 +585,16 @@ impl Ingestor {
         kind: Kind,
         p: &RawState,
         window: &TimeWindow,
-    ) -> Result<(i64, i64), IngestError> {
+    ) -> Result<(i64, i64), Refusal> {
         if p.state.kind() != kind {
-            return Err(invalid(
+            return Err(Refusal::new(
                 p.line,
                 format!("a {} state for a {kind} series", p.state.kind()),
             ));
         }
         p.state
             .validate()
-            .map_err(|e| invalid(p.line, e.to_string()))?;
+            .map_err(|e| Refusal::new(p.line, e.to_string()))?;
         self.check_time(p.line, p.ts_ms, window)
     }
 
@@ -601,31 +605,25 @@ impl Ingestor {
         line: usize,
         ts_ms: Option<i64>,
         window: &TimeWindow,
-    ) -> Result<(i64, i64), IngestError> {
+    ) -> Result<(i64, i64), Refusal> {
         let ts_ms = ts_ms.unwrap_or(window.now);
         // The future first: the bucket end of a far-future ts would overflow.
         if ts_ms > window.newest_ts {
-            Stats::add(&self.ctx.stats.future_samples_total, 1);
-            return Err(invalid(
-                line,
-                format!(
-                    "ts_ms {ts_ms} is in the future: more than {} s ({}) ahead of this node's clock ({})",
-                    self.settings.max_future_ms / 1000,
-                    self.limits.max_future_key,
-                    window.now
-                ),
-            ));
+            let message = format!(
+                "ts_ms {ts_ms} is in the future: more than {} s ({}) ahead of this node's clock ({})",
+                self.settings.max_future_ms / 1000,
+                self.limits.max_future_key,
+                window.now
+            );
+            return Err(Refusal::new(line, message).counted(Counted::Future));
         }
         let bucket_ms = minute_start(ts_ms);
         if bucket_ms.saturating_add(MINUTE_MS) <= window.oldest_bucket_end {
-            Stats::add(&self.ctx.stats.late_samples_total, 1);
-            return Err(invalid(
-                line,
-                format!(
-                    "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
-                    self.settings.allowed_lateness_ms / 1000
-                ),
-            ));
+            let message = format!(
+                "ts_ms {ts_ms} is older than the allowed lateness ({} s)",
+                self.settings.allowed_lateness_ms / 1000
+            );
+            return Err(Refusal::new(line, message).counted(Counted::Late));
         }
         Ok((bucket_ms, ts_ms))
     }
@@ -877,5 +875,133 @@ mod tests {
         );
         assert_eq!(sum("12.5"), Ok(SampleValue::Number(12.5)));
         assert_eq!(sum("1e300"), Ok(SampleValue::Number(1e300)));
+    }
+
+    /// An ingestor over an idle pipeline (validation only reads its context),
+    /// taking event times up to ten minutes late and five ahead.
+    fn ingestor() -> (Ingestor, crate::core::pipeline::PipelineThreads) {
+        use crate::core::pipeline::PipelineSettings;
+        let settings = PipelineSettings {
+            shards: 1,
+            params: strata_model::StateParams::default(),
+            carrier_capacity: 16,
+            carrier_strategy: strata_carrier::Strategy::Blocking,
+            carrier_bulk_max: 16,
+            flush_interval: std::time::Duration::from_secs(3600),
+            forwarding: false,
+            retention: crate::core::retention::Retention::forever(),
+            watermark_delay_ms: 2_000,
+            allowed_lateness_ms: 600_000,
+        };
+        let store = Arc::new(strata_store::MemoryStore::new(
+            strata_store::StoreOptions::default(),
+        ));
+        let ctx = Arc::new(Context::new("test", store));
+        let (pipeline, threads) = Pipeline::start(settings, ctx).unwrap();
+        let settings = IngestSettings {
+            allowed_lateness_ms: 600_000,
+            max_future_ms: 300_000,
+            default_apdex_threshold: 500.0,
+            message_limits: Arc::new(MessageLimits::new(4 << 20, 2)),
+        };
+        let registry = Arc::new(Registry::default());
+        (Ingestor::new(pipeline, registry, settings, 1), threads)
+    }
+
+    fn validated(ingestor: &Ingestor, body: &str) -> Result<Vec<SampleItem>, IngestError> {
+        parse_ndjson(body.as_bytes()).and_then(|s| ingestor.validate(s))
+    }
+
+    fn counted(ingestor: &Ingestor) -> [u64; 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &ingestor.ctx.stats;
+        [
+            stats.limit_refusals_total.load(Relaxed),
+            stats.future_samples_total.load(Relaxed),
+            stats.late_samples_total.load(Relaxed),
+        ]
+    }
+
+    #[test]
+    fn gathered_lines_are_admitted_in_full() {
+        let (ingestor, threads) = ingestor();
+        let body = r#"{"metric":"lat","kind":"histogram","labels":{"svc":"a"},"value":1}
+{"metric":"req","kind":"counter","labels":{"svc":"a"}}
+{"metric":"lat","kind":"histogram","labels":{"svc":"a"},"value":2}
+{"metric":"lat","kind":"histogram","labels":{ "svc" : "a" },"value":3}"#;
+        let items = validated(&ingestor, body).unwrap();
+        assert_eq!(items.len(), 4);
+        let lat: Vec<_> = items
+            .iter()
+            .filter(|i| i.series.metric() == "lat")
+            .collect();
+        let values: Vec<SampleValue> = lat.iter().map(|i| i.value).collect();
+        let want = [1.0, 2.0, 3.0].map(SampleValue::Number);
+        assert_eq!(values, want, "the samples of a series keep their order");
+        // Two spellings of one series: one interned key.
+        assert!(Arc::ptr_eq(&lat[0].series, &lat[2].series));
+        assert_eq!(
+            ingestor.registry.get("lat").map(|m| m.kind),
+            Some(Kind::Histogram)
+        );
+        threads.stop();
+    }
+
+    #[test]
+    fn the_first_bad_line_is_named_though_a_later_line_of_an_earlier_series_is_bad() {
+        let (ingestor, threads) = ingestor();
+        let late = now_ms() - 3_600_000;
+        let future = now_ms() + 3_600_000;
+        let a = r#"{"metric":"a","kind":"counter","labels":{"s":"1"}"#;
+        let b = r#"{"metric":"b","kind":"counter","labels":{"s":"1"}"#;
+        // Series a (lines 1, 4) is checked first; its line 4 is late, but
+        // line 3 of series b is in the future, and is the one reported.
+        let body = format!("{a}}}\n{b}}}\n{b},\"ts_ms\":{future}}}\n{a},\"ts_ms\":{late}}}");
+        let err = validated(&ingestor, &body).unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Invalid { line: Some(3), message } if message.contains("in the future")),
+            "{err:?}"
+        );
+        // Only the problem reported is counted.
+        assert_eq!(counted(&ingestor), [0, 1, 0]);
+        assert!(
+            ingestor.registry.get("a").is_none(),
+            "nothing is registered"
+        );
+        // A series whose key is refused names its first line.
+        let c = r#"{"metric":"strata_c","kind":"counter"}"#;
+        let body = format!("{a}}}\n{c}\n{a},\"ts_ms\":{late}}}\n{c}");
+        let err = validated(&ingestor, &body).unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Invalid { line: Some(2), message } if message.contains("reserved")),
+            "{err:?}"
+        );
+        // The earliest of several later series.
+        let d = r#"{"metric":"d","kind":"sum","value":1"#;
+        let body = format!(
+            "{a}}}\n{b}}}\n{d}}}\n{a},\"ts_ms\":{late}}}\n{d},\"ts_ms\":{future}}}\n{b},\"ts_ms\":{future}}}"
+        );
+        let err = validated(&ingestor, &body).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Invalid { line: Some(4), .. }),
+            "{err:?}"
+        );
+        assert_eq!(counted(&ingestor), [0, 1, 1]);
+        threads.stop();
+    }
+
+    #[test]
+    fn a_conflict_names_the_first_line_of_the_metric() {
+        let (ingestor, threads) = ingestor();
+        let body = r#"{"metric":"m","kind":"counter","labels":{"s":"1"}}
+{"metric":"m","kind":"sum","labels":{"s":"2"},"value":1}
+{"metric":"m","kind":"counter","labels":{"s":"1"}}
+{"metric":"m","kind":"sum","labels":{"s":"2"},"value":1}"#;
+        let err = validated(&ingestor, body).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Invalid { line: Some(2), .. }),
+            "{err:?}"
+        );
+        threads.stop();
     }
 }

@@ -1,0 +1,101 @@
+//! NDJSON ingest before the aggregator: a 5 000-line body of 20 series
+//! (16 histograms, 4 counters; one observation a line, as clients send them)
+//! parsed, then parsed and validated, as `POST /api/v1/ingest` does before
+//! submitting. Throughput is in lines, so criterion's time per element is the
+//! CPU spent per NDJSON sample.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_carrier::Strategy;
+use strata_model::StateParams;
+use strata_server::context::Context;
+use strata_server::core::limits::MessageLimits;
+use strata_server::core::pipeline::{Pipeline, PipelineSettings};
+use strata_server::core::registry::Registry;
+use strata_server::core::retention::Retention;
+use strata_server::inputs::samples::{IngestSettings, Ingestor, parse_ndjson};
+use strata_store::{MemoryStore, StoreOptions};
+
+const LINES: usize = 5_000;
+
+/// The body: every tenth line a counter, the others histogram observations,
+/// the series taken in turn, every line with an event time.
+fn body(ts_ms: i64) -> Vec<u8> {
+    let routes = ["/", "/cart", "/checkout", "/search"];
+    let services = ["web", "api", "auth", "billing"];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = String::new();
+    for i in 0..LINES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let service = services[i % services.len()];
+        if i % 10 == 9 {
+            out.push_str(&format!(
+                r#"{{"metric":"http_requests_total","kind":"counter","labels":{{"service":"{service}","region":"eu-west-1"}},"ts_ms":{ts_ms}}}"#
+            ));
+        } else {
+            let route = routes[(i / services.len()) % routes.len()];
+            let value = 1.0 + (x % 400_000) as f64 / 1000.0;
+            out.push_str(&format!(
+                r#"{{"metric":"http_request_duration_ms","kind":"histogram","labels":{{"service":"{service}","route":"{route}","region":"eu-west-1"}},"ts_ms":{ts_ms},"value":{value}}}"#
+            ));
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+fn ingest(c: &mut Criterion) {
+    let settings = PipelineSettings {
+        shards: 1,
+        params: StateParams::default(),
+        carrier_capacity: 16,
+        carrier_strategy: Strategy::Blocking,
+        carrier_bulk_max: 16,
+        flush_interval: Duration::from_secs(3600),
+        forwarding: false,
+        retention: Retention::forever(),
+        watermark_delay_ms: 2_000,
+        allowed_lateness_ms: 600_000,
+    };
+    let store = Arc::new(MemoryStore::new(StoreOptions::default()));
+    let ctx = Arc::new(Context::new("bench", store));
+    let (pipeline, threads) = Pipeline::start(settings, ctx).expect("pipeline starts");
+    let ingestor = Ingestor::new(
+        pipeline,
+        Arc::new(Registry::default()),
+        IngestSettings {
+            // Wide enough for the body's event time however long the run.
+            allowed_lateness_ms: 86_400_000,
+            max_future_ms: 300_000,
+            default_apdex_threshold: 500.0,
+            message_limits: Arc::new(MessageLimits::new(4 << 20, 2)),
+        },
+        1,
+    );
+    let body = body(strata_server::now_ms());
+    let admitted = parse_ndjson(&body).and_then(|s| ingestor.validate(s));
+    assert_eq!(admitted.map(|items| items.len()), Ok(LINES));
+
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(LINES as u64));
+    g.bench_function("parse_5000_lines", |b| {
+        b.iter(|| parse_ndjson(black_box(&body)).map(|s| s.len()))
+    });
+    g.bench_function("parse_validate_5000_lines", |b| {
+        b.iter(|| {
+            parse_ndjson(black_box(&body))
+                .and_then(|s| ingestor.validate(s))
+                .map(|items| items.len())
+        })
+    });
+    g.finish();
+    threads.stop();
+}
+
+criterion_group!(benches, ingest);
+criterion_main!(benches);
