@@ -57,8 +57,9 @@ fn check(q: &str) -> Result<(), EvalError> {
         let c = bytes[i];
         match c {
             b'"' | b'\'' | b'`' => i = skip_string(bytes, i),
+            // A comment ends at a carriage return too, as the lexer's does.
             b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
                     i += 1;
                 }
             }
@@ -185,6 +186,8 @@ mod tests {
             "x @ -1e300",
             "x[0xffffffffffffffffffff]",
             "sum(x[NaN])",
+            "#\rq[1e30]",
+            "x # comment\r[1e300]",
         ] {
             let err = parse(q).unwrap_err();
             assert!(matches!(err, EvalError::BadData(_)), "{q}: {err:?}");
