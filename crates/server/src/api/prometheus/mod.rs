@@ -79,6 +79,14 @@ fn error_answer(e: &EvalError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer to a query: its data and warnings, or its error.
+fn reply(result: Result<(Json, Vec<String>), EvalError>) -> Response {
+    match result {
+        Ok((data, warnings)) => success(data, warnings),
+        Err(e) => error_answer(&e),
+    }
+}
+
 /// A Prometheus success answer, with `warnings` when there are any.
 fn success(data: Json, warnings: Vec<String>) -> Response {
     let mut body = json!({"status": "success", "data": data});
@@ -146,16 +154,11 @@ async fn query(
             if complete_only && !complete {
                 return Ok((json!({"resultType": "vector", "result": []}), warnings));
             }
-            let mut engine = Engine::new(store, limits, t, t);
-            let value = engine.eval(&expr, t)?;
-            Ok((instant_json(t, value)?, warnings))
+            Ok((evaluate_instant(store, limits, &expr, t)?, warnings))
         })
         .await
     };
-    match run.await {
-        Ok((data, warnings)) => success(data, warnings),
-        Err(e) => error_answer(&e),
-    }
+    reply(run.await)
 }
 
 pub use self::value::EvalError as PromqlError;
@@ -169,8 +172,17 @@ pub fn instant_data(
     t: i64,
     limits: QueryLimits,
 ) -> Result<Json, EvalError> {
-    let expr = guard::parse(q)?;
-    let value = Engine::new(store, limits, t, t).eval(&expr, t)?;
+    evaluate_instant(store, limits, &guard::parse(q)?, t)
+}
+
+/// The `data` of `expr` evaluated at `t`.
+fn evaluate_instant(
+    store: &dyn Store,
+    limits: QueryLimits,
+    expr: &promql_parser::parser::Expr,
+    t: i64,
+) -> Result<Json, EvalError> {
+    let value = Engine::new(store, limits, t, t).eval(expr, t)?;
     instant_json(t, value)
 }
 
@@ -273,10 +285,7 @@ async fn query_range(
         })
         .await
     };
-    match run.await {
-        Ok((data, warnings)) => success(data, warnings),
-        Err(e) => error_answer(&e),
-    }
+    reply(run.await)
 }
 
 /// Evaluates `expr` at every step of `r` into a matrix.
@@ -401,10 +410,7 @@ async fn listing<T: serde::Serialize + Send + 'static>(
         })
         .await
     };
-    match run.await {
-        Ok((data, warnings)) => success(json!(data), warnings),
-        Err(e) => error_answer(&e),
-    }
+    reply(run.await.map(|(data, warnings)| (json!(data), warnings)))
 }
 
 async fn series(
