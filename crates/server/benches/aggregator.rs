@@ -4,14 +4,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_carrier::Strategy;
-use strata_model::{Kind, SampleValue, SeriesKey, StateParams};
+use strata_model::{Kind, SampleValue, SeriesKey};
 use strata_server::context::Context;
 use strata_server::core::pipeline::{Pipeline, PipelineSettings};
-use strata_server::core::retention::Retention;
 use strata_server::core::shard::SampleItem;
 use strata_store::{MemoryStore, StoreOptions};
 
@@ -46,16 +44,9 @@ fn samples(n: usize, series: &[Arc<SeriesKey>]) -> Vec<SampleItem> {
 
 fn aggregator(c: &mut Criterion) {
     let settings = PipelineSettings {
-        shards: 1,
-        params: StateParams::default(),
         carrier_capacity: 1024,
-        carrier_strategy: Strategy::Blocking,
         carrier_bulk_max: 64,
-        flush_interval: Duration::from_secs(3600),
-        forwarding: false,
-        retention: Retention::forever(),
-        watermark_delay_ms: 2_000,
-        allowed_lateness_ms: 600_000,
+        ..PipelineSettings::standalone()
     };
     let store = Arc::new(MemoryStore::new(StoreOptions::default()));
     let ctx = Arc::new(Context::new("bench", store));

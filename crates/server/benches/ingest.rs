@@ -6,16 +6,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_carrier::Strategy;
-use strata_model::StateParams;
 use strata_server::context::Context;
 use strata_server::core::limits::MessageLimits;
 use strata_server::core::pipeline::{Pipeline, PipelineSettings};
 use strata_server::core::registry::Registry;
-use strata_server::core::retention::Retention;
 use strata_server::inputs::samples::{IngestSettings, Ingestor, parse_ndjson};
 use strata_store::{MemoryStore, StoreOptions};
 
@@ -50,18 +46,7 @@ fn body(ts_ms: i64) -> Vec<u8> {
 }
 
 fn ingest(c: &mut Criterion) {
-    let settings = PipelineSettings {
-        shards: 1,
-        params: StateParams::default(),
-        carrier_capacity: 16,
-        carrier_strategy: Strategy::Blocking,
-        carrier_bulk_max: 16,
-        flush_interval: Duration::from_secs(3600),
-        forwarding: false,
-        retention: Retention::forever(),
-        watermark_delay_ms: 2_000,
-        allowed_lateness_ms: 600_000,
-    };
+    let settings = PipelineSettings::standalone();
     let store = Arc::new(MemoryStore::new(StoreOptions::default()));
     let ctx = Arc::new(Context::new("bench", store));
     let (pipeline, threads) = Pipeline::start(settings, ctx).expect("pipeline starts");

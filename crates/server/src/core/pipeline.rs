@@ -64,6 +64,27 @@ pub struct PipelineSettings {
     pub allowed_lateness_ms: i64,
 }
 
+impl PipelineSettings {
+    /// One shard, no forwarding, everything kept, an hour between flushes
+    /// (so none comes by itself), event times up to ten minutes late: the
+    /// pipeline that benchmarks, fuzz targets and unit tests validate and
+    /// merge on.
+    pub fn standalone() -> PipelineSettings {
+        PipelineSettings {
+            shards: 1,
+            params: StateParams::default(),
+            carrier_capacity: 16,
+            carrier_strategy: Strategy::Blocking,
+            carrier_bulk_max: 16,
+            flush_interval: Duration::from_secs(3600),
+            forwarding: false,
+            retention: Retention::forever(),
+            watermark_delay_ms: 2_000,
+            allowed_lateness_ms: 600_000,
+        }
+    }
+}
+
 /// Shared handle to the running pipeline.
 pub struct Pipeline {
     settings: PipelineSettings,

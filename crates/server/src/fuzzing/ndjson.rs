@@ -1,10 +1,8 @@
 //! The NDJSON ingest body: parsed, then validated all or nothing.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use strata_carrier::Strategy;
 use strata_model::time::in_range;
 use strata_model::{SampleValue, SeriesKey, State, StateParams, minute_start};
 use strata_store::{MemoryStore, StoreOptions};
@@ -13,7 +11,6 @@ use crate::context::Context;
 use crate::core::limits::MessageLimits;
 use crate::core::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
 use crate::core::registry::Registry;
-use crate::core::retention::Retention;
 use crate::core::shard::SampleItem;
 use crate::inputs::samples::{
     IngestError, IngestSettings, Ingestor, RawPoint, RawSeries, parse_ndjson,
@@ -194,18 +191,7 @@ fn pipeline() -> &'static Arc<Pipeline> {
     // so that leak checkers do not report it.
     static THREADS: Mutex<Option<PipelineThreads>> = Mutex::new(None);
     PIPELINE.get_or_init(|| {
-        let settings = PipelineSettings {
-            shards: 1,
-            params: StateParams::default(),
-            carrier_capacity: 16,
-            carrier_strategy: Strategy::Blocking,
-            carrier_bulk_max: 16,
-            flush_interval: Duration::from_secs(3600),
-            forwarding: false,
-            retention: Retention::forever(),
-            watermark_delay_ms: 2_000,
-            allowed_lateness_ms: 600_000,
-        };
+        let settings = PipelineSettings::standalone();
         let store = Arc::new(MemoryStore::new(StoreOptions::default()));
         let ctx = Arc::new(Context::new("fuzz", store));
         match Pipeline::start(settings, ctx) {

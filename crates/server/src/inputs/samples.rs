@@ -881,18 +881,7 @@ mod tests {
     /// taking event times up to ten minutes late and five ahead.
     fn ingestor() -> (Ingestor, crate::core::pipeline::PipelineThreads) {
         use crate::core::pipeline::PipelineSettings;
-        let settings = PipelineSettings {
-            shards: 1,
-            params: strata_model::StateParams::default(),
-            carrier_capacity: 16,
-            carrier_strategy: strata_carrier::Strategy::Blocking,
-            carrier_bulk_max: 16,
-            flush_interval: std::time::Duration::from_secs(3600),
-            forwarding: false,
-            retention: crate::core::retention::Retention::forever(),
-            watermark_delay_ms: 2_000,
-            allowed_lateness_ms: 600_000,
-        };
+        let settings = PipelineSettings::standalone();
         let store = Arc::new(strata_store::MemoryStore::new(
             strata_store::StoreOptions::default(),
         ));
