@@ -153,6 +153,10 @@ fn a_forged_seq_in_the_victims_epoch_is_refused_and_the_edge_keeps_delivering_ex
         ),
     ];
     for (what, batches) in attacks {
+        // The previous forged stream must be gone from the global first:
+        // a second stream of one source while the first is connected is
+        // refused (ids are unique).
+        wait_disconnected(&global, "edge");
         let Forged {
             committed: welcomed,
             acks,
