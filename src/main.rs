@@ -11,6 +11,10 @@ mod bench;
 mod cli_query;
 mod demo;
 
+/// mimalloc instead of glibc malloc: see docs/PERFORMANCE.md ("The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "strata",

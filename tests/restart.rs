@@ -227,3 +227,64 @@ fn edge_crash_while_upstream_is_frozen_is_resumed_exactly() {
     let source = global.source("edge").expect("edge in /api/v1/sources");
     assert_eq!(source["connected"], true, "{source}");
 }
+
+/// `wait=commit` answered from the request log: long before any flush (ten
+/// minutes apart here, the most allowed, so none comes during the test), and
+/// nothing acknowledged is lost or counted twice through a SIGKILL before the
+/// flush, a second SIGKILL while the replayed records still wait for theirs,
+/// and a clean stop.
+#[test]
+fn request_log_acknowledges_before_the_flush_and_merges_exactly_once() {
+    const HIST: &str = "logged_latency_ms";
+    let dir = tempfile::tempdir().unwrap();
+    let mut edge = Node::start(
+        NodeConfig::new(dir.path(), "edge")
+            .request_log()
+            .flush_interval_ms(600_000),
+    );
+    let base = base_minute_ms();
+    let mut expected = 0;
+    let mut requests = 0;
+    let mut push = |edge: &Node| {
+        let (mut lines, total) = counter_request("logged_requests", base, requests);
+        lines.push(sample(HIST, "histogram", &[], base + 5, json!(12.5)));
+        // Answered although no flush comes for ten minutes: durable in the log.
+        ingest_ok(edge, &lines, true);
+        requests += 1;
+        expected += total;
+    };
+    for _ in 0..5 {
+        push(&edge);
+    }
+    assert_eq!(
+        counter_total(&edge, "logged_requests", base),
+        0,
+        "nothing is merged before the flush"
+    );
+    assert!(edge.prom("strata_request_log_commit_duration_seconds_count") >= 1.0);
+
+    // Killed before any flush: the records are merged after the restart.
+    edge.kill();
+    edge.restart();
+    assert_eq!(edge.prom("strata_request_log_replayed_total"), 5.0);
+    push(&edge);
+    // Killed again while the replayed records wait for their flush: they
+    // are still in the log, and replayed again, not merged twice.
+    edge.kill();
+    edge.restart();
+    assert_eq!(edge.prom("strata_request_log_replayed_total"), 6.0);
+    push(&edge);
+    // A clean stop flushes: the final commit merges the records and deletes
+    // them in the same transaction.
+    edge.sigterm();
+    edge.wait_clean_exit(std::time::Duration::from_secs(30));
+    edge.restart();
+    assert_eq!(edge.prom("strata_request_log_replayed_total"), 0.0);
+    assert_eq!(counter_total(&edge, "logged_requests", base), expected);
+    let hist = merged_value(&edge, HIST, base).expect("histogram merged");
+    assert_eq!(hist["count"], 7, "{hist}");
+    edge.kill();
+    edge.restart();
+    assert_eq!(counter_total(&edge, "logged_requests", base), expected);
+    assert_eq!(edge.prom("strata_request_log_replayed_total"), 0.0);
+}

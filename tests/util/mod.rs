@@ -73,6 +73,13 @@ pub struct NodeConfig {
     pub env: Vec<(String, String)>,
     /// TOML appended as it is, e.g. `[[alarm]]` tables, see [`NodeConfig::raw`].
     pub raw: String,
+    /// `storage.request_log`: off unless a test asks for it
+    /// ([`NodeConfig::request_log`]), so that a query right after a
+    /// `wait=commit` answer sees the samples, which most tests check.
+    pub request_log: bool,
+    /// `aggregation.flush_interval_ms`: [`FLUSH_INTERVAL_MS`] unless set
+    /// ([`NodeConfig::flush_interval_ms`]).
+    pub flush_interval_ms: u64,
 }
 
 /// The token a source named `id` presents (and its upstream expects).
@@ -94,7 +101,22 @@ impl NodeConfig {
             extra: Vec::new(),
             env: Vec::new(),
             raw: String::new(),
+            request_log: false,
+            flush_interval_ms: FLUSH_INTERVAL_MS,
         }
+    }
+
+    /// Flushes every `ms` instead of every [`FLUSH_INTERVAL_MS`].
+    pub fn flush_interval_ms(mut self, ms: u64) -> NodeConfig {
+        self.flush_interval_ms = ms;
+        self
+    }
+
+    /// Answers `wait=commit` from the request log (the product's default):
+    /// durable at once, merged by the next flush.
+    pub fn request_log(mut self) -> NodeConfig {
+        self.request_log = true;
+        self
     }
 
     /// Appends `toml` to the config as it is (after every section).
@@ -174,9 +196,12 @@ impl NodeConfig {
             ("grpc", format!("listen = {}\n", q(&self.grpc_listen))),
             (
                 "aggregation",
-                format!("flush_interval_ms = {FLUSH_INTERVAL_MS}\n"),
+                format!("flush_interval_ms = {}\n", self.flush_interval_ms),
             ),
-            ("storage", "engine = \"redb\"\n".to_string()),
+            (
+                "storage",
+                format!("engine = \"redb\"\nrequest_log = {}\n", self.request_log),
+            ),
         ];
         if let Some((endpoint, token)) = &self.upstream {
             sections.push((

@@ -103,6 +103,22 @@ pub struct Increment {
     pub state: State,
 }
 
+/// One validated sample, ready for an aggregator shard: the unit inputs hand
+/// over, and what a node's request log keeps of a request it acknowledged
+/// ahead of the flush that merges it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleItem {
+    pub series: Arc<SeriesKey>,
+    pub kind: Kind,
+    /// Start of the UTC minute of `ts_ms`.
+    pub bucket_ms: i64,
+    /// Event time, ms since the Unix epoch.
+    pub ts_ms: i64,
+    pub value: SampleValue,
+    /// Apdex threshold for apdex samples.
+    pub apdex_threshold: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

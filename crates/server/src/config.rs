@@ -324,6 +324,10 @@ pub struct StorageConfig {
     /// A series not updated for this long expires: its buckets at every
     /// resolution are deleted with it.
     pub series_ttl_s: u64,
+    /// With `redb`: answer `wait=commit` requests once they are durable in
+    /// the request log (milliseconds), merged by the next flush; without, once
+    /// the flush holding them is committed (up to a flush interval).
+    pub request_log: bool,
 }
 
 /// Where a node keeps its state (`storage.engine`).
@@ -575,6 +579,7 @@ impl Default for StorageConfig {
             retention_days: 2 * 365,
             event_retention_days: None,
             series_ttl_s: 30 * 24 * 3600,
+            request_log: true,
         }
     }
 }

@@ -398,6 +398,9 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         retention: Retention::from_config(config),
         watermark_delay_ms: strata_model::time::span_ms(agg.watermark_delay_ms, 1),
         allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
+        // A memory store keeps nothing across a restart: nothing to log.
+        request_log: config.storage.request_log
+            && config.storage.engine == config::StorageEngine::Redb,
     }
 }
 

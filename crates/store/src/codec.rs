@@ -1,6 +1,6 @@
 //! Byte encodings of what the store keeps as opaque values: series keys,
-//! spooled batches, event log entries, and the alarm tables' keys and
-//! records.
+//! spooled batches, event log entries, the alarm tables' keys and records,
+//! and the records of a node's request log ([`RequestRecord`]).
 //!
 //! Both are length-prefixed (protobuf-style varints for lengths and counts,
 //! fixed little-endian for timestamps) and start with a format version byte, so
@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use prost::encoding::{decode_varint, encode_varint};
-use strata_model::{Increment, SeriesKey, State};
+use strata_model::codec::{kind_from_tag, kind_tag};
+use strata_model::{Increment, SampleItem, SampleValue, SeriesKey, State};
 
 use crate::{
     AlarmKey, AlarmRecord, AlarmState, DecodeError, Event, EventKind, Notification,
@@ -35,6 +36,8 @@ const ALARM_V1: u8 = 1;
 /// Alertmanager notifications existed, and webhook entries written since,
 /// read the same.
 const OUTBOX_V2: u8 = 2;
+/// Version byte at the start of every encoded [`RequestRecord`].
+const REQUEST_RECORD_V1: u8 = 1;
 
 /// Appends `key` as: version, metric, label count, then each name and value.
 pub(crate) fn encode_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
@@ -65,11 +68,7 @@ pub(crate) fn encode_spool_batch(
     encode_varint(increments.len() as u64, out);
     let mut state = Vec::new();
     for inc in increments {
-        put_series_key(&inc.series, out);
-        out.extend_from_slice(&inc.bucket_ms.to_le_bytes());
-        state.clear();
-        inc.state.encode(&mut state);
-        put_bytes(&state, out);
+        put_increment(inc, &mut state, out);
     }
 }
 
@@ -84,18 +83,10 @@ pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, DecodeError
     // remaining input is corruption, not a reason to allocate.
     let mut increments = Vec::with_capacity(count.min(r.remaining()));
     for i in 0..count {
-        let series = r
-            .series_key()
+        let inc = r
+            .increment()
             .map_err(|e| e.at(format_args!("increment {i}")))?;
-        let bucket_ms = r.i64().map_err(|e| e.at(format_args!("increment {i}")))?;
-        let state_bytes = r.bytes().map_err(|e| e.at(format_args!("increment {i}")))?;
-        let state = State::decode(state_bytes)
-            .map_err(|e| DecodeError::State(e).at(format_args!("increment {i} ({series})")))?;
-        increments.push(Increment {
-            series: Arc::new(series),
-            bucket_ms,
-            state,
-        });
+        increments.push(inc);
     }
     r.finish()?;
     Ok(SpoolBatch {
@@ -104,6 +95,76 @@ pub(crate) fn decode_spool_batch(bytes: &[u8]) -> Result<SpoolBatch, DecodeError
         created_ms,
         increments,
     })
+}
+
+/// What a node's request log keeps of one request it acknowledged ahead of
+/// the flush that merges it: the validated samples and states, exactly as
+/// they were handed to the aggregator.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestRecord {
+    pub samples: Vec<SampleItem>,
+    pub increments: Vec<Increment>,
+}
+
+/// Encodes a [`RequestRecord`] of `samples` and `increments`.
+///
+/// Layout: version; the number of sample runs, then each run (consecutive
+/// samples of one series, the same `Arc`) as series key, kind tag, apdex
+/// threshold (`f64`), point count and each point as `ts_ms`, `bucket_ms`
+/// (`i64`) and its value (tag 0 and an `f64`, or tag 1 false / 2 true);
+/// then the number of increments and each as series key, `bucket_ms` and
+/// state bytes, as in a spool batch.
+pub fn encode_request_record(samples: &[SampleItem], increments: &[Increment], out: &mut Vec<u8>) {
+    out.push(REQUEST_RECORD_V1);
+    let runs: Vec<&[SampleItem]> = samples
+        .chunk_by(|a, b| Arc::ptr_eq(&a.series, &b.series) && a.kind == b.kind)
+        .collect();
+    encode_varint(runs.len() as u64, out);
+    for run in runs {
+        let first = &run[0];
+        put_series_key(&first.series, out);
+        out.push(kind_tag(first.kind));
+        out.extend_from_slice(&first.apdex_threshold.to_le_bytes());
+        encode_varint(run.len() as u64, out);
+        for s in run {
+            out.extend_from_slice(&s.ts_ms.to_le_bytes());
+            out.extend_from_slice(&s.bucket_ms.to_le_bytes());
+            match s.value {
+                SampleValue::Number(v) => {
+                    out.push(0);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                SampleValue::Flag(flag) => out.push(1 + u8::from(flag)),
+            }
+        }
+    }
+    encode_varint(increments.len() as u64, out);
+    let mut state = Vec::new();
+    for inc in increments {
+        put_increment(inc, &mut state, out);
+    }
+}
+
+/// Decodes what [`encode_request_record`] wrote. The samples of one run
+/// share one series key `Arc`, as they did when encoded.
+pub fn decode_request_record(bytes: &[u8]) -> Result<RequestRecord, DecodeError> {
+    let mut r = Reader::versioned(bytes, REQUEST_RECORD_V1, "request record")?;
+    let mut record = RequestRecord::default();
+    let runs = r.len()?;
+    for i in 0..runs {
+        r.sample_run(&mut record.samples)
+            .map_err(|e| e.at(format_args!("sample run {i}")))?;
+    }
+    let count = r.len()?;
+    record.increments = Vec::with_capacity(count.min(r.remaining()));
+    for i in 0..count {
+        let inc = r
+            .increment()
+            .map_err(|e| e.at(format_args!("increment {i}")))?;
+        record.increments.push(inc);
+    }
+    r.finish()?;
+    Ok(record)
 }
 
 /// Appends an event's kind and message (its timestamp is part of the key).
@@ -291,6 +352,16 @@ fn put_series_key(key: &SeriesKey, out: &mut Vec<u8>) {
     }
 }
 
+/// An increment as series key, `bucket_ms` and length-prefixed state bytes
+/// (encoded through `state`, a reused buffer).
+fn put_increment(inc: &Increment, state: &mut Vec<u8>, out: &mut Vec<u8>) {
+    put_series_key(&inc.series, out);
+    out.extend_from_slice(&inc.bucket_ms.to_le_bytes());
+    state.clear();
+    inc.state.encode(state);
+    put_bytes(state, out);
+}
+
 fn put_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
@@ -388,6 +459,54 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(DecodeError::Utf8)
     }
 
+    /// One run of samples of a [`RequestRecord`], appended to `out`.
+    fn sample_run(&mut self, out: &mut Vec<SampleItem>) -> Result<(), DecodeError> {
+        let series = Arc::new(self.series_key()?);
+        let tag = self.u8()?;
+        let kind = kind_from_tag(tag).ok_or_else(|| {
+            DecodeError::Kind(strata_model::ModelError::Decode(format!(
+                "unknown kind tag {tag}"
+            )))
+        })?;
+        let apdex_threshold = self.f64()?;
+        let count = self.len()?;
+        // Each point takes at least 17 bytes: a larger count is corruption.
+        out.reserve(count.min(self.remaining() / 17));
+        for _ in 0..count {
+            let ts_ms = self.i64()?;
+            let bucket_ms = self.i64()?;
+            let value = match self.u8()? {
+                0 => SampleValue::Number(self.f64()?),
+                flag @ (1 | 2) => SampleValue::Flag(flag == 2),
+                other => return Err(DecodeError::Flag(other)),
+            };
+            State::validate_sample(kind, value).map_err(DecodeError::State)?;
+            out.push(SampleItem {
+                series: Arc::clone(&series),
+                kind,
+                bucket_ms,
+                ts_ms,
+                value,
+                apdex_threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// One increment as a spool batch or a request record holds it.
+    fn increment(&mut self) -> Result<Increment, DecodeError> {
+        let series = self.series_key()?;
+        let bucket_ms = self.i64()?;
+        let state_bytes = self.bytes()?;
+        let state = State::decode(state_bytes)
+            .map_err(|e| DecodeError::State(e).at(format_args!("{series}")))?;
+        Ok(Increment {
+            series: Arc::new(series),
+            bucket_ms,
+            state,
+        })
+    }
+
     fn series_key(&mut self) -> Result<SeriesKey, DecodeError> {
         let metric = self.string()?;
         let count = self.len()?;
@@ -412,6 +531,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use strata_model::Kind;
 
     use super::*;
 
@@ -463,6 +584,70 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("version 9"));
+    }
+
+    #[test]
+    fn request_record_roundtrips_with_shared_keys_and_refuses_damage() {
+        let a = Arc::new(key());
+        let b = Arc::new(SeriesKey::new("ok_ratio", Vec::new()).unwrap());
+        let sample = |series: &Arc<SeriesKey>, kind, ts_ms, value| SampleItem {
+            series: Arc::clone(series),
+            kind,
+            bucket_ms: strata_model::minute_start(ts_ms),
+            ts_ms,
+            value,
+            apdex_threshold: 0.25,
+        };
+        let samples = vec![
+            sample(&a, Kind::Histogram, 1_000, SampleValue::Number(12.5)),
+            sample(&a, Kind::Histogram, 61_000, SampleValue::Number(-0.0)),
+            sample(&b, Kind::Percent, -5, SampleValue::Flag(true)),
+            sample(&b, Kind::Percent, 7, SampleValue::Flag(false)),
+            sample(&a, Kind::Histogram, 2_000, SampleValue::Number(1e12)),
+        ];
+        let increments = vec![Increment {
+            series: Arc::clone(&b),
+            bucket_ms: 60_000,
+            state: State::Counter(3),
+        }];
+        let mut bytes = Vec::new();
+        encode_request_record(&samples, &increments, &mut bytes);
+        let back = decode_request_record(&bytes).unwrap();
+        assert_eq!(back.samples, samples);
+        assert_eq!(back.increments, increments);
+        // One key per run: the run's samples share it, as the pipeline expects.
+        assert!(Arc::ptr_eq(
+            &back.samples[0].series,
+            &back.samples[1].series
+        ));
+        assert!(!Arc::ptr_eq(
+            &back.samples[1].series,
+            &back.samples[4].series
+        ));
+
+        let mut empty = Vec::new();
+        encode_request_record(&[], &[], &mut empty);
+        assert_eq!(
+            decode_request_record(&empty).unwrap(),
+            RequestRecord::default()
+        );
+        for len in 0..bytes.len() {
+            assert!(
+                decode_request_record(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_request_record(&longer),
+            Err(DecodeError::Trailing(1))
+        ));
+        // A value the kind does not take is refused, not handed on.
+        let mut bad = Vec::new();
+        let nan = sample(&a, Kind::Histogram, 1_000, SampleValue::Number(f64::NAN));
+        encode_request_record(&[nan], &[], &mut bad);
+        assert!(decode_request_record(&bad).is_err());
     }
 
     #[test]

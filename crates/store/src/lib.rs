@@ -119,7 +119,7 @@
 //! - `index.rs`: the in-memory series index and the commit planner (kind
 //!   checks, read-merge-write into minute, hour and day buckets).
 //! - `spool.rs`: the spool ledger, its cap and its overflow event.
-//! - `codec.rs`: byte encodings of series keys, spool batches, events and
+//! - `codec.rs`: byte encodings of series keys, spool batches, request-log records, events and
 //!   alarm records.
 //! - `error.rs`: [`StoreError`], [`DecodeError`].
 //! - `events.rs`: [`Event`], [`EventKind`], [`EventQuery`], [`EventCutoffs`].
@@ -182,6 +182,7 @@ pub use alarm::{
 };
 pub use backed::BackedStore;
 pub use backend::Backend;
+pub use codec::{RequestRecord, decode_request_record, encode_request_record};
 pub use error::{BackendError, DecodeError, StoreError};
 pub use events::{Event, EventCutoffs, EventKind, EventQuery};
 pub use memory::{Memory, MemoryStore};

@@ -106,6 +106,8 @@ pub struct Latencies {
     pub ingest_grpc: LatencyHistogram,
     /// One store commit transaction of the commit writer (each attempt).
     pub flush_commit: LatencyHistogram,
+    /// One write of the request log (every record waiting, one transaction).
+    pub request_log_commit: LatencyHistogram,
     /// `GET /api/v1/query`, parsing to answer.
     pub query: LatencyHistogram,
 }

@@ -5,6 +5,7 @@
 //! - [`pipeline`]: submit (the flush gate), the flush loop, the threads.
 //! - [`shard`]: the aggregator shards and what travels to them.
 //! - [`commit`]: the commit writer and the tickets it settles.
+//! - [`request_log`]: durable acknowledgements ahead of the flush.
 //! - [`event_time`]: the node's own watermark and data late after completeness.
 //! - [`retention`]: bucket and event retention, series expiry.
 //! - [`self_metrics`]: the node's counters as `strata_*` metrics.
@@ -27,6 +28,7 @@ pub mod latency;
 pub mod limits;
 pub mod pipeline;
 pub mod registry;
+pub mod request_log;
 pub mod retention;
 pub mod self_metrics;
 pub mod shard;

@@ -34,10 +34,12 @@ use crate::context::{Context, now_ms};
 use crate::core::commit::{CommitWriter, Committed, FlushBatch, RequestIds, Ticket};
 use crate::core::event_time::{EventClock, LateMinutes, late_buckets};
 use crate::core::fatal::fault;
+use crate::core::request_log::{self, RequestLog};
 use crate::core::retention::Retention;
 use crate::core::self_metrics::SelfMetrics;
 use crate::core::shard::{SampleItem, Shard, ShardMsg};
 use crate::core::sources::Watermarks;
+use crate::core::stats::Stats;
 
 /// The whole request could not be enqueued: the node is stopping.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,9 @@ pub struct PipelineSettings {
     pub watermark_delay_ms: i64,
     /// `aggregation.allowed_lateness_s`, in ms: the most the watermark trails.
     pub allowed_lateness_ms: i64,
+    /// Whether `wait=commit` requests are answered from the request log
+    /// ([`crate::core::request_log`]) instead of after their flush commit.
+    pub request_log: bool,
 }
 
 impl PipelineSettings {
@@ -81,6 +86,7 @@ impl PipelineSettings {
             retention: Retention::forever(),
             watermark_delay_ms: 2_000,
             allowed_lateness_ms: 600_000,
+            request_log: false,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct Pipeline {
     gate: RwLock<()>,
     /// Tickets of requests enqueued since the last flush marker.
     tickets: Mutex<Vec<Ticket>>,
+    /// Where `wait=commit` requests are made durable, when enabled.
+    request_log: Option<Arc<RequestLog>>,
     /// Names of the requests and batches enqueued since the last flush
     /// marker (bounded), for the commit line of the flush holding them.
     request_ids: Mutex<RequestIds>,
@@ -109,6 +117,7 @@ pub struct Pipeline {
 
 /// Threads of a running pipeline, stopped in order by [`PipelineThreads::stop`].
 pub struct PipelineThreads {
+    request_log: Option<Arc<RequestLog>>,
     ingest: Carrier<ShardMsg>,
     flush_stop: cb::Sender<()>,
     flush_thread: Option<std::thread::JoinHandle<()>>,
@@ -136,6 +145,14 @@ impl Pipeline {
             fatal.carrier_hook(),
         )
         .map_err(|e| anyhow::anyhow!("starting aggregator shards: {e}"))?;
+        let (request_log, pending) = if settings.request_log {
+            let pending = request_log::pending(&*ctx.store)
+                .map_err(|e| anyhow::anyhow!("reading the request log: {e}"))?;
+            let log = RequestLog::start(ctx.clone(), &pending)?;
+            (Some(Arc::new(log)), pending)
+        } else {
+            (None, Vec::new())
+        };
         let committed = Arc::new(Committed::new(ctx.store.spool_stats().last_seq));
         let writer = CommitWriter::new(
             ctx.clone(),
@@ -149,6 +166,7 @@ impl Pipeline {
             ingest,
             gate: RwLock::new(()),
             tickets: Mutex::new(Vec::new()),
+            request_log: request_log.clone(),
             request_ids: Mutex::new(RequestIds::default()),
             late_since_flush: LateMinutes::default(),
             ctx: ctx.clone(),
@@ -187,10 +205,14 @@ impl Pipeline {
                     }
                 })?
         };
+        if pipeline.replay(pending).is_err() {
+            anyhow::bail!("the pipeline stopped while the request log was replayed");
+        }
         let ingest = pipeline.ingest.clone();
         Ok((
             pipeline,
             PipelineThreads {
+                request_log,
                 ingest,
                 flush_stop,
                 flush_thread: Some(flush_thread),
@@ -288,6 +310,71 @@ impl Pipeline {
                 }
             }
             self.late_since_flush.add(late_minutes);
+        }
+        Ok(())
+    }
+
+    /// Whether `wait=commit` requests go through the request log
+    /// ([`Pipeline::submit_logged`]).
+    pub fn logs_requests(&self) -> bool {
+        self.request_log.is_some()
+    }
+
+    /// Makes one request durable in the request log, then enqueues it (as
+    /// [`Pipeline::submit_events`]) with the ticket that deletes its record
+    /// in the commit that merges it. Blocks (call it from a blocking
+    /// thread). `Ok` once the record is durable, even if the node stops
+    /// before the request is enqueued: its record is then merged when the
+    /// node starts again. An error means nothing of the request is durable
+    /// or merged.
+    pub fn submit_logged(
+        &self,
+        samples: Vec<SampleItem>,
+        increments: Vec<Increment>,
+        origin: Option<Arc<str>>,
+        newest_event: Option<i64>,
+    ) -> Result<(), String> {
+        let Some(log) = &self.request_log else {
+            return Err("this node keeps no request log".to_owned());
+        };
+        let key = log.append(request_log::encode(&samples, &increments))?;
+        let ticket = request_log::deletion(key.clone());
+        if self
+            .submit_events(samples, increments, Some(ticket), origin, newest_event)
+            .is_err()
+        {
+            tracing::info!(record = %key, "node stopping: the logged request is merged at the next start");
+        }
+        Ok(())
+    }
+
+    /// Hands every record left in the request log (acknowledged before the
+    /// last stop, not merged) to the aggregator again, each with the ticket
+    /// that deletes it in the commit that merges it. An unreadable record is
+    /// deleted the same way, and logged.
+    fn replay(&self, pending: Vec<(String, Vec<u8>)>) -> Result<(), Stopping> {
+        let stats = &self.ctx.stats;
+        for (key, bytes) in pending {
+            let ticket = request_log::deletion(key.clone());
+            match request_log::decode(&bytes) {
+                Ok(record) => {
+                    Stats::add(&stats.request_log_replayed_total, 1);
+                    let newest = record
+                        .samples
+                        .iter()
+                        .map(|s| s.ts_ms)
+                        .chain(record.increments.iter().map(|i| i.bucket_ms))
+                        .max();
+                    let origin = Some(Arc::from(key.as_str()));
+                    let (samples, increments) = (record.samples, record.increments);
+                    self.submit_events(samples, increments, Some(ticket), origin, newest)?;
+                }
+                Err(e) => {
+                    Stats::add(&stats.request_log_unreadable_total, 1);
+                    tracing::error!(record = %key, error = %e, "unreadable request-log record dropped: the request it held is lost");
+                    self.submit_events(Vec::new(), Vec::new(), Some(ticket), None, None)?;
+                }
+            }
         }
         Ok(())
     }
@@ -502,6 +589,10 @@ impl PipelineThreads {
     /// Final flush and commit, then stops every thread. Inputs must already
     /// be stopped: anything submitted after the final flush is refused.
     pub fn stop(mut self) {
+        // Records written from now on would wait for the next start anyway.
+        if let Some(log) = &self.request_log {
+            log.close();
+        }
         let _ = self.flush_stop.send(());
         if let Some(t) = self.flush_thread.take()
             && t.join().is_err()

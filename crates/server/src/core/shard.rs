@@ -7,22 +7,12 @@ use std::sync::Arc;
 
 use crossbeam_channel as cb;
 use strata_carrier::Consumer;
-use strata_model::{Increment, Kind, SampleValue, SeriesKey, State, StateParams};
+use strata_model::{Increment, SeriesKey, State, StateParams};
 
 use crate::core::fatal::fault;
 use crate::core::stats::Stats;
 
-/// One validated sample, ready for its shard.
-#[derive(Clone, Debug)]
-pub struct SampleItem {
-    pub series: Arc<SeriesKey>,
-    pub kind: Kind,
-    pub bucket_ms: i64,
-    pub ts_ms: i64,
-    pub value: SampleValue,
-    /// Apdex threshold for apdex samples.
-    pub apdex_threshold: f64,
-}
+pub use strata_model::SampleItem;
 
 /// What travels through the ingest carrier to a shard.
 pub enum ShardMsg {

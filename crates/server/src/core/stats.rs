@@ -106,8 +106,14 @@ counters! {
     spool_dropped_batches_total,
     /// Upstream connections established.
     forward_connects_total,
-    /// Store commits that failed.
+    /// Store commits that failed (flush commits and request-log writes).
     store_errors_total,
+    /// Request-log records handed to the aggregator again at start: requests
+    /// acknowledged before a stop whose flush had not committed them.
+    request_log_replayed_total,
+    /// Request-log records found unreadable at start and dropped (each also
+    /// logged as an error).
+    request_log_unreadable_total,
     /// Stored states found unreadable and moved to quarantine (each also an event).
     quarantined_states_total,
     /// Retention passes (bucket, event and series TTL deletion): at the first commit, then every minute.
@@ -277,20 +283,27 @@ impl Stats {
                 &h.snapshot(),
             );
         }
-        let name = "strata_flush_commit_duration_seconds";
-        out.family(
-            name,
-            MetricType::Histogram,
-            "Time of one store commit transaction of flushed increments (each attempt).",
-        );
-        out.histogram(name, &node_label, &l.flush_commit.snapshot());
-        let name = "strata_query_duration_seconds";
-        out.family(
-            name,
-            MetricType::Histogram,
-            "Time to answer a query on /api/v1/query.",
-        );
-        out.histogram(name, &node_label, &l.query.snapshot());
+        let node_histograms = [
+            (
+                "strata_flush_commit_duration_seconds",
+                "Time of one store commit transaction of flushed increments (each attempt).",
+                &l.flush_commit,
+            ),
+            (
+                "strata_request_log_commit_duration_seconds",
+                "Time of one request-log transaction: the wait=commit requests waiting, written together.",
+                &l.request_log_commit,
+            ),
+            (
+                "strata_query_duration_seconds",
+                "Time to answer a query on /api/v1/query.",
+                &l.query,
+            ),
+        ];
+        for (name, help, h) in node_histograms {
+            out.family(name, MetricType::Histogram, help);
+            out.histogram(name, &node_label, &h.snapshot());
+        }
     }
 }
 

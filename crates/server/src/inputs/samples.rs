@@ -723,6 +723,20 @@ impl Ingestor {
         let pipeline = self.pipeline.clone();
         // The flush that commits these samples names the request.
         let origin = request_id::current().map(|id| id.shared());
+        // Durable in the request log: answered now, merged by the next flush.
+        // A request without data (a retried report answered once its
+        // original's flush is committed) still waits for that commit.
+        if n > 0 && matches!(ticket, Some(Ticket::Commit(_))) && pipeline.logs_requests() {
+            request_id::spawn_blocking(move || {
+                let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
+                pipeline.submit_logged(samples, increments, origin, newest)
+            })
+            .await
+            .map_err(|_| IngestError::Stopping)?
+            .map_err(IngestError::CommitFailed)?;
+            self.count_accepted(n);
+            return Ok((n, None));
+        }
         request_id::spawn_blocking(move || {
             let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
             pipeline.submit_events(samples, increments, ticket, origin, newest)
@@ -730,13 +744,18 @@ impl Ingestor {
         .await
         .map_err(|_| IngestError::Stopping)?
         .map_err(|_| IngestError::Stopping)?;
-        Stats::add(&self.ctx.stats.ingest_samples_total, n as u64);
-        Stats::add(&self.ctx.stats.ingest_requests_total, 1);
+        self.count_accepted(n);
         let pending = rx.map(|done| PendingCommit {
             done,
             _permit: permit,
         });
         Ok((n, pending))
+    }
+
+    /// Counts an accepted request of `n` samples and states.
+    fn count_accepted(&self, n: usize) {
+        Stats::add(&self.ctx.stats.ingest_samples_total, n as u64);
+        Stats::add(&self.ctx.stats.ingest_requests_total, 1);
     }
 
     /// Counts a request rejected before submission.
