@@ -173,8 +173,8 @@ impl<B: Backend> Store for BackedStore<B> {
             let index = self.index.read();
             let lookup = index.lookup(commit.increments);
             let stored = self.backend.load_buckets(&lookup.keys)?;
-            let mut loaded = Loaded::new(lookup, stored);
-            plan_commit(&index, commit.increments, commit.now_ms, &mut loaded)
+            let loaded = Loaded::new(lookup, stored);
+            plan_commit(&index, commit.increments, commit.now_ms, loaded)
         };
 
         let mut spool_bytes = Vec::new();
