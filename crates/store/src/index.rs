@@ -381,7 +381,11 @@ impl Loaded {
 
     /// The changed states, per resolution, in key order.
     fn into_buckets(self) -> [Vec<((SeriesId, i64), State)>; 3] {
-        let mut out: [Vec<_>; 3] = Default::default();
+        let mut counts = [0; 3];
+        for (key, changed) in self.lookup.keys.iter().zip(&self.changed) {
+            counts[key.resolution.index()] += usize::from(*changed);
+        }
+        let mut out = counts.map(Vec::with_capacity);
         let entries = self.lookup.keys.into_iter().zip(self.stored);
         for ((key, stored), changed) in entries.zip(self.changed) {
             if let (true, Stored::State(state)) = (changed, stored) {

@@ -156,8 +156,9 @@ pub(crate) struct CommitWriter {
 impl Consumer<FlushBatch> for CommitWriter {
     fn consume(&mut self, items: &mut Vec<FlushBatch>) {
         // Several queued flushes become one transaction: fewer syncs under load.
+        let count = items.iter().map(|b| b.increments.len()).sum();
         let mut all = FlushBatch {
-            increments: Vec::new(),
+            increments: Vec::with_capacity(count),
             tickets: Vec::new(),
             request_ids: RequestIds::default(),
             flushed_at_ms: 0,

@@ -388,7 +388,11 @@ impl Pipeline {
         ticket: Option<Ticket>,
     ) -> Result<(), Stopping> {
         let n = self.ingest.partitions();
-        let mut sample_parts: Vec<Vec<SampleItem>> = (0..n).map(|_| Vec::new()).collect();
+        // Sized for an even spread: large requests do not regrow every part.
+        let share = |len: usize| len / n + len / (4 * n) + 1;
+        let mut sample_parts: Vec<Vec<SampleItem>> = (0..n)
+            .map(|_| Vec::with_capacity(share(samples.len())))
+            .collect();
         // Inputs hand over a series' samples together: hash each series once.
         let mut last: Option<(*const SeriesKey, usize)> = None;
         for s in samples {
@@ -403,7 +407,9 @@ impl Pipeline {
             };
             sample_parts[shard].push(s);
         }
-        let mut inc_parts: Vec<Vec<Increment>> = (0..n).map(|_| Vec::new()).collect();
+        let mut inc_parts: Vec<Vec<Increment>> = (0..n)
+            .map(|_| Vec::with_capacity(share(increments.len())))
+            .collect();
         for i in increments {
             inc_parts[self.ingest.partition_for(i.series.hash64())].push(i);
         }
@@ -566,13 +572,14 @@ impl Pipeline {
             }
             (tickets, at, own_watermark_ms, late_minutes)
         };
-        let mut increments = Vec::new();
         // A shard that panics drops its queue, this marker included: no hang.
+        let mut parts = Vec::with_capacity(replies.len());
         for rx in replies {
-            match rx.recv() {
-                Ok(part) => increments.extend(part),
-                Err(_) => return None,
-            }
+            parts.push(rx.recv().ok()?);
+        }
+        let mut increments = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            increments.extend(part);
         }
         Some(FlushBatch {
             increments,
