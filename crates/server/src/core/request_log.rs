@@ -186,7 +186,68 @@ fn write_loop(ctx: &Context, rx: &cb::Receiver<Append>, mut next_seq: u64) {
 
 #[cfg(test)]
 mod tests {
+    use strata_store::{MemoryStore, StoreOptions};
+
     use super::*;
+
+    fn write(store: &dyn Store, cursors: &[Cursor]) {
+        let commit = Commit {
+            increments: &[],
+            progress: &[],
+            cursors,
+            spool_watermark_ms: None,
+            now_ms: 0,
+        };
+        store.commit(commit).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_are_durable_numbered_after_the_pending_and_deleted_by_their_ticket() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+        // A record left by the last run: new ones are numbered after it.
+        write(&*store, &[Cursor::set(record_key(41), encode(&[], &[]))]);
+        let left = pending(&*store).unwrap();
+        let log = RequestLog::start(Arc::new(Context::new("n", store.clone())), &left).unwrap();
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8u8)
+                .map(|w| {
+                    let log = &log;
+                    s.spawn(move || {
+                        (0..25)
+                            .map(|_| log.append(vec![w]).unwrap())
+                            .collect::<Vec<String>>()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<Vec<String>>()
+        });
+        let mut seqs: Vec<u64> = keys.iter().filter_map(|k| record_seq(k)).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (42..242).collect::<Vec<_>>());
+        // Every answered record is in the store, with its bytes.
+        let stored = pending(&*store).unwrap();
+        assert_eq!(stored.len(), 201);
+        assert!(stored.iter().skip(1).all(|(_, bytes)| bytes.len() == 1));
+
+        // The ticket of a record deletes it in the commit it rides in.
+        let crate::core::commit::Ticket::Cursors {
+            cursors,
+            done: None,
+        } = deletion(keys[0].clone())
+        else {
+            panic!("a deletion ticket is a cursor write without a waiter");
+        };
+        write(&*store, &cursors);
+        let after = pending(&*store).unwrap();
+        assert_eq!(after.len(), 200);
+        assert!(after.iter().all(|(key, _)| *key != keys[0]));
+
+        log.close();
+        assert!(log.append(vec![1]).is_err(), "a closed log takes nothing");
+    }
 
     #[test]
     fn keys_sort_as_their_numbers_and_read_back() {
