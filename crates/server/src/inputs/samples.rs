@@ -709,6 +709,24 @@ impl Ingestor {
             newest_state_ms,
         } = admitted;
         let n = samples.len() + increments.len();
+        let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
+        let pipeline = self.pipeline.clone();
+        // The flush that commits these samples names the request.
+        let origin = request_id::current().map(|id| id.shared());
+        // Durable in the request log: answered now, merged by the next flush.
+        // A request without data (a retried report answered once its
+        // original's flush is committed) still waits for that commit, as does
+        // one whose cursors must be committed with its data.
+        if wait_commit && n > 0 && cursors.is_empty() && pipeline.logs_requests() {
+            request_id::spawn_blocking(move || {
+                pipeline.submit_logged(samples, increments, origin, newest)
+            })
+            .await
+            .map_err(|_| IngestError::Stopping)?
+            .map_err(IngestError::CommitFailed)?;
+            self.count_accepted(n);
+            return Ok((n, None));
+        }
         let (tx, rx) = if wait_commit {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -720,25 +738,7 @@ impl Ingestor {
             (true, None) => None,
             (false, done) => Some(Ticket::Cursors { cursors, done }),
         };
-        let pipeline = self.pipeline.clone();
-        // The flush that commits these samples names the request.
-        let origin = request_id::current().map(|id| id.shared());
-        // Durable in the request log: answered now, merged by the next flush.
-        // A request without data (a retried report answered once its
-        // original's flush is committed) still waits for that commit.
-        if n > 0 && matches!(ticket, Some(Ticket::Commit(_))) && pipeline.logs_requests() {
-            request_id::spawn_blocking(move || {
-                let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
-                pipeline.submit_logged(samples, increments, origin, newest)
-            })
-            .await
-            .map_err(|_| IngestError::Stopping)?
-            .map_err(IngestError::CommitFailed)?;
-            self.count_accepted(n);
-            return Ok((n, None));
-        }
         request_id::spawn_blocking(move || {
-            let newest = samples.iter().map(|s| s.ts_ms).max().max(newest_state_ms);
             pipeline.submit_events(samples, increments, ticket, origin, newest)
         })
         .await
