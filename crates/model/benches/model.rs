@@ -9,37 +9,11 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strata_model::bench_inputs::XorShift;
 use strata_model::{Kind, SampleValue, State, StateParams};
 
 /// Samples per simulated minute of one series.
 const SAMPLES: usize = 10_000;
-
-/// xorshift64: tiny, deterministic, good enough for benchmark inputs.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Approximately standard normal (Irwin–Hall: sum of 12 uniforms minus 6).
-    fn normal(&mut self) -> f64 {
-        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
-    }
-
-    /// Log-normal latency in milliseconds: median 40 ms, sigma 1 (p99 ~ 400 ms).
-    fn latency_ms(&mut self) -> f64 {
-        (40f64.ln() + self.normal()).exp()
-    }
-}
 
 /// `SAMPLES` sample values suitable for `kind`.
 fn samples(kind: Kind, seed: u64) -> Vec<SampleValue> {

@@ -68,6 +68,8 @@
 //! # Ok::<(), strata_model::ModelError>(())
 //! ```
 
+#[doc(hidden)]
+pub mod bench_inputs;
 pub mod codec;
 pub mod error;
 pub mod exp_hist;
