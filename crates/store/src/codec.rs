@@ -565,17 +565,7 @@ mod tests {
         );
         assert_eq!(batch.increments, vec![inc.clone(), inc]);
 
-        for len in 0..bytes.len() {
-            assert!(
-                decode_spool_batch(&bytes[..len]).is_err(),
-                "prefix of {len} bytes"
-            );
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        let err = decode_spool_batch(&longer).unwrap_err();
-        assert!(matches!(err, DecodeError::Trailing(1)), "{err:?}");
-        assert!(err.to_string().contains("trailing"));
+        assert_strict(&bytes, decode_spool_batch);
         let mut other_version = bytes;
         other_version[0] = 9;
         let err = decode_spool_batch(&other_version).unwrap_err();
@@ -631,18 +621,7 @@ mod tests {
             decode_request_record(&empty).unwrap(),
             RequestRecord::default()
         );
-        for len in 0..bytes.len() {
-            assert!(
-                decode_request_record(&bytes[..len]).is_err(),
-                "prefix of {len} bytes"
-            );
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(matches!(
-            decode_request_record(&longer),
-            Err(DecodeError::Trailing(1))
-        ));
+        assert_strict(&bytes, decode_request_record);
         // A value the kind does not take is refused, not handed on.
         let mut bad = Vec::new();
         let nan = sample(&a, Kind::Histogram, 1_000, SampleValue::Number(f64::NAN));
@@ -656,13 +635,7 @@ mod tests {
         let mut bytes = Vec::new();
         encode_event(&event, &mut bytes);
         assert_eq!(decode_event(-5, &bytes).unwrap(), event);
-        for len in 0..bytes.len() {
-            assert!(decode_event(0, &bytes[..len]).is_err(), "prefix of {len}");
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        let err = decode_event(0, &longer).unwrap_err();
-        assert!(err.to_string().contains("trailing"), "{err}");
+        assert_strict(&bytes, |b| decode_event(0, b));
         bytes[0] = 2;
         let err = decode_event(0, &bytes).unwrap_err();
         assert!(err.to_string().contains("version 2"), "{err}");
