@@ -16,7 +16,8 @@ use strata_model::{Kind, SeriesKey, State};
 
 use crate::backend::{Backend, BucketKey, Retention, SpoolWrite, Stored, Transaction};
 use crate::codec::{decode_spool_batch, encode_spool_batch};
-use crate::index::{Loaded, Quarantined, SeriesIndex, plan_commit, unreadable_reason};
+use crate::index::{Quarantined, SeriesIndex, unreadable_reason};
+use crate::plan::{self, CommitPlan};
 use crate::spool::SpoolLedger;
 use crate::{
     AlarmRecord, AlarmState, AlarmUpdate, Commit, CommitOutcome, Event, EventCutoffs, EventQuery,
@@ -49,6 +50,12 @@ pub struct BackedStore<B> {
     /// States in quarantine, restored on open; changed only by writers,
     /// once their transaction committed.
     quarantined: AtomicU64,
+    /// Held shared by reads of hours and days (which add their series' open
+    /// minute from the index to the rollups from the backend), exclusively
+    /// by a writer that changes open minutes, from its write until the
+    /// index has them: a read never adds a minute its rollup already holds.
+    /// Minute reads never take it.
+    rollups: RwLock<()>,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for BackedStore<B> {
@@ -93,6 +100,7 @@ impl<B: Backend> BackedStore<B> {
             sources: RwLock::new(sources),
             spool: Mutex::new(spool),
             quarantined: AtomicU64::new(restored.quarantined),
+            rollups: RwLock::new(()),
         })
     }
 
@@ -107,6 +115,7 @@ impl<B: Backend> BackedStore<B> {
             sources: RwLock::new(BTreeMap::new()),
             spool: Mutex::new(SpoolLedger::default()),
             quarantined: AtomicU64::new(0),
+            rollups: RwLock::new(()),
         }
     }
 
@@ -146,11 +155,100 @@ impl<B: Backend> BackedStore<B> {
         Ok(())
     }
 
+    /// Folds every open minute before `before_ms` into its hour and day, in
+    /// a transaction of its own, leaving those series with no open minute:
+    /// minute retention calls it, under the writer exclusion, before
+    /// deleting the minutes.
+    fn fold_open_before(&self, before_ms: i64) -> Result<(), StoreError> {
+        let opens = self.index.read().opens_before(before_ms);
+        if opens.is_empty() {
+            return Ok(());
+        }
+        let keys = plan::fold_keys(&opens);
+        let stored = self.backend.load_buckets(&keys)?;
+        let mut plan = plan::plan_fold(&opens, keys, stored);
+        let events = plan.events(wall_clock_ms());
+        self.write_plan(&mut plan, &events, Transaction::default())?;
+        plan.log();
+        tracing::debug!(
+            series = opens.len(),
+            "open minutes folded before minute retention"
+        );
+        Ok(())
+    }
+
+    /// Writes `plan`, its `events` and the rest of `txn` in one
+    /// transaction, then publishes what readers see of the plan: the
+    /// quarantine count and the index, the open minutes under the rollup
+    /// exclusion. Called under the writer exclusion.
+    fn write_plan(
+        &self,
+        plan: &mut CommitPlan,
+        events: &[Event],
+        txn: Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        let quarantine: Vec<_> = plan.quarantined.iter().map(|q| q.key).collect();
+        let buckets = std::mem::take(&mut plan.buckets);
+        let rollups = (!plan.open.is_empty()).then(|| self.rollups.write());
+        self.backend.write(Transaction {
+            quarantine: &quarantine,
+            new_metrics: &plan.new_metrics,
+            new_series: &plan.new_series,
+            last_updates: &plan.seen,
+            open_minutes: &plan.open,
+            buckets,
+            events,
+            ..txn
+        })?;
+        // Durable: now let readers see it.
+        self.quarantined
+            .fetch_add(plan.quarantined.len() as u64, Ordering::Relaxed);
+        self.index.write().apply(plan);
+        drop(rollups);
+        Ok(())
+    }
+
     /// A write of its own (under the writer exclusion) that changes nothing
     /// held in memory.
     fn write_alone(&self, txn: Transaction<'_>) -> Result<Vec<u64>, StoreError> {
         let _writing = self.writer.lock();
         self.backend.write(txn)
+    }
+}
+
+/// Adds the open minute `minute` (its key and stored state) to the rollup
+/// bucket `rollup` among the `stored` rollups of a read (sorted by start):
+/// merged into it, or as the bucket when the rollup has none yet (or an
+/// unreadable one, kept at the end for quarantine). An unreadable minute is
+/// kept for quarantine; a minute the rollup refuses is left out (folding
+/// will record the refusal).
+#[allow(clippy::type_complexity)]
+fn add_open_minute(
+    stored: &mut Vec<(BucketKey, Result<State, crate::DecodeError>)>,
+    rollup: BucketKey,
+    minute: BucketKey,
+    state: Result<State, crate::DecodeError>,
+) {
+    let Ok(state) = state else {
+        stored.push((minute, state));
+        return;
+    };
+    match stored.binary_search_by_key(&rollup.bucket_ms, |(k, _)| k.bucket_ms) {
+        Ok(i) => match &mut stored[i].1 {
+            Ok(bucket) => {
+                if bucket.check_merge(&state).is_ok() {
+                    // Checked: cannot fail.
+                    let _ = bucket.merge(&state);
+                }
+            }
+            // The rollup goes to quarantine and starts afresh: the open
+            // minute is all it holds.
+            Err(_) => {
+                let unreadable = std::mem::replace(&mut stored[i].1, Ok(state));
+                stored.push((rollup, unreadable));
+            }
+        },
+        Err(i) => stored.insert(i, (rollup, Ok(state))),
     }
 }
 
@@ -171,10 +269,11 @@ impl<B: Backend> Store for BackedStore<B> {
         let writing = self.writer.lock();
         let mut plan = {
             let index = self.index.read();
-            let lookup = index.lookup(commit.increments);
-            let stored = self.backend.load_buckets(&lookup.keys)?;
-            let loaded = Loaded::new(lookup, stored);
-            plan_commit(&index, commit.increments, commit.now_ms, loaded)
+            let lookup = plan::lookup(&index, commit.increments);
+            let minutes = self.backend.load_buckets(&lookup.keys)?;
+            let classified = plan::classify(&index, commit.increments, lookup, minutes);
+            let rest = self.backend.load_buckets(classified.to_load())?;
+            plan::plan_commit(&index, commit.increments, commit.now_ms, classified, rest)
         };
 
         let mut spool_bytes = Vec::new();
@@ -186,36 +285,23 @@ impl<B: Backend> Store for BackedStore<B> {
             ledger.plan_append(spool_bytes.len() as u64, self.opts.spool_max_bytes)
         });
         let dropped = append.and_then(|a| a.dropped);
-        let mut events: Vec<Event> = plan
-            .quarantined
-            .iter()
-            .map(|q| q.event(commit.now_ms))
-            .collect();
+        let mut events = plan.events(commit.now_ms);
         events.extend(dropped.map(|d| d.event(commit.now_ms)));
-        let quarantine: Vec<_> = plan.quarantined.iter().map(|q| q.key).collect();
         let bucket_count = plan.bucket_count();
-
-        self.backend.write(Transaction {
-            quarantine: &quarantine,
-            new_metrics: &plan.new_metrics,
-            new_series: &plan.new_series,
-            last_updates: &plan.seen,
-            buckets: std::mem::take(&mut plan.buckets),
-            progress: commit.progress,
-            cursors: commit.cursors,
-            spool: append.map(|a| SpoolWrite {
-                append: Some((a.seq, spool_bytes.as_slice())),
-                delete_through: a.dropped.map(|d| d.last_seq),
-                counters: a.counters,
-            }),
-            events: &events,
-            ..Transaction::default()
-        })?;
-
-        // Durable: now let readers see it.
-        self.quarantined
-            .fetch_add(plan.quarantined.len() as u64, Ordering::Relaxed);
-        self.index.write().apply(&plan);
+        self.write_plan(
+            &mut plan,
+            &events,
+            Transaction {
+                progress: commit.progress,
+                cursors: commit.cursors,
+                spool: append.map(|a| SpoolWrite {
+                    append: Some((a.seq, spool_bytes.as_slice())),
+                    delete_through: a.dropped.map(|d| d.last_seq),
+                    counters: a.counters,
+                }),
+                ..Transaction::default()
+            },
+        )?;
         if !commit.progress.is_empty() {
             let mut sources = self.sources.write();
             for p in commit.progress {
@@ -227,7 +313,7 @@ impl<B: Backend> Store for BackedStore<B> {
         }
         drop(writing);
 
-        plan.quarantined.iter().for_each(Quarantined::log);
+        plan.log();
         if let Some(dropped) = dropped {
             dropped.log();
         }
@@ -235,6 +321,7 @@ impl<B: Backend> Store for BackedStore<B> {
             increments = commit.increments.len(),
             buckets = bucket_count,
             new_series = plan.new_series.len(),
+            opened = plan.open.len(),
             cursors = commit.cursors.len(),
             merge_errors = plan.errors.len(),
             spool_seq = append.map(|a| a.seq),
@@ -271,25 +358,51 @@ impl<B: Backend> Store for BackedStore<B> {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, State)>, StoreError> {
-        let Some(id) = self.index.read().id_of(series) else {
-            return Ok(Vec::new());
-        };
         if from_ms >= to_ms {
             return Ok(Vec::new());
         }
-        let stored = self.backend.read_buckets(resolution, id, from_ms..to_ms)?;
+        let rollups = (resolution != Resolution::Minute).then(|| self.rollups.read());
+        let (id, open) = {
+            let index = self.index.read();
+            let Some(id) = index.id_of(series) else {
+                return Ok(Vec::new());
+            };
+            (id, index.open_minute(id))
+        };
+        let key = |resolution, bucket_ms| BucketKey {
+            resolution,
+            series: id,
+            bucket_ms,
+        };
+        let mut stored: Vec<_> = self
+            .backend
+            .read_buckets(resolution, id, from_ms..to_ms)?
+            .into_iter()
+            .map(|(bucket_ms, state)| (key(resolution, bucket_ms), state))
+            .collect();
+        if let Some(minute_ms) = open.filter(|_| rollups.is_some()) {
+            let bucket_ms = resolution.bucket_start(minute_ms);
+            if (from_ms..to_ms).contains(&bucket_ms) {
+                let minute = minute_ms..minute_ms.saturating_add(1);
+                for (m, state) in self.backend.read_buckets(Resolution::Minute, id, minute)? {
+                    add_open_minute(
+                        &mut stored,
+                        key(resolution, bucket_ms),
+                        key(Resolution::Minute, m),
+                        state,
+                    );
+                }
+            }
+        }
+        drop(rollups);
         let mut out = Vec::with_capacity(stored.len());
         let mut unreadable = Vec::new();
-        for (bucket_ms, state) in stored {
+        for (key, state) in stored {
             match state {
-                Ok(state) => out.push((bucket_ms, state)),
+                Ok(state) => out.push((key.bucket_ms, state)),
                 // Skipped: one bad state must not fail every query of its metric.
                 Err(e) => unreadable.push(Quarantined {
-                    key: BucketKey {
-                        resolution,
-                        series: id,
-                        bucket_ms,
-                    },
+                    key,
                     series: series.to_string(),
                     reason: unreadable_reason(&e),
                 }),
@@ -368,6 +481,9 @@ impl<B: Backend> Store for BackedStore<B> {
 
     fn delete_before(&self, resolution: Resolution, before_ms: i64) -> Result<u64, StoreError> {
         let _writing = self.writer.lock();
+        if resolution == Resolution::Minute {
+            self.fold_open_before(before_ms)?;
+        }
         self.backend
             .delete_before(Retention::Buckets(resolution), before_ms)
     }

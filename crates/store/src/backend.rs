@@ -79,6 +79,9 @@ pub struct RestoredSeries {
     /// The `now_ms` of the last commit that merged into it; `None` if it was
     /// never stamped (a store written before series expiry existed).
     pub last_update_ms: Option<i64>,
+    /// Its open minute (`plan.rs`): the newest minute bucket, not yet
+    /// folded into its hour and day; `None` when every minute is folded.
+    pub open_minute_ms: Option<i64>,
 }
 
 /// The spool counters a backend persists beside the batches.
@@ -123,6 +126,10 @@ pub struct Transaction<'a> {
     pub new_series: &'a [(SeriesId, Arc<SeriesKey>)],
     /// Series' new last-update times (replacing the stored ones).
     pub last_updates: &'a [(SeriesId, i64)],
+    /// Series' open minutes: `Some` replaces the stored one, `None` deletes
+    /// it (every minute of the series folded). A backend whose
+    /// [`Backend::restore`] returns nothing (memory) need not keep them.
+    pub open_minutes: &'a [(SeriesId, Option<i64>)],
     /// Bucket states to write whole, replacing what is stored, per
     /// resolution (in [`Resolution::ALL`] order).
     pub buckets: [Buckets; 3],
@@ -210,8 +217,8 @@ pub trait Backend: Send + Sync + 'static {
     /// default cutoff), in one transaction; returns how many were deleted.
     fn delete_events(&self, cutoffs: &EventCutoffs) -> Result<u64, StoreError>;
 
-    /// Series expiry: deletes `series` (their keys, last-update times and
-    /// buckets at every resolution) and `metrics` (their kinds), and records
+    /// Series expiry: deletes `series` (their keys, last-update times, open
+    /// minutes and buckets at every resolution) and `metrics` (their kinds), and records
     /// `next_series_id` (see [`Restored::series_next_id`]), in one
     /// transaction.
     fn remove_series(

@@ -75,6 +75,11 @@ pub enum EventKind {
     /// moved to quarantine (see [`crate::Store::quarantined`]); its bucket
     /// started afresh.
     StateQuarantined,
+    /// `rollup_refused`: folding a minute into its hour or day rollup was
+    /// refused (a histogram precision or apdex threshold that changed within
+    /// the hour or day); the minute is kept at minute resolution, the rollup
+    /// as it was.
+    RollupRefused,
     /// `alarm_fired`: an alarm instance started firing.
     AlarmFired,
     /// `alarm_resolved`: a firing alarm instance resolved.
@@ -95,7 +100,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build records.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::SourceConnected,
         EventKind::SourceDisconnected,
         EventKind::SourceRefused,
@@ -107,6 +112,7 @@ impl EventKind {
         EventKind::CommitFailed,
         EventKind::SpoolOverflow,
         EventKind::StateQuarantined,
+        EventKind::RollupRefused,
         EventKind::AlarmFired,
         EventKind::AlarmResolved,
         EventKind::AlarmNotificationsDropped,
@@ -127,6 +133,7 @@ impl EventKind {
             EventKind::CommitFailed => "commit_failed",
             EventKind::SpoolOverflow => "spool_overflow",
             EventKind::StateQuarantined => "state_quarantined",
+            EventKind::RollupRefused => "rollup_refused",
             EventKind::AlarmFired => "alarm_fired",
             EventKind::AlarmResolved => "alarm_resolved",
             EventKind::AlarmNotificationsDropped => "alarm_notifications_dropped",

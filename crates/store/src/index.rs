@@ -1,23 +1,19 @@
-//! The in-memory series index every store keeps, and the commit planner that
-//! turns a flush's increments into bucket writes against it.
-//!
-//! Planning is above the backends so that every backend gives one behaviour:
-//! the same kind checks, the same merge order, the same series ids, the same
-//! minute, hour and day rollups. A backend only loads the stored states the
-//! plan starts from ([`SeriesIndex::lookup`] names them) and writes
-//! the result.
+//! The in-memory series index every store keeps; the commit planner
+//! (`plan.rs`) plans against it.
 //!
 //! The index also keeps when each series was last updated (the `now_ms` of
 //! the last commit that merged an increment into it), which is what series
-//! expiry ([`SeriesIndex::plan_expiry`]) reads.
+//! expiry ([`SeriesIndex::plan_expiry`]) reads, and each series' open
+//! minute (the one not yet folded into its hour and day, `plan.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use strata_model::{Increment, Kind, ModelError, SeriesKey, State};
+use strata_model::{Kind, SeriesKey};
 
-use crate::backend::{BucketKey, Buckets, RestoredSeries, Stored};
-use crate::{DecodeError, Event, EventKind, MetricInfo, Resolution, SeriesId, StoreError};
+use crate::backend::{BucketKey, RestoredSeries};
+use crate::plan::CommitPlan;
+use crate::{DecodeError, Event, EventKind, MetricInfo, SeriesId, StoreError};
 
 /// Every known series, by key and by metric.
 ///
@@ -37,6 +33,9 @@ pub(crate) struct SeriesIndex {
     /// Per series, the `now_ms` of the last commit that merged into it: the
     /// clock series expiry compares against.
     last_seen: foldhash::HashMap<SeriesId, i64>,
+    /// Per series with one, its open minute: the newest minute bucket, not
+    /// yet folded into its hour and day (`plan.rs`).
+    open: foldhash::HashMap<SeriesId, i64>,
 }
 
 #[derive(Debug)]
@@ -81,6 +80,9 @@ impl SeriesIndex {
                 unstamped += 1;
             }
             index.set_seen(s.id, s.last_update_ms.unwrap_or(now_ms));
+            if let Some(minute_ms) = s.open_minute_ms {
+                index.open.insert(s.id, minute_ms);
+            }
         }
         if unstamped > 0 {
             tracing::warn!(
@@ -138,6 +140,35 @@ impl SeriesIndex {
         for &(id, seen_ms) in &plan.seen {
             self.set_seen(id, seen_ms);
         }
+        for &(id, open) in &plan.open {
+            match open {
+                Some(minute_ms) => self.open.insert(id, minute_ms),
+                None => self.open.remove(&id),
+            };
+        }
+    }
+
+    /// The open minute of `id`: its newest minute, not yet folded into its
+    /// hour and day.
+    pub(crate) fn open_minute(&self, id: SeriesId) -> Option<i64> {
+        self.open.get(&id).copied()
+    }
+
+    /// Every series whose open minute starts before `before_ms`, with it,
+    /// ascending by id: what minute retention folds before deleting.
+    pub(crate) fn opens_before(&self, before_ms: i64) -> Vec<(SeriesId, Arc<SeriesKey>, i64)> {
+        let mut opens: Vec<_> = self
+            .metrics
+            .values()
+            .flat_map(|m| &m.series)
+            .filter_map(|key| {
+                let id = *self.ids.get(key)?;
+                let minute_ms = self.open_minute(id).filter(|&m| m < before_ms)?;
+                Some((id, Arc::clone(key), minute_ms))
+            })
+            .collect();
+        opens.sort_unstable_by_key(|(id, _, _)| *id);
+        opens
     }
 
     /// The id the next new series will get.
@@ -193,6 +224,7 @@ impl SeriesIndex {
         for (id, key) in &expiry.series {
             self.ids.remove(key);
             self.last_seen.remove(id);
+            self.open.remove(id);
         }
         let ids = &self.ids;
         for metric in self.metrics.values_mut() {
@@ -223,30 +255,6 @@ impl SeriesIndex {
 
     pub(crate) fn series_count(&self) -> usize {
         self.ids.len()
-    }
-
-    /// What planning a commit of `increments` starts from: the id of each
-    /// one's series if it is known, and the stored buckets they may merge
-    /// into (each known series' minute, hour and day bucket; sorted, without
-    /// duplicates) for the backend to load.
-    pub(crate) fn lookup(&self, increments: &[Increment]) -> Lookup {
-        let ids: Vec<Option<SeriesId>> = increments
-            .iter()
-            .map(|inc| self.id_of(&inc.series))
-            .collect();
-        let mut keys = Vec::with_capacity(3 * ids.iter().flatten().count());
-        for (inc, id) in increments.iter().zip(&ids) {
-            if let Some(series) = *id {
-                keys.extend(Resolution::ALL.map(|resolution| BucketKey {
-                    resolution,
-                    series,
-                    bucket_ms: resolution.bucket_start(inc.bucket_ms),
-                }));
-            }
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        Lookup { ids, keys }
     }
 }
 
@@ -303,276 +311,4 @@ impl Quarantined {
             "unreadable stored state moved to quarantine; the bucket starts afresh"
         );
     }
-}
-
-/// What one commit will write, computed before anything is written.
-#[derive(Debug, Default)]
-pub(crate) struct CommitPlan {
-    /// Metrics seen for the first time, with the kind they are fixed to.
-    pub(crate) new_metrics: Vec<(String, Kind)>,
-    /// Series seen for the first time, with the ids assigned to them.
-    pub(crate) new_series: Vec<(SeriesId, Arc<SeriesKey>)>,
-    /// The merged state of every bucket this commit touches, per resolution
-    /// (indexed by [`Resolution::index`]), to be written back whole.
-    pub(crate) buckets: [Buckets; 3],
-    /// Indexes (into the commit's increments) of those that merged, in order:
-    /// exactly these go to the outgoing spool.
-    pub(crate) merged: Vec<usize>,
-    /// Increments that could not be merged, with the series they were for.
-    pub(crate) errors: Vec<(String, ModelError)>,
-    /// Every series an increment merged into, ascending by id, with its new
-    /// last-update time (the commit's `now_ms`, never earlier than before).
-    pub(crate) seen: Vec<(SeriesId, i64)>,
-    /// Stored buckets this commit found unreadable: the store moves their
-    /// bytes aside and the increments start them afresh.
-    pub(crate) quarantined: Vec<Quarantined>,
-}
-
-impl CommitPlan {
-    /// How many buckets this commit writes, over every resolution.
-    pub(crate) fn bucket_count(&self) -> usize {
-        self.buckets.iter().map(BTreeMap::len).sum()
-    }
-}
-
-/// What [`SeriesIndex::lookup`] found for a commit.
-#[derive(Debug)]
-pub(crate) struct Lookup {
-    /// Per increment, its series' id if the series is known.
-    ids: Vec<Option<SeriesId>>,
-    /// The stored buckets to load: sorted, without duplicates.
-    pub(crate) keys: Vec<BucketKey>,
-}
-
-/// What a commit is planned from: the [`Lookup`], and the stored states of
-/// its buckets as the backend loaded them, merged into in place.
-///
-/// The states are kept in a vector beside the sorted keys and found by
-/// bisection, and the merged ones are handed to the write in key order: a
-/// commit of tens of thousands of increments neither hashes nor inserts
-/// each state into a map (a hash map of them cost a fifth of the global
-/// tier's CPU; ordered maps filled in increment order, another tenth).
-#[derive(Debug)]
-pub(crate) struct Loaded {
-    lookup: Lookup,
-    /// `stored[i]` is the state of `lookup.keys[i]`: as loaded, merged
-    /// into, or `Absent` (also once found unreadable).
-    stored: Vec<Stored>,
-    /// `changed[i]`: `stored[i]` was merged into (or started) and is written.
-    changed: Vec<bool>,
-}
-
-impl Loaded {
-    /// `stored` holds the states of `lookup.keys`, in the same order.
-    pub(crate) fn new(lookup: Lookup, stored: Vec<Stored>) -> Self {
-        debug_assert_eq!(lookup.keys.len(), stored.len());
-        let changed = vec![false; stored.len()];
-        Loaded {
-            lookup,
-            stored,
-            changed,
-        }
-    }
-
-    /// Position of `key` (one [`SeriesIndex::lookup`] named).
-    fn position(&self, key: &BucketKey) -> Option<usize> {
-        self.lookup.keys.binary_search(key).ok()
-    }
-
-    /// The changed states, per resolution, in key order.
-    fn into_buckets(self) -> [Vec<((SeriesId, i64), State)>; 3] {
-        let mut counts = [0; 3];
-        for (key, changed) in self.lookup.keys.iter().zip(&self.changed) {
-            counts[key.resolution.index()] += usize::from(*changed);
-        }
-        let mut out = counts.map(Vec::with_capacity);
-        let entries = self.lookup.keys.into_iter().zip(self.stored);
-        for ((key, stored), changed) in entries.zip(self.changed) {
-            if let (true, Stored::State(state)) = (changed, stored) {
-                out[key.resolution.index()].push(((key.series, key.bucket_ms), state));
-            }
-        }
-        out
-    }
-}
-
-/// Merges `increments` into the current bucket states of every
-/// [`Resolution`]; `loaded` holds the stored state of every bucket
-/// [`SeriesIndex::lookup`] names, and is merged into in place. A bucket
-/// found unreadable is reported once in [`CommitPlan::quarantined`] and
-/// treated as absent, so one corrupt state never stops the commit of
-/// everything else.
-///
-/// Each increment goes into its minute, hour and day bucket, or into none of
-/// them: an increment whose kind differs from its metric's kind, or whose
-/// state one of those buckets refuses (different histogram precision, apdex
-/// threshold), is skipped and reported once in [`CommitPlan::errors`] (the
-/// minute's refusal first), so the three resolutions never disagree. A
-/// skipped increment creates no series, no metric and no bucket, and does
-/// not count as an update of its series. Several increments for one bucket
-/// merge in order. Every series an increment merged into is stamped with
-/// `now_ms` in [`CommitPlan::seen`].
-pub(crate) fn plan_commit(
-    index: &SeriesIndex,
-    increments: &[Increment],
-    now_ms: i64,
-    mut loaded: Loaded,
-) -> CommitPlan {
-    let mut plan = CommitPlan::default();
-    let mut touched: BTreeSet<SeriesId> = BTreeSet::new();
-    let mut new_ids: HashMap<Arc<SeriesKey>, SeriesId> = HashMap::new();
-    let mut new_kinds: HashMap<&str, Kind> = HashMap::new();
-    // Buckets of series new in this commit: nothing stored to start from.
-    let mut fresh: [Buckets; 3] = Default::default();
-    let mut next_id = index.next_id;
-
-    for (i, inc) in increments.iter().enumerate() {
-        let kind = inc.state.kind();
-        let metric = inc.series.metric();
-        let recorded = index
-            .kind_of(metric)
-            .or_else(|| new_kinds.get(metric).copied());
-        if let Some(recorded) = recorded
-            && recorded != kind
-        {
-            plan.errors.push((
-                inc.series.to_string(),
-                ModelError::KindMismatch {
-                    expected: recorded,
-                    found: kind,
-                },
-            ));
-            continue;
-        }
-
-        let stored = loaded.lookup.ids[i];
-        let known = stored.or_else(|| new_ids.get(&*inc.series).copied());
-        let id = known.unwrap_or(next_id);
-        let merged = match stored {
-            // Only series known before this commit have stored buckets.
-            Some(_) => merge_stored(&mut plan, &mut loaded, id, inc),
-            None => merge_fresh(&mut fresh, id, inc),
-        };
-        if let Err(e) = merged {
-            plan.errors.push((inc.series.to_string(), e));
-            continue;
-        }
-
-        plan.merged.push(i);
-        touched.insert(id);
-        if recorded.is_none() {
-            new_kinds.insert(metric, kind);
-            plan.new_metrics.push((metric.to_owned(), kind));
-        }
-        if known.is_none() {
-            new_ids.insert(Arc::clone(&inc.series), id);
-            plan.new_series.push((id, Arc::clone(&inc.series)));
-            next_id += 1;
-        }
-    }
-    plan.seen = touched
-        .into_iter()
-        .map(|id| (id, index.last_seen(id).map_or(now_ms, |at| at.max(now_ms))))
-        .collect();
-    // New series have ids above every stored one: their buckets sort last.
-    for ((map, known), fresh) in plan
-        .buckets
-        .iter_mut()
-        .zip(loaded.into_buckets())
-        .zip(fresh)
-    {
-        *map = known.into_iter().chain(fresh).collect();
-    }
-    plan
-}
-
-/// Merges `inc` into the minute, hour and day bucket of `id`, a series with
-/// stored buckets (every one of them is in `loaded`), or into none of them.
-/// A bucket found unreadable is recorded for quarantine (once: it is then
-/// absent) and started afresh.
-fn merge_stored(
-    plan: &mut CommitPlan,
-    loaded: &mut Loaded,
-    id: SeriesId,
-    inc: &Increment,
-) -> Result<(), ModelError> {
-    let mut at = [0; 3];
-    for r in Resolution::ALL {
-        let key = bucket_key(r, (id, r.bucket_start(inc.bucket_ms)));
-        let Some(i) = loaded.position(&key) else {
-            // Not looked up: cannot happen for a known series.
-            return Err(ModelError::Decode(format!("bucket {key:?} was not loaded")));
-        };
-        if let Stored::Unreadable(e) = &loaded.stored[i] {
-            plan.quarantined.push(Quarantined {
-                key,
-                series: inc.series.to_string(),
-                reason: unreadable_reason(e),
-            });
-            loaded.stored[i] = Stored::Absent;
-        }
-        at[r.index()] = i;
-    }
-    let Ok(slots) = loaded.stored.get_disjoint_mut(at) else {
-        return Err(ModelError::Decode("bucket positions overlap".to_owned()));
-    };
-    merge_all(
-        slots.map(|s| match s {
-            Stored::State(state) => Some(state),
-            _ => None,
-        }),
-        &inc.state,
-    )?;
-    for i in at {
-        if let Stored::Absent = loaded.stored[i] {
-            loaded.stored[i] = Stored::State(inc.state.clone());
-        }
-        loaded.changed[i] = true;
-    }
-    Ok(())
-}
-
-/// Merges `inc` into the buckets of `id`, a series new in this commit, or
-/// into none of them.
-fn merge_fresh(fresh: &mut [Buckets; 3], id: SeriesId, inc: &Increment) -> Result<(), ModelError> {
-    let keys = Resolution::ALL.map(|r| (id, r.bucket_start(inc.bucket_ms)));
-    let [minutes, hours, days] = fresh;
-    let slots = [
-        minutes.get_mut(&keys[0]),
-        hours.get_mut(&keys[1]),
-        days.get_mut(&keys[2]),
-    ];
-    merge_all(slots, &inc.state)?;
-    for (map, key) in fresh.iter_mut().zip(keys) {
-        map.entry(key).or_insert_with(|| inc.state.clone());
-    }
-    Ok(())
-}
-
-/// The [`BucketKey`] of a plan's `(series, bucket)` at `resolution`.
-fn bucket_key(resolution: Resolution, (series, bucket_ms): (SeriesId, i64)) -> BucketKey {
-    BucketKey {
-        resolution,
-        series,
-        bucket_ms,
-    }
-}
-
-/// Merges `incoming` into every present slot, or into none: on the first
-/// refusal (in slot order) returns it with every slot unchanged.
-///
-/// Every slot is checked first with [`State::check_merge`] (the same checks
-/// `merge` makes), then merged in place: no state is copied, which matters for
-/// histograms of several kilobytes.
-fn merge_all<const N: usize>(
-    mut slots: [Option<&mut State>; N],
-    incoming: &State,
-) -> Result<(), ModelError> {
-    for state in slots.iter().flatten() {
-        state.check_merge(incoming)?;
-    }
-    for state in slots.iter_mut().flatten() {
-        state.merge(incoming)?;
-    }
-    Ok(())
 }

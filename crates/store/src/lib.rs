@@ -16,8 +16,8 @@
 //! # Design: one store, backends below it
 //! The server codes against the [`Store`] trait. It has one implementation,
 //! [`BackedStore`], which holds every behaviour of a store — the series
-//! index, commit planning (kind checks, read-merge-write at three
-//! resolutions), the spool ledger and its cap, quarantine of unreadable
+//! index, commit planning (kind checks, read-merge-write, folding minutes
+//! into hours and days), the spool ledger and its cap, quarantine of unreadable
 //! states, the events the store records about itself, caches and the writer
 //! exclusion — over a [`Backend`]: a narrow trait of storage primitives
 //! (restore, load and read buckets, write one planned
@@ -55,13 +55,22 @@
 //!   decode).
 //!
 //! # Rollups
-//! Each increment is merged into its minute bucket **and** its hour and day
-//! buckets in the same transaction, so an hour or day bucket always equals
-//! the merge of every increment committed into its minutes (late ones
-//! included), and stays readable ([`Store::read_at`]) after minute retention
-//! ([`Store::delete_before`]) has removed those minutes. Each resolution has
-//! its own retention. An increment one of its three buckets refuses is skipped
-//! at all three.
+//! Each series has at most one **open minute**, its newest minute bucket;
+//! every other minute is **folded**: merged into its hour and day buckets.
+//! A commit merges an increment for the open minute into that minute alone,
+//! one for a new, newer minute into that minute after folding the previous
+//! open one (the same transaction), and a late one (a minute already
+//! folded) into its minute, hour and day together, or into none of them. A
+//! read of hours or days ([`Store::read_at`]) adds the open minute to the
+//! bucket it falls in, so an hour or day always reads as the merge of every
+//! increment committed into its minutes, and stays readable after minute
+//! retention ([`Store::delete_before`], which folds an open minute before
+//! deleting it) has removed them. A series updated at every flush so
+//! touches one stored state per flush instead of three. Each resolution has
+//! its own retention. A minute a rollup refuses while folding (a histogram
+//! precision that changed within the hour) stays readable at minute
+//! resolution and is left out of that rollup, with an
+//! [`EventKind::RollupRefused`] event (`plan.rs` has the details).
 //!
 //! # Input cursors
 //! An input that turns cumulative data into deltas (cumulative sums and
@@ -116,8 +125,10 @@
 //! - `lib.rs`: the [`Store`] trait and the types it takes and returns.
 //! - `backed.rs`: [`BackedStore`], every behaviour above the primitives.
 //! - `backend.rs`: the [`Backend`] trait (its contract) and its data types.
-//! - `index.rs`: the in-memory series index and the commit planner (kind
-//!   checks, read-merge-write into minute, hour and day buckets).
+//! - `index.rs`: the in-memory series index (keys, kinds, last updates,
+//!   open minutes).
+//! - `plan.rs`: the commit planner (kind checks, read-merge-write into
+//!   minutes, folding open minutes into hours and days).
 //! - `spool.rs`: the spool ledger, its cap and its overflow event.
 //! - `codec.rs`: byte encodings of series keys, spool batches, request-log records, events and
 //!   alarm records.
@@ -171,6 +182,7 @@ mod events;
 pub mod fuzzing;
 mod index;
 mod memory;
+mod plan;
 mod redb;
 mod resolution;
 mod spool;
@@ -282,9 +294,10 @@ pub struct MetricInfo {
 /// One flush, applied atomically (one transaction).
 #[derive(Clone, Copy, Debug)]
 pub struct Commit<'a> {
-    /// Each is merged into its (series, bucket) state at every [`Resolution`]:
-    /// read-merge-write. `bucket_ms` is rounded down to the start of its
-    /// minute, hour and day.
+    /// Each is merged into its (series, minute) state, read-merge-write, and
+    /// so (at once for a late one, when its minute is folded otherwise) into
+    /// its hour and day ("Rollups" above). `bucket_ms` is rounded down to
+    /// the start of its minute, hour and day.
     pub increments: &'a [Increment],
     /// Upserted by `source_id`, replacing the stored record.
     pub progress: &'a [SourceProgress],
@@ -353,7 +366,8 @@ pub trait Store: Send + Sync + 'static {
         self.read_at(series, Resolution::Minute, from_ms, to_ms)
     }
     /// Buckets of one series at `resolution` whose start is in
-    /// `from_ms..to_ms` (not rounded), ascending by start.
+    /// `from_ms..to_ms` (not rounded), ascending by start. An hour or day
+    /// includes the series' open minute ("Rollups" above).
     fn read_at(
         &self,
         series: &SeriesKey,
@@ -388,7 +402,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Retention of one resolution: deletes its buckets starting before
     /// `before_ms`, leaving the other resolutions alone; returns how many were
-    /// deleted.
+    /// deleted. Minute retention first folds every open minute it would
+    /// delete into its hour and day (a transaction of its own).
     fn delete_before(&self, resolution: Resolution, before_ms: i64) -> Result<u64, StoreError>;
     /// Appends events to the log, all in one transaction.
     fn append_events(&self, events: &[Event]) -> Result<(), StoreError>;

@@ -850,16 +850,29 @@ fn a_refused_rollup_merge_skips_every_resolution(open: &Open) {
     let f = open(StoreOptions::default());
     let s = &*f.store;
     let h = key("latency_ms", &[]);
+    let precision = |error: &ModelError| matches!(error, ModelError::PrecisionMismatch { .. });
     merge(s, &[inc(&h, 0, hist(2, &[1.0]))]);
+    // A new minute of another precision is taken (it is a minute of its
+    // own), and folding minute 0 into its fresh hour and day is not refused.
+    assert!(
+        merge(s, &[inc(&h, M, hist(3, &[2.0]))])
+            .merge_errors
+            .is_empty()
+    );
+    // Minute 2H opens: folding minute M, its hour and day both refuse it.
+    assert!(
+        merge(s, &[inc(&h, 2 * H, hist(2, &[5.0]))])
+            .merge_errors
+            .is_empty()
+    );
     let increments = [
-        // A new minute would take it, but its hour (and day) holds another
-        // precision.
-        inc(&h, M, hist(3, &[2.0])),
-        // Another hour of the same day: the day refuses it.
-        inc(&h, 2 * H, hist(3, &[3.0])),
-        // The same minute as a stored one: the minute refuses it first.
+        // Late, into a stored minute of another precision: refused by it.
         inc(&h, 0, hist(3, &[4.0])),
-        inc(&h, 2 * H, hist(2, &[5.0])),
+        // Late, into a new minute: the minute would take it, its hour
+        // refuses it, so it goes nowhere.
+        inc(&h, 2 * M, hist(3, &[3.0])),
+        // Late, and taken by minute, hour and day.
+        inc(&h, 3 * M, hist(2, &[6.0])),
     ];
     let out = s
         .commit(Commit {
@@ -871,31 +884,43 @@ fn a_refused_rollup_merge_skips_every_resolution(open: &Open) {
         })
         .unwrap();
     // Reported once each, and skipped at every resolution.
-    assert_eq!(out.merge_errors.len(), 3, "{:?}", out.merge_errors);
+    assert_eq!(out.merge_errors.len(), 2, "{:?}", out.merge_errors);
     for (series, error) in &out.merge_errors {
         assert_eq!(series, &h.to_string());
-        assert!(
-            matches!(error, ModelError::PrecisionMismatch { .. }),
-            "{error}"
-        );
+        assert!(precision(error), "{error}");
     }
     assert_eq!(
         read_all(s, &h, Resolution::Minute),
-        vec![(0, hist(2, &[1.0])), (2 * H, hist(2, &[5.0]))]
+        vec![
+            (0, hist(2, &[1.0])),
+            (M, hist(3, &[2.0])),
+            (3 * M, hist(2, &[6.0])),
+            (2 * H, hist(2, &[5.0]))
+        ]
     );
+    // Minute M is left out of its rollups, and only of them.
     assert_eq!(
         read_all(s, &h, Resolution::Hour),
-        vec![(0, hist(2, &[1.0])), (2 * H, hist(2, &[5.0]))]
+        vec![(0, hist(2, &[1.0, 6.0])), (2 * H, hist(2, &[5.0]))]
     );
     assert_eq!(
         read_all(s, &h, Resolution::Day),
-        vec![(0, hist(2, &[1.0, 5.0]))]
+        vec![(0, hist(2, &[1.0, 6.0, 5.0]))]
     );
     assert_eq!(
         s.spool_read(0, 1).unwrap()[0].increments,
-        vec![increments[3].clone()]
+        vec![increments[2].clone()]
     );
-    // A refused increment for a new series leaves no bucket behind either.
+    let events = s.events(i64::MIN, 10).unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (event, rollup) in events.iter().rev().zip(["hour", "day"]) {
+        assert_eq!(event.kind, EventKind::RollupRefused);
+        let start = format!("minute {M} of {h} left out of its {rollup} rollup");
+        assert!(event.message.starts_with(&start), "{event:?}");
+    }
+
+    // A new series' second minute of another precision is taken too, and
+    // a read of its hour leaves it out as folding will.
     let fresh = key("latency_ms", &[("az", "b")]);
     let out = merge(
         s,
@@ -904,10 +929,120 @@ fn a_refused_rollup_merge_skips_every_resolution(open: &Open) {
             inc(&fresh, M, hist(3, &[1.0])),
         ],
     );
-    assert_eq!(out.merge_errors.len(), 1);
-    for r in Resolution::ALL {
+    assert!(out.merge_errors.is_empty());
+    assert_eq!(read_all(s, &fresh, Resolution::Minute).len(), 2);
+    for r in [Resolution::Hour, Resolution::Day] {
         assert_eq!(read_all(s, &fresh, r), vec![(0, hist(2, &[1.0]))], "{r}");
     }
+}
+
+/// Commits of counters at random minutes (in order, repeated, late, into
+/// minutes retention deleted) with minute retention in between: every
+/// resolution always reads what a model of the increments says.
+fn rollups_match_a_model_in_any_order(open: &Open) {
+    use std::collections::BTreeMap;
+    use strata_model::bench_inputs::XorShift;
+    let series = [
+        key("a_total", &[]),
+        key("b_total", &[]),
+        key("c_total", &[("x", "1")]),
+    ];
+    for seed in 1..=12u64 {
+        let f = open(StoreOptions::default());
+        let s = &*f.store;
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ seed);
+        // Per series and resolution, bucket start → sum.
+        let mut model: Vec<[BTreeMap<i64, u64>; 3]> = vec![Default::default(); series.len()];
+        let mut now_minute = 0i64;
+        for round in 0..40 {
+            now_minute += (rng.next_u64() % 3) as i64;
+            let count = 1 + rng.next_u64() % 6;
+            let increments: Vec<Increment> = (0..count)
+                .map(|_| {
+                    let k = (rng.next_u64() % series.len() as u64) as usize;
+                    // Mostly the current minute or the one before, some late.
+                    let back = match rng.next_u64() % 8 {
+                        0 => rng.next_u64() % 90,
+                        1..=3 => 1,
+                        _ => 0,
+                    } as i64;
+                    let minute = (now_minute - back).max(0) * M;
+                    let value = 1 + rng.next_u64() % 100;
+                    for r in Resolution::ALL {
+                        *model[k][r.index()]
+                            .entry(r.bucket_start(minute))
+                            .or_default() += value;
+                    }
+                    inc(&series[k], minute, State::Counter(value))
+                })
+                .collect();
+            let out = merge(s, &increments);
+            assert!(out.merge_errors.is_empty(), "{:?}", out.merge_errors);
+            if rng.next_u64().is_multiple_of(8) {
+                let before = (now_minute - (rng.next_u64() % 30) as i64) * M;
+                s.delete_before(Resolution::Minute, before).unwrap();
+                for m in &mut model {
+                    m[Resolution::Minute.index()].retain(|&at, _| at >= before);
+                }
+            }
+            for (k, expected) in series.iter().zip(&model) {
+                for r in Resolution::ALL {
+                    let read: Vec<_> = read_all(s, k, r)
+                        .into_iter()
+                        .map(|(at, state)| match state {
+                            State::Counter(n) => (at, n),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    let expected: Vec<_> =
+                        expected[r.index()].iter().map(|(&a, &n)| (a, n)).collect();
+                    assert_eq!(read, expected, "seed {seed} round {round} {k} {r}");
+                }
+            }
+        }
+    }
+}
+
+/// A reader of hours never sees a minute twice (in its hour and as the open
+/// minute) nor misses one, while every commit folds the previous minute.
+/// Minute `i` holds 2^i, so a read is `2^c - 1` exactly when it holds the
+/// first `c` minutes once each.
+fn hour_reads_are_whole_while_minutes_fold(open: &Open) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let k = key("requests_total", &[]);
+    let committed = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for minute in 0..60 {
+                merge(s, &[inc(&k, minute * M, State::Counter(1 << minute))]);
+                committed.store(minute as u64 + 1, Ordering::SeqCst);
+            }
+        });
+        while !writer.is_finished() {
+            let before = committed.load(Ordering::SeqCst);
+            let read = s.read_at(&k, Resolution::Hour, 0, H).unwrap();
+            let after = committed.load(Ordering::SeqCst);
+            let n = match read.as_slice() {
+                [] => 0,
+                [(0, State::Counter(n))] => *n,
+                other => panic!("{other:?}"),
+            };
+            assert!((n + 1).is_power_of_two(), "{n:b}: a minute counted twice");
+            // The commit in flight may be visible before it is counted.
+            let minutes = u64::from((n + 1).trailing_zeros());
+            assert!(
+                before <= minutes && minutes <= after + 1,
+                "{before} {minutes} {after}"
+            );
+        }
+        writer.join().unwrap();
+    });
+    assert_eq!(
+        s.read_at(&k, Resolution::Hour, 0, H).unwrap(),
+        vec![(0, State::Counter((1 << 60) - 1))]
+    );
 }
 
 fn retention_is_per_resolution(open: &Open) {
@@ -973,7 +1108,20 @@ fn retention_is_per_resolution(open: &Open) {
         vec![(D, State::Counter(8))]
     );
     assert_eq!(read_all(s, &k, Resolution::Hour).len(), 2);
+    // Day D holds only the open minute D + M so far: minute retention folds
+    // it (and deletes the minutes), then day retention has it to delete.
+    assert_eq!(s.delete_before(Resolution::Day, i64::MAX).unwrap(), 0);
+    assert_eq!(
+        read_all(s, &k, Resolution::Day),
+        vec![(D, State::Counter(8))]
+    );
+    assert_eq!(s.delete_before(Resolution::Minute, i64::MAX).unwrap(), 2);
+    assert_eq!(
+        read_all(s, &k, Resolution::Day),
+        vec![(D, State::Counter(8))]
+    );
     assert_eq!(s.delete_before(Resolution::Day, i64::MAX).unwrap(), 1);
+    assert!(read_all(s, &k, Resolution::Day).is_empty());
     assert_eq!(s.series_count(), 1);
 }
 
@@ -1613,6 +1761,8 @@ suite!(
     readers_run_alongside_a_writer,
     rollups_are_the_merge_of_their_minutes,
     a_refused_rollup_merge_skips_every_resolution,
+    rollups_match_a_model_in_any_order,
+    hour_reads_are_whole_while_minutes_fold,
     retention_is_per_resolution,
     events_are_listed_newest_first,
     event_retention,
@@ -1631,8 +1781,8 @@ suite!(
 mod durable {
     use super::*;
     use crate::redb::schema::{
-        BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, INPUT_CURSORS, META, META_FORMAT_VERSION, SERIES_SEEN,
-        SPOOL,
+        BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, INPUT_CURSORS, META, META_FORMAT_VERSION, SERIES_OPEN,
+        SERIES_SEEN, SPOOL,
     };
     use redb::{ReadableDatabase, ReadableTable};
 
@@ -1705,7 +1855,15 @@ mod durable {
             series.sort();
             for k in series {
                 for r in Resolution::ALL {
-                    let buckets = read_all(s, &k, r);
+                    // Encoded: every bucket of a histogram, not its summary.
+                    let buckets: Vec<_> = read_all(s, &k, r)
+                        .into_iter()
+                        .map(|(at, state)| {
+                            let mut bytes = Vec::new();
+                            state.encode(&mut bytes);
+                            (at, bytes)
+                        })
+                        .collect();
                     out += &format!("{} {} {k} {r} {buckets:?}\n", m.name, m.kind);
                 }
             }
@@ -1856,14 +2014,20 @@ mod durable {
         let other = key("requests_total", &[]);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         merge(&s, &[inc(&boom, 0, sum(1.0))]);
+        // Minute M opens: minute 0 is folded into hour and day 0.
+        merge(&s, &[inc(&boom, M, sum(4.0))]);
         let id = series_ids(&s)[0];
-        poison(&s, Resolution::Minute, id, 0, &nan_sum_bytes());
+        poison(&s, Resolution::Minute, id, M, &nan_sum_bytes());
         poison(&s, Resolution::Hour, id, 0, b"garbage");
         assert_eq!(s.quarantined(), 0);
 
+        // Minute 2M opens: folding minute M meets both.
         let outcome = s
             .commit(Commit {
-                increments: &[inc(&boom, 0, sum(2.0)), inc(&other, 0, State::Counter(7))],
+                increments: &[
+                    inc(&boom, 2 * M, sum(2.0)),
+                    inc(&other, 0, State::Counter(7)),
+                ],
                 progress: &[],
                 cursors: &[],
                 spool_watermark_ms: None,
@@ -1874,7 +2038,10 @@ mod durable {
         assert!(outcome.merge_errors.is_empty());
         assert_eq!(s.quarantined(), 2);
         // The unreadable buckets start afresh; the readable day keeps both.
-        assert_eq!(read_all(&s, &boom, Resolution::Minute), vec![(0, sum(2.0))]);
+        assert_eq!(
+            read_all(&s, &boom, Resolution::Minute),
+            vec![(0, sum(1.0)), (2 * M, sum(2.0))]
+        );
         assert_eq!(read_all(&s, &boom, Resolution::Hour), vec![(0, sum(2.0))]);
         assert_eq!(read_all(&s, &boom, Resolution::Day), vec![(0, sum(3.0))]);
         assert_eq!(
@@ -1899,7 +2066,7 @@ mod durable {
         let txn = s.backend.db.begin_read().unwrap();
         let table = txn.open_table(crate::redb::schema::QUARANTINE).unwrap();
         assert_eq!(
-            table.get(("buckets", id, 0)).unwrap().unwrap().value(),
+            table.get(("buckets", id, M)).unwrap().unwrap().value(),
             nan_sum_bytes().as_slice()
         );
         assert_eq!(
@@ -1958,7 +2125,7 @@ mod durable {
         {
             let txn = s.backend.db.begin_read().unwrap();
             let meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 3);
+            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 4);
         }
         assert_eq!(s.expire_series(before_upgrade).unwrap(), 0);
         assert_eq!(s.series_count(), 1);
@@ -2188,10 +2355,12 @@ mod durable {
                 ],
             );
             let expected = snapshot(&s);
-            // Make it what a format 1 store left: minutes only.
+            // Make it what a format 1 store left: minutes only (every one
+            // of them folded, as no format before 4 had open minutes).
             let txn = s.backend.db.begin_write().unwrap();
             txn.delete_table(BUCKETS_HOUR).unwrap();
             txn.delete_table(BUCKETS_DAY).unwrap();
+            txn.delete_table(SERIES_OPEN).unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(META_FORMAT_VERSION, 1)
@@ -2207,7 +2376,7 @@ mod durable {
                 assert_eq!(read_all(&s, k, r), minutes_merged(&s, k, r), "{k} {r}");
             }
         }
-        // Upgraded once: the next open finds format 3 and changes nothing.
+        // Upgraded once: the next open finds format 4 and changes nothing.
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), expected);

@@ -11,9 +11,19 @@ use super::schema::{BUCKETS, FORMAT_VERSION, SERIES, SERIES_SEEN, bucket_table};
 use super::table::{WriteTable, WriteTxn};
 use crate::{DecodeError, Resolution, SeriesId, StoreError, wall_clock_ms};
 
-/// Upgrades a file of format `from` (1 or 2) to [`FORMAT_VERSION`]; the
-/// caller records the new version in the same transaction.
+/// Upgrades a file of format `from` (1, 2 or 3) to [`FORMAT_VERSION`]; the
+/// caller records the new version in the same transaction. A format 3 file
+/// has every minute folded into its hour and day: no series has an open
+/// minute, and nothing changes but the version.
 pub(super) fn upgrade(txn: &WriteTxn, from: u64) -> Result<(), StoreError> {
+    if from == 3 {
+        tracing::info!(
+            from,
+            to = FORMAT_VERSION,
+            "store upgraded: open minutes recorded from now on"
+        );
+        return Ok(());
+    }
     if from == 1 {
         let (written, refused) = build_rollups(txn)?;
         tracing::info!(

@@ -10,7 +10,8 @@ use redb::{Database, DatabaseError, StorageError};
 use super::schema::{
     ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, EVENTS, FORMAT_VERSION, INPUT_CURSORS, META,
     META_EPOCH, META_FORMAT_VERSION, META_SERIES_NEXT_ID, META_SPOOL_BYTES, META_SPOOL_DROPPED,
-    META_SPOOL_LAST_SEQ, METRICS, QUARANTINE, SERIES, SERIES_SEEN, SOURCES, SPOOL, bucket_table,
+    META_SPOOL_LAST_SEQ, METRICS, QUARANTINE, SERIES, SERIES_OPEN, SERIES_SEEN, SOURCES, SPOOL,
+    bucket_table,
 };
 use super::table::{ReadTxn, WriteTxn};
 use super::{Redb, migrate};
@@ -157,6 +158,7 @@ fn initialize(db: &Database) -> Result<(), StoreError> {
     // transactions never meet a missing table.
     txn.table(SERIES)?;
     txn.table(SERIES_SEEN)?;
+    txn.table(SERIES_OPEN)?;
     txn.table(METRICS)?;
     for r in Resolution::ALL {
         txn.table(bucket_table(r))?;
@@ -175,7 +177,7 @@ fn initialize(db: &Database) -> Result<(), StoreError> {
     match version {
         None => meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?,
         Some(FORMAT_VERSION) => {}
-        Some(old @ (1 | 2)) => {
+        Some(old @ (1..=3)) => {
             migrate::upgrade(&txn, old)?;
             meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
         }
@@ -226,6 +228,7 @@ pub(super) fn restore(db: &Database) -> Result<Restored, StoreError> {
 
     let table = txn.table(SERIES)?;
     let seen = txn.table(SERIES_SEEN)?;
+    let open = txn.table(SERIES_OPEN)?;
     let mut series = Vec::new();
     for entry in table.iter()? {
         let (id, bytes) = entry?;
@@ -233,10 +236,12 @@ pub(super) fn restore(db: &Database) -> Result<Restored, StoreError> {
         let key = decode_series_key(bytes.value())
             .map_err(|e| table.corrupt(format_args!("series {id}"), e))?;
         let last_update_ms = seen.get(id)?.map(|at| at.value());
+        let open_minute_ms = open.get(id)?.map(|at| at.value());
         series.push(RestoredSeries {
             id,
             key,
             last_update_ms,
+            open_minute_ms,
         });
     }
 

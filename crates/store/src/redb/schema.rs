@@ -5,6 +5,7 @@
 //! |----------------|---------------------------|--------------------------------------------|
 //! | `series`       | series id `u64`           | encoded series key (`codec.rs`)            |
 //! | `series_seen`  | series id `u64`           | `i64`: last commit (`now_ms`) that merged into it |
+//! | `series_open`  | series id `u64`           | `i64`: its open minute, not yet folded into its hour and day (absent: none) |
 //! | `metrics`      | metric name               | kind tag ([`Kind::as_str`](strata_model::Kind::as_str)) |
 //! | `buckets`      | (series id, minute ms)    | [`State::encode`](strata_model::State::encode) bytes |
 //! | `buckets_hour` | (series id, hour ms)      | [`State::encode`](strata_model::State::encode) bytes |
@@ -20,8 +21,9 @@
 //! | `quarantine`   | (bucket table name, series id, bucket ms) | the unreadable bytes, as they were stored |
 //!
 //! Bucket keys sort by series then time, so reading one series' range is one
-//! contiguous scan. The three bucket tables share that layout and are written
-//! together by every commit. Ids of events, history records and outbox
+//! contiguous scan. The three bucket tables share that layout; a commit
+//! writes a series' hour and day when it folds a minute into them or merges
+//! a late increment (`plan.rs`). Ids of events, history records and outbox
 //! entries come from counters persisted in `meta`, so they keep increasing
 //! across restarts and after retention emptied their table.
 //!
@@ -38,6 +40,9 @@ pub(crate) type BucketTable = TableDefinition<'static, (u64, i64), &'static [u8]
 pub(crate) const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
 /// Series id → `now_ms` of the last commit that merged into it.
 pub(crate) const SERIES_SEEN: TableDefinition<u64, i64> = TableDefinition::new("series_seen");
+/// Series id → its open minute (ms), the one not yet folded into its hour
+/// and day; absent when every minute of the series is folded.
+pub(crate) const SERIES_OPEN: TableDefinition<u64, i64> = TableDefinition::new("series_open");
 pub(crate) const METRICS: TableDefinition<&str, &str> = TableDefinition::new("metrics");
 /// Minute buckets (the name predates the rollups).
 pub(crate) const BUCKETS: BucketTable = TableDefinition::new("buckets");
@@ -77,7 +82,11 @@ pub(crate) fn bucket_table(resolution: Resolution) -> BucketTable {
 /// 2: hour and day rollup tables (a format 1 file is upgraded on open).
 /// 3: `series_seen` (series expiry) and the alarm tables (format 1 and 2
 /// files are upgraded on open).
-pub(crate) const FORMAT_VERSION: u64 = 3;
+/// 4: `series_open`: a series' newest minute is merged into its hour and day
+/// only when a newer one starts, so hour and day buckets no longer hold
+/// every minute by themselves, and an older build must not read them (a
+/// format 3 file has every minute folded and opens unchanged).
+pub(crate) const FORMAT_VERSION: u64 = 4;
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_EPOCH: &str = "epoch";
 /// Last spool seq ever assigned; kept when the spool empties so seqs stay

@@ -7,7 +7,7 @@ use super::schema::{
     ALARM_HISTORY, ALARM_OUTBOX, ALARM_STATES, BUCKETS, BUCKETS_DAY, BUCKETS_HOUR, EVENTS,
     INPUT_CURSORS, META, META_ALARM_HISTORY_LAST_ID, META_EVENT_LAST_ID, META_OUTBOX_LAST_ID,
     META_SERIES_NEXT_ID, META_SPOOL_BYTES, META_SPOOL_DROPPED, META_SPOOL_LAST_SEQ, METRICS,
-    QUARANTINE, SERIES, SERIES_SEEN, SOURCES, SPOOL, bucket_table,
+    QUARANTINE, SERIES, SERIES_OPEN, SERIES_SEEN, SOURCES, SPOOL, bucket_table,
 };
 use super::table::WriteTxn;
 use crate::backend::{BucketKey, Buckets, Retention, SpoolWrite, Transaction};
@@ -129,6 +129,17 @@ fn write_series(txn: &WriteTxn, t: &Transaction<'_>) -> Result<(), StoreError> {
         let mut seen = txn.table(SERIES_SEEN)?;
         for &(id, at) in t.last_updates {
             seen.insert(id, at)?;
+        }
+    }
+    if !t.open_minutes.is_empty() {
+        let mut open = txn.table(SERIES_OPEN)?;
+        for &(id, minute_ms) in t.open_minutes {
+            match minute_ms {
+                Some(minute_ms) => open.insert(id, minute_ms)?,
+                None => {
+                    open.remove(id)?;
+                }
+            }
         }
     }
     if !t.new_metrics.is_empty() {
@@ -318,9 +329,11 @@ pub(super) fn remove_series(
     {
         let mut keys = txn.table(SERIES)?;
         let mut seen = txn.table(SERIES_SEEN)?;
+        let mut open = txn.table(SERIES_OPEN)?;
         for &id in series {
             keys.remove(id)?;
             seen.remove(id)?;
+            open.remove(id)?;
         }
     }
     for r in Resolution::ALL {

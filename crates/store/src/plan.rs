@@ -1,0 +1,575 @@
+//! The commit planner: turns a flush's increments into bucket writes, and
+//! folds open minutes into their hour and day rollups.
+//!
+//! # Open minutes
+//! Each series has at most one **open minute**: its newest minute bucket,
+//! not yet merged into its hour and day buckets. Every other minute of the
+//! series is **folded**: its hour and day buckets hold it. A commit merges an
+//! increment
+//! - for the open minute, into that minute only (the common case: a series
+//!   updated at every flush touches one stored state per flush, not three);
+//! - for a minute with no bucket yet, newer than the open one, into that new
+//!   minute, which becomes the open one once the previous open minute is
+//!   folded (merged into its hour and day, in the same transaction);
+//! - for any other minute (late data), into the minute, its hour and its day
+//!   together, or into none of them, as the minute is already folded.
+//!
+//! So an hour (day) bucket plus its series' open minute, when that minute
+//! falls in it, is the merge of every increment committed into its minutes.
+//! Reads of hours and days add the open minute ([`crate::BackedStore`]);
+//! minute retention folds an open minute before deleting it.
+//!
+//! Folding merges a whole minute into its rollups; a rollup that refuses it
+//! (a histogram precision or apdex threshold that changed within the hour)
+//! keeps its state, the minute stays readable at minute resolution, and the
+//! refusal is recorded as a [`EventKind::RollupRefused`] event.
+//!
+//! Planning is done in three steps, with backend loads between them:
+//! [`lookup`] names the minute buckets of known series; [`classify`] decides,
+//! from which of them exist, what each increment does and which further
+//! states (hours, days, minutes to fold) must be loaded; [`plan_commit`]
+//! merges, in increment order, into the states loaded.
+
+use std::sync::Arc;
+
+use strata_model::{Increment, Kind, ModelError, SeriesKey, State, minute_start};
+
+use crate::backend::{BucketKey, Buckets, Stored};
+use crate::index::{Quarantined, SeriesIndex, unreadable_reason};
+use crate::{Event, EventKind, Resolution, SeriesId};
+
+/// What one commit (or one fold before minute retention) will write,
+/// computed before anything is written.
+#[derive(Debug, Default)]
+pub(crate) struct CommitPlan {
+    /// Metrics seen for the first time, with the kind they are fixed to.
+    pub(crate) new_metrics: Vec<(String, Kind)>,
+    /// Series seen for the first time, with the ids assigned to them.
+    pub(crate) new_series: Vec<(SeriesId, Arc<SeriesKey>)>,
+    /// The merged state of every bucket this commit touches, per resolution
+    /// (indexed by [`Resolution::index`]), to be written back whole.
+    pub(crate) buckets: [Buckets; 3],
+    /// Indexes (into the commit's increments) of those that merged, in order:
+    /// exactly these go to the outgoing spool.
+    pub(crate) merged: Vec<usize>,
+    /// Increments that could not be merged, with the series they were for.
+    pub(crate) errors: Vec<(String, ModelError)>,
+    /// Every series an increment merged into, ascending by id, with its new
+    /// last-update time (the commit's `now_ms`, never earlier than before).
+    pub(crate) seen: Vec<(SeriesId, i64)>,
+    /// Series whose open minute changes: `Some` the new one, `None` none
+    /// (every minute folded).
+    pub(crate) open: Vec<(SeriesId, Option<i64>)>,
+    /// Stored buckets this commit found unreadable: the store moves their
+    /// bytes aside and the increments start them afresh.
+    pub(crate) quarantined: Vec<Quarantined>,
+    /// Minutes a rollup refused while folding.
+    pub(crate) refused: Vec<RollupRefused>,
+}
+
+impl CommitPlan {
+    /// How many buckets this commit writes, over every resolution.
+    pub(crate) fn bucket_count(&self) -> usize {
+        self.buckets.iter().map(Buckets::len).sum()
+    }
+
+    /// The events this plan appends with its transaction: quarantined
+    /// states and refused folds.
+    pub(crate) fn events(&self, now_ms: i64) -> Vec<Event> {
+        let quarantined = self.quarantined.iter().map(|q| q.event(now_ms));
+        let refused = self.refused.iter().map(|r| r.event(now_ms));
+        quarantined.chain(refused).collect()
+    }
+
+    /// Logs what it recorded; called once it is durable.
+    pub(crate) fn log(&self) {
+        self.quarantined.iter().for_each(Quarantined::log);
+        self.refused.iter().for_each(RollupRefused::log);
+    }
+}
+
+/// A minute a rollup refused to merge while folding it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RollupRefused {
+    /// The series' display form.
+    pub(crate) series: String,
+    pub(crate) minute_ms: i64,
+    /// The rollup that refused: hour or day.
+    pub(crate) resolution: Resolution,
+    pub(crate) reason: ModelError,
+}
+
+impl RollupRefused {
+    fn event(&self, ts_ms: i64) -> Event {
+        Event::new(
+            ts_ms,
+            EventKind::RollupRefused,
+            format!(
+                "minute {} of {} left out of its {} rollup (kept at minute resolution): {}",
+                self.minute_ms, self.series, self.resolution, self.reason
+            ),
+        )
+    }
+
+    fn log(&self) {
+        tracing::warn!(
+            series = %self.series,
+            minute_ms = self.minute_ms,
+            resolution = %self.resolution,
+            reason = %self.reason,
+            "minute left out of its rollup (kept at minute resolution)"
+        );
+    }
+}
+
+/// What [`lookup`] found for a commit.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    /// Per increment, its series' id if the series is known.
+    ids: Vec<Option<SeriesId>>,
+    /// The minute buckets of known series to load: sorted, no duplicates.
+    pub(crate) keys: Vec<BucketKey>,
+}
+
+/// The first step of planning a commit of `increments`: the id of each
+/// one's series if it is known, and the minute buckets of known series they
+/// go into, for the backend to load.
+pub(crate) fn lookup(index: &SeriesIndex, increments: &[Increment]) -> Lookup {
+    let ids: Vec<Option<SeriesId>> = increments
+        .iter()
+        .map(|inc| index.id_of(&inc.series))
+        .collect();
+    let mut keys: Vec<BucketKey> = increments
+        .iter()
+        .zip(&ids)
+        .filter_map(|(inc, id)| id.map(|id| key(Resolution::Minute, id, inc.bucket_ms)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Lookup { ids, keys }
+}
+
+/// The bucket of `series` at `resolution` that holds `ts_ms`.
+fn key(resolution: Resolution, series: SeriesId, ts_ms: i64) -> BucketKey {
+    BucketKey {
+        resolution,
+        series,
+        bucket_ms: resolution.bucket_start(ts_ms),
+    }
+}
+
+/// The minute, hour and day buckets of `series` that hold `minute_ms`.
+fn keys_of(series: SeriesId, minute_ms: i64) -> [BucketKey; 3] {
+    Resolution::ALL.map(|r| key(r, series, minute_ms))
+}
+
+/// What planning does with one increment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Refused before any bucket is looked at: its metric has this kind.
+    KindMismatch(Kind),
+    /// Into its series' open minute, only.
+    Open(SeriesId),
+    /// Into a new minute, which becomes its series' open minute once the
+    /// previous open minute (if any) is folded.
+    Opens { id: SeriesId, fold: Option<i64> },
+    /// Into a folded minute: its minute, hour and day, or none of them.
+    Late(SeriesId),
+}
+
+/// The second step: what each increment does, and what else to load.
+#[derive(Debug)]
+pub(crate) struct Classified {
+    /// Per increment.
+    actions: Vec<Action>,
+    new_metrics: Vec<(String, Kind)>,
+    new_series: Vec<(SeriesId, Arc<SeriesKey>)>,
+    /// Series whose open minute this commit changes, with the new one.
+    opened: Vec<(SeriesId, i64)>,
+    /// The minute buckets [`lookup`] named, with what the backend holds.
+    minutes: Vec<(BucketKey, Stored)>,
+    /// Further buckets of known series to load: sorted, no duplicates,
+    /// none of `minutes`.
+    to_load: Vec<BucketKey>,
+    /// Buckets of series new in this commit: nothing stored.
+    fresh: Vec<BucketKey>,
+}
+
+impl Classified {
+    /// The further buckets the backend must load for [`plan_commit`].
+    pub(crate) fn to_load(&self) -> &[BucketKey] {
+        &self.to_load
+    }
+}
+
+/// The second step of planning: decides what each increment does, from the
+/// minute states the backend loaded for [`Lookup::keys`] (in that order),
+/// and names the further states to load. Kind checks are made here: an
+/// increment whose kind differs from its metric's is refused; the first
+/// increment of a new metric fixes its kind, the first of a new series
+/// gives it the next id (a first increment never fails to merge: its
+/// buckets are new).
+pub(crate) fn classify(
+    index: &SeriesIndex,
+    increments: &[Increment],
+    lookup: Lookup,
+    minutes: Vec<Stored>,
+) -> Classified {
+    debug_assert_eq!(lookup.keys.len(), minutes.len());
+    let exists = |id: SeriesId, minute_ms: i64| {
+        let k = key(Resolution::Minute, id, minute_ms);
+        lookup
+            .keys
+            .binary_search(&k)
+            .is_ok_and(|i| !matches!(minutes[i], Stored::Absent))
+    };
+    let mut actions = Vec::with_capacity(increments.len());
+    let mut new_metrics = Vec::new();
+    let mut new_series = Vec::new();
+    // foldhash: these are hashed once or twice per increment.
+    let mut new_ids: foldhash::HashMap<Arc<SeriesKey>, SeriesId> = Default::default();
+    let mut new_kinds: foldhash::HashMap<&str, Kind> = Default::default();
+    let mut next_id = index.next_id();
+    let mut open: foldhash::HashMap<SeriesId, i64> = Default::default();
+    let mut created: foldhash::HashSet<(SeriesId, i64)> = Default::default();
+    let mut to_load = Vec::new();
+    let mut fresh = Vec::new();
+
+    for (inc, known) in increments.iter().zip(&lookup.ids) {
+        let kind = inc.state.kind();
+        let metric = inc.series.metric();
+        match index
+            .kind_of(metric)
+            .or_else(|| new_kinds.get(metric).copied())
+        {
+            Some(recorded) if recorded != kind => {
+                actions.push(Action::KindMismatch(recorded));
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                new_kinds.insert(metric, kind);
+                new_metrics.push((metric.to_owned(), kind));
+            }
+        }
+        let id = match known {
+            Some(id) => *id,
+            None => *new_ids.entry(Arc::clone(&inc.series)).or_insert_with(|| {
+                let id = next_id;
+                next_id += 1;
+                new_series.push((id, Arc::clone(&inc.series)));
+                id
+            }),
+        };
+        // Buckets of a known series are loaded, a new series' are fresh.
+        let needs = if known.is_some() {
+            &mut to_load
+        } else {
+            &mut fresh
+        };
+        let minute = minute_start(inc.bucket_ms);
+        let current = open.get(&id).copied().or_else(|| index.open_minute(id));
+        let present = created.contains(&(id, minute)) || (known.is_some() && exists(id, minute));
+        let action = if current == Some(minute) {
+            Action::Open(id)
+        } else if present || current.is_some_and(|o| minute < o) {
+            needs.extend(&keys_of(id, minute)[1..]);
+            Action::Late(id)
+        } else {
+            if let Some(p) = current {
+                needs.extend(keys_of(id, p));
+            }
+            open.insert(id, minute);
+            Action::Opens { id, fold: current }
+        };
+        if known.is_none() {
+            fresh.push(key(Resolution::Minute, id, minute));
+        }
+        // An open minute needs no record: once another minute opens, any
+        // later increment for it is older than that one, so late anyway.
+        if !matches!(action, Action::Open(_)) {
+            created.insert((id, minute));
+        }
+        actions.push(action);
+    }
+
+    to_load.sort_unstable();
+    to_load.dedup();
+    to_load.retain(|k| lookup.keys.binary_search(k).is_err());
+    fresh.sort_unstable();
+    fresh.dedup();
+    let mut opened: Vec<_> = open.into_iter().collect();
+    opened.sort_unstable();
+    Classified {
+        actions,
+        new_metrics,
+        new_series,
+        opened,
+        minutes: lookup.keys.into_iter().zip(minutes).collect(),
+        to_load,
+        fresh,
+    }
+}
+
+/// The stored states a plan starts from, merged into in place.
+///
+/// The states are kept in a vector beside their sorted keys and found by
+/// bisection, and the merged ones are handed to the write in key order: a
+/// commit of tens of thousands of increments neither hashes nor inserts
+/// each state into a map (a hash map of them cost a fifth of the global
+/// tier's CPU; ordered maps filled in increment order, another tenth).
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    keys: Vec<BucketKey>,
+    /// `stored[i]` is the state of `keys[i]`: as loaded, merged into, or
+    /// `Absent` (also once found unreadable).
+    stored: Vec<Stored>,
+    /// `changed[i]`: `stored[i]` was merged into (or started) and is written.
+    changed: Vec<bool>,
+}
+
+impl Loaded {
+    /// The states of `keys` (in any order, no duplicates), as loaded.
+    pub(crate) fn new(entries: impl IntoIterator<Item = (BucketKey, Stored)>) -> Self {
+        let mut entries: Vec<_> = entries.into_iter().collect();
+        // Sorted runs (minutes, the rest, fresh): a stable sort merges them.
+        entries.sort_by_key(|(k, _)| *k);
+        let (keys, stored): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let changed = vec![false; keys.len()];
+        Loaded {
+            keys,
+            stored,
+            changed,
+        }
+    }
+
+    /// Positions of `keys`, every one of which must have been loaded; a
+    /// state found unreadable is recorded for quarantine (once: it is then
+    /// absent) and starts afresh.
+    fn positions<const N: usize>(
+        &mut self,
+        keys: [BucketKey; N],
+        series: &SeriesKey,
+        quarantined: &mut Vec<Quarantined>,
+    ) -> Result<[usize; N], ModelError> {
+        let mut at = [0; N];
+        for (slot, key) in at.iter_mut().zip(keys) {
+            let Ok(i) = self.keys.binary_search(&key) else {
+                // Not loaded: classification names every bucket it needs.
+                return Err(ModelError::Decode(format!("bucket {key:?} was not loaded")));
+            };
+            if let Stored::Unreadable(e) = &self.stored[i] {
+                quarantined.push(Quarantined {
+                    key,
+                    series: series.to_string(),
+                    reason: unreadable_reason(e),
+                });
+                self.stored[i] = Stored::Absent;
+            }
+            *slot = i;
+        }
+        Ok(at)
+    }
+
+    /// Merges `incoming` into the buckets `keys`, or into none of them: on
+    /// the first refusal (in key order given) returns it with every bucket
+    /// unchanged. An absent bucket starts as a copy of `incoming`.
+    ///
+    /// Every present state is checked first with [`State::check_merge`] (the
+    /// same checks `merge` makes), then merged in place: no state is copied,
+    /// which matters for histograms of several kilobytes.
+    fn merge<const N: usize>(
+        &mut self,
+        keys: [BucketKey; N],
+        series: &SeriesKey,
+        incoming: &State,
+        quarantined: &mut Vec<Quarantined>,
+    ) -> Result<(), ModelError> {
+        let at = self.positions(keys, series, quarantined)?;
+        for &i in &at {
+            if let Stored::State(state) = &self.stored[i] {
+                state.check_merge(incoming)?;
+            }
+        }
+        for i in at {
+            match &mut self.stored[i] {
+                Stored::State(state) => state.merge(incoming)?,
+                slot => *slot = Stored::State(incoming.clone()),
+            }
+            self.changed[i] = true;
+        }
+        Ok(())
+    }
+
+    /// Folds minute `minute_ms` of `id` into its hour and day: each rollup
+    /// merges it, or refuses it and is left as it was (recorded in
+    /// `refused`). An absent (or unreadable) minute has nothing to fold.
+    fn fold(&mut self, id: SeriesId, series: &SeriesKey, minute_ms: i64, plan: &mut CommitPlan) {
+        let at = match self.positions(keys_of(id, minute_ms), series, &mut plan.quarantined) {
+            Ok(at) => at,
+            Err(e) => {
+                // Not loaded: cannot happen; the minute stays unfolded.
+                tracing::error!(series = %series, minute_ms, error = %e, "minute not folded");
+                return;
+            }
+        };
+        let Ok([minute, hour, day]) = self.stored.get_disjoint_mut(at) else {
+            return;
+        };
+        let Stored::State(minute) = minute else {
+            return;
+        };
+        for (resolution, rollup, i) in [
+            (Resolution::Hour, hour, at[1]),
+            (Resolution::Day, day, at[2]),
+        ] {
+            let merged = match rollup {
+                Stored::State(state) => {
+                    state.check_merge(minute).and_then(|()| state.merge(minute))
+                }
+                slot => {
+                    *slot = Stored::State(minute.clone());
+                    Ok(())
+                }
+            };
+            match merged {
+                Ok(()) => self.changed[i] = true,
+                Err(reason) => plan.refused.push(RollupRefused {
+                    series: series.to_string(),
+                    minute_ms,
+                    resolution,
+                    reason,
+                }),
+            }
+        }
+    }
+
+    /// The changed states, per resolution, in key order.
+    fn into_buckets(self) -> [Buckets; 3] {
+        let mut out: [Vec<((SeriesId, i64), State)>; 3] = Default::default();
+        let entries = self.keys.into_iter().zip(self.stored).zip(self.changed);
+        for ((key, stored), changed) in entries {
+            if let (true, Stored::State(state)) = (changed, stored) {
+                out[key.resolution.index()].push(((key.series, key.bucket_ms), state));
+            }
+        }
+        // Sorted input: `collect` builds each map in bulk.
+        out.map(|states| states.into_iter().collect())
+    }
+}
+
+/// The last step of planning a commit: merges `increments` as
+/// [`classify`] decided, into the states the backend loaded
+/// (`minutes` for [`Lookup::keys`], `rest` for [`Classified::to_load`]).
+/// A bucket found unreadable is reported once in [`CommitPlan::quarantined`]
+/// and treated as absent, so one corrupt state never stops the commit of
+/// everything else.
+///
+/// An increment is skipped and reported once in [`CommitPlan::errors`] when
+/// its kind differs from its metric's, or when a bucket it goes into
+/// refuses its state (different histogram precision, apdex threshold): a
+/// late increment goes into its minute, hour and day or into none of them.
+/// Several increments for one bucket merge in order. Every series an
+/// increment merged into is stamped with `now_ms` in [`CommitPlan::seen`].
+pub(crate) fn plan_commit(
+    index: &SeriesIndex,
+    increments: &[Increment],
+    now_ms: i64,
+    classified: Classified,
+    rest: Vec<Stored>,
+) -> CommitPlan {
+    let Classified {
+        actions,
+        new_metrics,
+        new_series,
+        opened,
+        minutes,
+        to_load,
+        fresh,
+    } = classified;
+    let absent = fresh.into_iter().map(|k| (k, Stored::Absent));
+    let mut loaded = Loaded::new(
+        minutes
+            .into_iter()
+            .chain(to_load.into_iter().zip(rest))
+            .chain(absent),
+    );
+    let mut plan = CommitPlan {
+        new_metrics,
+        new_series,
+        open: opened.into_iter().map(|(id, m)| (id, Some(m))).collect(),
+        ..CommitPlan::default()
+    };
+    let mut touched: Vec<SeriesId> = Vec::with_capacity(increments.len());
+    for (i, (inc, action)) in increments.iter().zip(actions).enumerate() {
+        let q = &mut plan.quarantined;
+        let minute = |id| [key(Resolution::Minute, id, inc.bucket_ms)];
+        let merged = match action {
+            Action::KindMismatch(expected) => Err(ModelError::KindMismatch {
+                expected,
+                found: inc.state.kind(),
+            }),
+            Action::Open(id) => loaded
+                .merge(minute(id), &inc.series, &inc.state, q)
+                .map(|()| id),
+            Action::Late(id) => {
+                let keys = keys_of(id, minute_start(inc.bucket_ms));
+                loaded.merge(keys, &inc.series, &inc.state, q).map(|()| id)
+            }
+            Action::Opens { id, fold } => {
+                if let Some(p) = fold {
+                    loaded.fold(id, &inc.series, p, &mut plan);
+                }
+                let q = &mut plan.quarantined;
+                loaded
+                    .merge(minute(id), &inc.series, &inc.state, q)
+                    .map(|()| id)
+            }
+        };
+        match merged {
+            Ok(id) => {
+                plan.merged.push(i);
+                touched.push(id);
+            }
+            Err(e) => plan.errors.push((inc.series.to_string(), e)),
+        }
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    plan.seen = touched
+        .into_iter()
+        .map(|id| (id, index.last_seen(id).map_or(now_ms, |at| at.max(now_ms))))
+        .collect();
+    plan.buckets = loaded.into_buckets();
+    plan
+}
+
+/// The buckets [`plan_fold`] needs: the minute, hour and day of every open
+/// minute before `before_ms`.
+pub(crate) fn fold_keys(opens: &[(SeriesId, Arc<SeriesKey>, i64)]) -> Vec<BucketKey> {
+    let mut keys: Vec<_> = opens
+        .iter()
+        .flat_map(|&(id, _, m)| keys_of(id, m))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Folds the open minutes `opens` (from [`SeriesIndex::opens_before`]) into
+/// their hours and days, leaving their series with no open minute: what
+/// minute retention does before it deletes them. `stored` holds the states
+/// of [`fold_keys`], in its order.
+pub(crate) fn plan_fold(
+    opens: &[(SeriesId, Arc<SeriesKey>, i64)],
+    keys: Vec<BucketKey>,
+    stored: Vec<Stored>,
+) -> CommitPlan {
+    let mut loaded = Loaded::new(keys.into_iter().zip(stored));
+    let mut plan = CommitPlan::default();
+    for (id, series, minute_ms) in opens {
+        loaded.fold(*id, series, *minute_ms, &mut plan);
+        plan.open.push((*id, None));
+    }
+    plan.buckets = loaded.into_buckets();
+    plan
+}
