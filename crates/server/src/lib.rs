@@ -399,8 +399,9 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         watermark_delay_ms: strata_model::time::span_ms(agg.watermark_delay_ms, 1),
         allowed_lateness_ms: strata_model::time::span_ms(agg.allowed_lateness_s, 1_000),
         // A memory store keeps nothing across a restart: nothing to log.
-        request_log: config.storage.request_log
-            && config.storage.engine == config::StorageEngine::Redb,
+        request_log: (config.storage.request_log
+            && config.storage.engine == config::StorageEngine::Redb)
+            .then(|| config.node.data_dir.clone()),
     }
 }
 

@@ -198,7 +198,7 @@ pub use codec::{RequestRecord, decode_request_record, encode_request_record};
 pub use error::{BackendError, DecodeError, StoreError};
 pub use events::{Event, EventCutoffs, EventKind, EventQuery};
 pub use memory::{Memory, MemoryStore};
-pub use redb::{Redb, RedbStore};
+pub use redb::{Redb, RedbStore, RequestLogFile};
 pub use resolution::Resolution;
 
 /// Store-assigned identity of a series: sequential, never reused.

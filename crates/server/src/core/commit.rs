@@ -31,6 +31,13 @@ pub enum Ticket {
     },
     /// An ingest request with `wait=commit`.
     Commit(oneshot::Sender<Result<(), String>>),
+    /// A request the request log holds as record `seq`: the commit writes
+    /// its marker, and once durable the log deletes the record
+    /// ([`crate::core::request_log`]).
+    Logged {
+        seq: u64,
+        merged: crate::core::request_log::Merged,
+    },
     /// An input's cursors (the stream table of a cumulative input), written
     /// in the transaction of the flush that holds the request's data; with
     /// `done`, the request waits for that commit.
@@ -367,7 +374,8 @@ fn cursors_of(tickets: &[Ticket]) -> Vec<Cursor> {
     tickets
         .iter()
         .filter_map(|t| match t {
-            Ticket::Cursors { cursors, .. } => Some(cursors.iter().cloned()),
+            Ticket::Cursors { cursors, .. } => Some(cursors.clone()),
+            Ticket::Logged { seq, .. } => Some(vec![crate::core::request_log::marker(*seq)]),
             _ => None,
         })
         .flatten()
@@ -396,6 +404,9 @@ fn settle(tickets: Vec<Ticket>, result: Result<(), &str>) {
                 let _ = tx.send(Ok(()));
             }
             (Ticket::Cursors { done: None, .. }, _) => {}
+            (Ticket::Logged { seq, merged }, Ok(())) => merged.record(seq),
+            // Still in the log: merged at the next start.
+            (Ticket::Logged { .. }, Err(_)) => {}
         }
     }
 }

@@ -64,9 +64,10 @@ pub struct PipelineSettings {
     pub watermark_delay_ms: i64,
     /// `aggregation.allowed_lateness_s`, in ms: the most the watermark trails.
     pub allowed_lateness_ms: i64,
-    /// Whether `wait=commit` requests are answered from the request log
+    /// Where the request log keeps its file (the node's data directory),
+    /// when `wait=commit` requests are answered from it
     /// ([`crate::core::request_log`]) instead of after their flush commit.
-    pub request_log: bool,
+    pub request_log: Option<std::path::PathBuf>,
 }
 
 impl PipelineSettings {
@@ -86,7 +87,7 @@ impl PipelineSettings {
             retention: Retention::forever(),
             watermark_delay_ms: 2_000,
             allowed_lateness_ms: 600_000,
-            request_log: false,
+            request_log: None,
         }
     }
 }
@@ -145,13 +146,15 @@ impl Pipeline {
             fatal.carrier_hook(),
         )
         .map_err(|e| anyhow::anyhow!("starting aggregator shards: {e}"))?;
-        let (request_log, pending) = if settings.request_log {
-            let pending = request_log::pending(&*ctx.store)
-                .map_err(|e| anyhow::anyhow!("reading the request log: {e}"))?;
-            let log = RequestLog::start(ctx.clone(), &pending)?;
-            (Some(Arc::new(log)), pending)
-        } else {
-            (None, Vec::new())
+        let (request_log, pending) = match &settings.request_log {
+            Some(dir) => {
+                let mut recovered = request_log::recover(&*ctx.store, dir)
+                    .map_err(|e| anyhow::anyhow!("opening the request log: {e}"))?;
+                let pending = std::mem::take(&mut recovered.pending);
+                let log = RequestLog::start(ctx.clone(), recovered)?;
+                (Some(Arc::new(log)), pending)
+            }
+            None => (None, Vec::new()),
         };
         let committed = Arc::new(Committed::new(ctx.store.spool_stats().last_seq));
         let writer = CommitWriter::new(
@@ -337,25 +340,41 @@ impl Pipeline {
         let Some(log) = &self.request_log else {
             return Err("this node keeps no request log".to_owned());
         };
-        let key = log.append(request_log::encode(&samples, &increments))?;
-        let ticket = request_log::deletion(key.clone());
+        let seq = log.append(request_log::encode(&samples, &increments))?;
+        let ticket = log.ticket(seq);
         if self
             .submit_events(samples, increments, Some(ticket), origin, newest_event)
             .is_err()
         {
-            tracing::info!(record = %key, "node stopping: the logged request is merged at the next start");
+            tracing::info!(
+                record = seq,
+                "node stopping: the logged request is merged at the next start"
+            );
         }
         Ok(())
     }
 
     /// Hands every record left in the request log (acknowledged before the
-    /// last stop, not merged) to the aggregator again, each with the ticket
-    /// that deletes it in the commit that merges it. An unreadable record is
-    /// deleted the same way, and logged.
-    fn replay(&self, pending: Vec<(String, Vec<u8>)>) -> Result<(), Stopping> {
+    /// last stop, not merged) to the aggregator again, each with its ticket
+    /// ([`request_log`]). An unreadable record is settled the same way, with
+    /// nothing merged, and logged.
+    fn replay(&self, pending: Vec<request_log::Pending>) -> Result<(), Stopping> {
         let stats = &self.ctx.stats;
-        for (key, bytes) in pending {
-            let ticket = request_log::deletion(key.clone());
+        let Some(log) = &self.request_log else {
+            return Ok(());
+        };
+        for record in pending {
+            let (name, bytes, ticket) = match record {
+                request_log::Pending::InStore { key, bytes } => {
+                    let ticket = request_log::deletion(key.clone());
+                    (key, bytes, ticket)
+                }
+                request_log::Pending::Logged { seq, bytes } => (
+                    format!("{}{seq}", request_log::LOG_PREFIX),
+                    bytes,
+                    log.ticket(seq),
+                ),
+            };
             match request_log::decode(&bytes) {
                 Ok(record) => {
                     Stats::add(&stats.request_log_replayed_total, 1);
@@ -365,13 +384,13 @@ impl Pipeline {
                         .map(|s| s.ts_ms)
                         .chain(record.increments.iter().map(|i| i.bucket_ms))
                         .max();
-                    let origin = Some(Arc::from(key.as_str()));
+                    let origin = Some(Arc::from(name.as_str()));
                     let (samples, increments) = (record.samples, record.increments);
                     self.submit_events(samples, increments, Some(ticket), origin, newest)?;
                 }
                 Err(e) => {
                     Stats::add(&stats.request_log_unreadable_total, 1);
-                    tracing::error!(record = %key, error = %e, "unreadable request-log record dropped: the request it held is lost");
+                    tracing::error!(record = %name, error = %e, "unreadable request-log record dropped: the request it held is lost");
                     self.submit_events(Vec::new(), Vec::new(), Some(ticket), None, None)?;
                 }
             }
@@ -488,7 +507,8 @@ impl Pipeline {
                 Ticket::Commit(tx) | Ticket::Cursors { done: Some(tx), .. } => {
                     let _ = tx.send(Err(format!("node stopping: {why}")));
                 }
-                Ticket::Cursors { done: None, .. } => {}
+                // Acknowledged already: still in the log, merged at the next start.
+                Ticket::Cursors { done: None, .. } | Ticket::Logged { .. } => {}
             }
         }
     }
@@ -549,7 +569,9 @@ impl Pipeline {
         let request_ids;
         let (tickets, flushed_at_ms, own_watermark_ms, late_minutes) = {
             let _gate = self.gate.write();
-            let tickets = std::mem::take(&mut *self.tickets.lock());
+            let mut tickets = std::mem::take(&mut *self.tickets.lock());
+            // Markers of records the request log has deleted since.
+            tickets.extend(self.request_log.as_ref().and_then(|log| log.unmark()));
             request_ids = std::mem::take(&mut *self.request_ids.lock());
             let at = now_ms();
             let own_watermark_ms = self.event_clock.flush(at);

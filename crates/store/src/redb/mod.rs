@@ -8,6 +8,8 @@
 //! - `migrate.rs`: upgrading files of older formats, in the open
 //!   transaction.
 //! - `read.rs` and `write.rs`: the [`Backend`] primitives.
+//! - `log_file.rs`: [`RequestLogFile`], the server's request log, a redb
+//!   file of its own beside the store's.
 //!
 //! A bucket state that does not decode never stops a commit or a query: the
 //! store moves its bytes to `quarantine`, keyed by bucket table, series and
@@ -19,12 +21,15 @@ use std::path::{Path, PathBuf};
 use redb::Database;
 use strata_model::State;
 
+pub use log_file::RequestLogFile;
+
 use crate::backend::{Backend, BucketKey, Restored, Retention, Stored, Transaction};
 use crate::{
     AlarmRecord, AlarmState, BackedStore, DecodeError, Event, EventCutoffs, EventQuery,
     OutboxEntry, Resolution, SeriesId, StoreError,
 };
 
+mod log_file;
 mod migrate;
 mod open;
 mod read;

@@ -108,7 +108,7 @@ impl BackedStore<Redb> {
 /// Why redb refused to open `path`, sorted into what `--reset-store` cures
 /// (content that cannot be used) and what it must not touch (a lock held by
 /// another process, I/O errors).
-fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+pub(super) fn open_error(path: &Path, e: DatabaseError) -> StoreError {
     let what = format!("open {}", path.display());
     match e {
         DatabaseError::Storage(StorageError::Corrupted(_)) => StoreError::Unreadable {
