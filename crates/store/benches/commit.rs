@@ -3,14 +3,17 @@
 //! latencies, half counters) committed into a store that already holds
 //! their minute, hour and day buckets, on both backends.
 //!
-//! Each iteration commits the same flush again into the same store, so the
-//! buckets grow as they would over a minute of flushes. Throughput is in
-//! increments.
+//! `memory` and `redb`: each iteration commits the same flush again into the
+//! same minute, so the buckets grow as they would over a minute of flushes
+//! (each series' open minute merges it alone). `memory_next_minute` and
+//! `redb_next_minute`: each iteration commits it into the next minute, so
+//! every series folds its previous minute into its hour and day first —
+//! what the first flush of every minute costs. Throughput is in increments.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use strata_model::bench_inputs::XorShift;
 use strata_model::{Increment, Kind, SampleValue, SeriesKey, State, StateParams};
 use strata_store::{Commit, MemoryStore, RedbStore, Store, StoreOptions};
@@ -64,6 +67,17 @@ fn commit(store: &dyn Store, increments: &[Increment]) {
     assert!(outcome.merge_errors.is_empty());
 }
 
+/// `increments` moved to the minute after the one they were last committed
+/// into (`minute` counts them).
+fn next_minute(increments: &[Increment], minute: &mut i64) -> Vec<Increment> {
+    *minute += 60_000;
+    let mut moved = increments.to_vec();
+    for inc in &mut moved {
+        inc.bucket_ms = *minute;
+    }
+    moved
+}
+
 fn bench_commit(c: &mut Criterion) {
     let increments = flush();
     let mut group = c.benchmark_group("commit");
@@ -80,6 +94,22 @@ fn bench_commit(c: &mut Criterion) {
     let redb = RedbStore::open(dir.path(), StoreOptions::default()).expect("open redb");
     commit(&redb, &increments);
     group.bench_function("redb", |b| b.iter(|| commit(black_box(&redb), &increments)));
+
+    let mut minute = MINUTE_MS;
+    group.bench_function("memory_next_minute", |b| {
+        b.iter_batched(
+            || next_minute(&increments, &mut minute),
+            |moved| commit(black_box(&memory), &moved),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("redb_next_minute", |b| {
+        b.iter_batched(
+            || next_minute(&increments, &mut minute),
+            |moved| commit(black_box(&redb), &moved),
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 

@@ -137,7 +137,7 @@ pub(crate) struct Lookup {
 pub(crate) fn lookup(index: &SeriesIndex, increments: &[Increment]) -> Lookup {
     let ids: Vec<Option<SeriesId>> = increments
         .iter()
-        .map(|inc| index.id_of(&inc.series))
+        .map(|inc| index.id_of_arc(&inc.series))
         .collect();
     let mut keys: Vec<BucketKey> = increments
         .iter()

@@ -1045,6 +1045,50 @@ fn hour_reads_are_whole_while_minutes_fold(open: &Open) {
     );
 }
 
+/// Series are found by key whichever `Arc` carries it, and the `Arc` of an
+/// expired series leaves no trace: keys made after it (very likely at its
+/// freed address) are new series.
+fn series_are_found_by_key_whatever_arc_carries_it(open: &Open) {
+    let f = open(StoreOptions::default());
+    let s = &*f.store;
+    let first = key("requests_total", &[("az", "a")]);
+    let equal = key("requests_total", &[("az", "a")]);
+    assert!(!Arc::ptr_eq(&first, &equal));
+    merge_at(s, 1, &[inc(&first, 0, State::Counter(1))]);
+    merge_at(
+        s,
+        1,
+        &[
+            inc(&equal, 0, State::Counter(2)),
+            inc(&first, 0, State::Counter(4)),
+        ],
+    );
+    assert_eq!(s.series_count(), 1);
+    assert_eq!(
+        read_all(s, &equal, Resolution::Minute),
+        vec![(0, State::Counter(7))]
+    );
+    assert_eq!(s.expire_series(2).unwrap(), 1);
+    drop((first, equal));
+    for i in 0..50 {
+        let other = key("requests_total", &[("az", &format!("b{i}"))]);
+        merge_at(s, 3, &[inc(&other, 0, State::Counter(1))]);
+        assert_eq!(
+            read_all(s, &other, Resolution::Minute),
+            vec![(0, State::Counter(1))]
+        );
+    }
+    assert_eq!(s.series_count(), 50);
+    assert!(
+        read_all(
+            s,
+            &key("requests_total", &[("az", "a")]),
+            Resolution::Minute
+        )
+        .is_empty()
+    );
+}
+
 fn retention_is_per_resolution(open: &Open) {
     let f = open(StoreOptions::default());
     let s = &*f.store;
@@ -1762,6 +1806,7 @@ suite!(
     rollups_are_the_merge_of_their_minutes,
     a_refused_rollup_merge_skips_every_resolution,
     rollups_match_a_model_in_any_order,
+    series_are_found_by_key_whatever_arc_carries_it,
     hour_reads_are_whole_while_minutes_fold,
     retention_is_per_resolution,
     events_are_listed_newest_first,
