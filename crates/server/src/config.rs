@@ -308,9 +308,10 @@ pub struct StorageConfig {
     pub engine: StorageEngine,
     /// Cap of the outgoing spool; at the cap the oldest batches are dropped (counted, logged).
     pub spool_max_bytes: u64,
-    /// Memory for the redb page cache. The hot working set is the current minute,
-    /// hour and day bucket of each active series; pages beyond the cache are read
-    /// back from the file (the OS page cache) when touched.
+    /// Memory for the redb page cache. The hot working set is the open (newest)
+    /// minute bucket of each active series, and once a minute its hour and day;
+    /// pages beyond the cache are read back from the file (the OS page cache)
+    /// when touched.
     pub cache_bytes: u64,
     /// Minute buckets older than this are deleted.
     pub retention_minutes: u64,

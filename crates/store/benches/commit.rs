@@ -1,7 +1,7 @@
 //! The store's commit path, what the global tier spends most of its time in:
 //! one flush of increments (one per series, half histograms of realistic
 //! latencies, half counters) committed into a store that already holds
-//! their minute, hour and day buckets, on both backends.
+//! their buckets, on both backends.
 //!
 //! `memory` and `redb`: each iteration commits the same flush again into the
 //! same minute, so the buckets grow as they would over a minute of flushes

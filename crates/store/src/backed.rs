@@ -51,10 +51,12 @@ pub struct BackedStore<B> {
     /// once their transaction committed.
     quarantined: AtomicU64,
     /// Held shared by reads of hours and days (which add their series' open
-    /// minute from the index to the rollups from the backend), exclusively
-    /// by a writer that changes open minutes, from its write until the
-    /// index has them: a read never adds a minute its rollup already holds.
-    /// Minute reads never take it.
+    /// minute, from the index, to the rollups, from the backend, in two
+    /// reads), exclusively by a writer that folds a minute or writes a
+    /// rollup, from its write until the index has it: a read never adds a
+    /// minute its rollup already holds, nor sees part of a commit's rollup
+    /// writes. A commit that only merges open minutes or opens new ones
+    /// (most of them) does not take it; minute reads never do.
     rollups: RwLock<()>,
 }
 
@@ -159,7 +161,7 @@ impl<B: Backend> BackedStore<B> {
     /// a transaction of its own, leaving those series with no open minute:
     /// minute retention calls it, under the writer exclusion, before
     /// deleting the minutes.
-    fn fold_open_before(&self, before_ms: i64) -> Result<(), StoreError> {
+    pub(crate) fn fold_open_before(&self, before_ms: i64) -> Result<(), StoreError> {
         let opens = self.index.read().opens_before(before_ms);
         if opens.is_empty() {
             return Ok(());
@@ -188,8 +190,8 @@ impl<B: Backend> BackedStore<B> {
         txn: Transaction<'_>,
     ) -> Result<(), StoreError> {
         let quarantine: Vec<_> = plan.quarantined.iter().map(|q| q.key).collect();
+        let rollups = plan.changes_rollups().then(|| self.rollups.write());
         let buckets = std::mem::take(&mut plan.buckets);
-        let rollups = (!plan.open.is_empty()).then(|| self.rollups.write());
         self.backend.write(Transaction {
             quarantine: &quarantine,
             new_metrics: &plan.new_metrics,

@@ -65,12 +65,21 @@ pub(crate) struct CommitPlan {
     pub(crate) quarantined: Vec<Quarantined>,
     /// Minutes a rollup refused while folding.
     pub(crate) refused: Vec<RollupRefused>,
+    /// How many open minutes this plan folds (an absent one included).
+    pub(crate) folds: usize,
 }
 
 impl CommitPlan {
     /// How many buckets this commit writes, over every resolution.
     pub(crate) fn bucket_count(&self) -> usize {
         self.buckets.iter().map(Buckets::len).sum()
+    }
+
+    /// Whether it changes what a read of hours or days combines: it folds a
+    /// minute (moving it from the open minute into its rollups) or writes a
+    /// rollup bucket (a late increment).
+    pub(crate) fn changes_rollups(&self) -> bool {
+        self.folds > 0 || self.buckets[1..].iter().any(|b| !b.is_empty())
     }
 
     /// The events this plan appends with its transaction: quarantined
@@ -405,6 +414,7 @@ impl Loaded {
     /// merges it, or refuses it and is left as it was (recorded in
     /// `refused`). An absent (or unreadable) minute has nothing to fold.
     fn fold(&mut self, id: SeriesId, series: &SeriesKey, minute_ms: i64, plan: &mut CommitPlan) {
+        plan.folds += 1;
         let at = match self.positions(keys_of(id, minute_ms), series, &mut plan.quarantined) {
             Ok(at) => at,
             Err(e) => {

@@ -5,10 +5,12 @@ use strata_model::{MINUTE_MS, Step, minute_start};
 
 /// Width of a stored bucket.
 ///
-/// Every commit merges each increment into its minute, hour and day bucket in
-/// the same transaction, so an hour (day) bucket always holds the merge of
-/// every increment committed into its minutes, even after minute retention has
-/// deleted them. Buckets start at UTC boundaries.
+/// A commit merges each increment into its minute; a series' minutes are
+/// folded into its hour and day buckets once a newer minute starts (late
+/// increments into all three at once), and reads of hours and days add the
+/// minute not yet folded (`plan.rs`), so an hour (day) always reads as the
+/// merge of every increment committed into its minutes, also after minute
+/// retention has deleted them. Buckets start at UTC boundaries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Resolution {
     /// One bucket per UTC minute: the finest kept.

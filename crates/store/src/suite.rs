@@ -2144,6 +2144,44 @@ mod durable {
     }
 
     #[test]
+    fn a_format_3_file_has_every_minute_folded_and_opens_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("requests_total", &[]);
+        let expected = {
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            merge(&s, &[inc(&k, 0, State::Counter(1)), inc(&k, M, State::Counter(2))]);
+            // What format 3 left: every minute in its hour and day.
+            s.fold_open_before(i64::MAX).unwrap();
+            let expected = snapshot(&s);
+            let txn = s.backend.db.begin_write().unwrap();
+            txn.delete_table(SERIES_OPEN).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT_VERSION, 3)
+                .unwrap();
+            txn.commit().unwrap();
+            expected
+        };
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(snapshot(&s), expected);
+        {
+            let txn = s.backend.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 4);
+        }
+        // A stored minute is late; a new one opens and reads in its hour.
+        merge(&s, &[inc(&k, M, State::Counter(4)), inc(&k, 2 * M, State::Counter(8))]);
+        assert_eq!(read_all(&s, &k, Resolution::Hour), vec![(0, State::Counter(15))]);
+        drop(s);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(read_all(&s, &k, Resolution::Day), vec![(0, State::Counter(15))]);
+        assert_eq!(
+            read_all(&s, &k, Resolution::Minute),
+            vec![(0, State::Counter(1)), (M, State::Counter(6)), (2 * M, State::Counter(8))]
+        );
+    }
+
+    #[test]
     fn a_format_2_file_gets_every_series_stamped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let k = key("requests_total", &[]);
