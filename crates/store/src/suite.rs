@@ -2149,7 +2149,10 @@ mod durable {
         let k = key("requests_total", &[]);
         let expected = {
             let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
-            merge(&s, &[inc(&k, 0, State::Counter(1)), inc(&k, M, State::Counter(2))]);
+            merge(
+                &s,
+                &[inc(&k, 0, State::Counter(1)), inc(&k, M, State::Counter(2))],
+            );
             // What format 3 left: every minute in its hour and day.
             s.fold_open_before(i64::MAX).unwrap();
             let expected = snapshot(&s);
@@ -2170,14 +2173,30 @@ mod durable {
             assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 4);
         }
         // A stored minute is late; a new one opens and reads in its hour.
-        merge(&s, &[inc(&k, M, State::Counter(4)), inc(&k, 2 * M, State::Counter(8))]);
-        assert_eq!(read_all(&s, &k, Resolution::Hour), vec![(0, State::Counter(15))]);
+        merge(
+            &s,
+            &[
+                inc(&k, M, State::Counter(4)),
+                inc(&k, 2 * M, State::Counter(8)),
+            ],
+        );
+        assert_eq!(
+            read_all(&s, &k, Resolution::Hour),
+            vec![(0, State::Counter(15))]
+        );
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(read_all(&s, &k, Resolution::Day), vec![(0, State::Counter(15))]);
+        assert_eq!(
+            read_all(&s, &k, Resolution::Day),
+            vec![(0, State::Counter(15))]
+        );
         assert_eq!(
             read_all(&s, &k, Resolution::Minute),
-            vec![(0, State::Counter(1)), (M, State::Counter(6)), (2 * M, State::Counter(8))]
+            vec![
+                (0, State::Counter(1)),
+                (M, State::Counter(6)),
+                (2 * M, State::Counter(8))
+            ]
         );
     }
 
