@@ -146,6 +146,13 @@ fn an_empty_store_file_is_refused_and_reset_store_moves_it_aside() {
     );
     assert_eq!(std::fs::metadata(&store).expect("store kept").len(), 0);
     assert!(moved_aside(&config.data_dir).is_empty());
+    // A request log beside it, holding a record: which records the lost
+    // store merged is lost with it, so the log goes aside too.
+    let log_file = strata_store::RequestLogFile::open(&config.data_dir).expect("request log");
+    log_file
+        .write(&[b"record".to_vec()], &[], 0)
+        .expect("a record");
+    drop(log_file);
 
     // Asked explicitly, it keeps the file aside and starts a new store.
     let mut reset = config.clone();
@@ -159,6 +166,16 @@ fn an_empty_store_file_is_refused_and_reset_store_moves_it_aside() {
         log.contains("store unreadable: moved aside") && log.contains("moved_to="),
         "{log}"
     );
+    assert!(
+        log.contains("request log moved aside with the store"),
+        "{log}"
+    );
+    let logs_aside: Vec<_> = std::fs::read_dir(&node.config.data_dir)
+        .expect("reading the data dir")
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("request_log.redb.reset-"))
+        .collect();
+    assert_eq!(logs_aside.len(), 1, "{logs_aside:?}");
     assert_eq!(counter_total(&node, "store_requests", base_minute_ms()), 0);
     assert!(std::fs::metadata(&store).expect("new store").len() > 0);
 }

@@ -523,6 +523,13 @@ async fn open_redb(dir: PathBuf, opts: StoreOptions, reset: bool) -> anyhow::Res
                 moved_to = %aside.display(),
                 "store unreadable: moved aside, starting a new store with a new epoch (--reset-store)"
             );
+            // Its records belong to the store moved aside: which of them it
+            // merged (and forwarded) is lost with it.
+            if let Some(log) =
+                strata_store::RequestLogFile::move_aside(&dir).with_context(context)?
+            {
+                tracing::warn!(moved_to = %log.display(), "request log moved aside with the store (--reset-store)");
+            }
             let store = open(dir.clone(), opts).await?.with_context(context)?;
             Ok(store)
         }

@@ -70,6 +70,29 @@ impl RequestLogFile {
         &self.path
     }
 
+    /// Moves the log's file in `dir`, if there is one, to
+    /// `request_log.redb.reset-<unix ms>` beside it (renamed, never
+    /// deleted); returns the new path. For a store started afresh: the
+    /// records belong to the store they were merged into, or were to be.
+    pub fn move_aside(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+        let path = dir.join(Self::FILE_NAME);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let aside = dir.join(format!(
+            "{}.reset-{}",
+            Self::FILE_NAME,
+            crate::wall_clock_ms()
+        ));
+        std::fs::rename(&path, &aside).map_err(|e| {
+            StoreError::io(
+                format_args!("moving {} to {}", path.display(), aside.display()),
+                e,
+            )
+        })?;
+        Ok(Some(aside))
+    }
+
     /// In one durable transaction: deletes the records numbered `delete`
     /// (absent ones are ignored), then appends `append` numbered from the
     /// next sequence number, never below `at_least`; returns their numbers,
@@ -146,6 +169,24 @@ mod tests {
         assert_eq!(log.write(&[b"e".to_vec()], &[], 10).unwrap(), [10]);
         assert_eq!(log.write(&[b"f".to_vec()], &[], 0).unwrap(), [11]);
         assert_eq!(log.records().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn moving_aside_keeps_the_file_and_starts_an_empty_log() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(RequestLogFile::move_aside(dir.path()).unwrap(), None);
+        let log = RequestLogFile::open(dir.path()).unwrap();
+        log.write(&[b"a".to_vec()], &[], 0).unwrap();
+        drop(log);
+        let aside = RequestLogFile::move_aside(dir.path()).unwrap().unwrap();
+        assert!(aside.exists());
+        assert!(
+            RequestLogFile::open(dir.path())
+                .unwrap()
+                .records()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
