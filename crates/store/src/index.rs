@@ -180,7 +180,7 @@ impl SeriesIndex {
             .values()
             .flat_map(|m| &m.series)
             .filter_map(|key| {
-                let id = *self.ids.get(key)?;
+                let id = self.id_of_arc(key)?;
                 let minute_ms = self.open_minute(id).filter(|&m| m < before_ms)?;
                 Some((id, Arc::clone(key), minute_ms))
             })
@@ -220,7 +220,7 @@ impl SeriesIndex {
         for (name, metric) in &self.metrics {
             let mut kept = 0;
             for key in &metric.series {
-                let Some(&id) = self.ids.get(key) else {
+                let Some(id) = self.id_of_arc(key) else {
                     continue;
                 };
                 if self.last_seen(id).unwrap_or(i64::MIN) < idle_before(key) {

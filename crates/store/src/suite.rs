@@ -2143,6 +2143,26 @@ mod durable {
         assert_eq!(s.quarantined(), 1);
     }
 
+    /// Makes the file of `s` what a store of format `version` left:
+    /// `strip` deletes what that format did not have, in the transaction
+    /// that records the version.
+    fn make_format(s: &RedbStore, version: u64, strip: impl FnOnce(&redb::WriteTransaction)) {
+        let txn = s.backend.db.begin_write().unwrap();
+        strip(&txn);
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT_VERSION, version)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// The format version the file of `s` records.
+    fn format_of(s: &RedbStore) -> u64 {
+        let txn = s.backend.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(META_FORMAT_VERSION).unwrap().unwrap().value()
+    }
+
     #[test]
     fn a_format_3_file_has_every_minute_folded_and_opens_as_is() {
         let dir = tempfile::tempdir().unwrap();
@@ -2156,22 +2176,14 @@ mod durable {
             // What format 3 left: every minute in its hour and day.
             s.fold_open_before(i64::MAX).unwrap();
             let expected = snapshot(&s);
-            let txn = s.backend.db.begin_write().unwrap();
-            txn.delete_table(SERIES_OPEN).unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_FORMAT_VERSION, 3)
-                .unwrap();
-            txn.commit().unwrap();
+            make_format(&s, 3, |txn| {
+                txn.delete_table(SERIES_OPEN).unwrap();
+            });
             expected
         };
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), expected);
-        {
-            let txn = s.backend.db.begin_read().unwrap();
-            let meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 4);
-        }
+        assert_eq!(format_of(&s), 4);
         // A stored minute is late; a new one opens and reads in its hour.
         merge(
             &s,
@@ -2213,22 +2225,14 @@ mod durable {
             // Stamped long ago: without the upgrade's stamp it would expire.
             merge_at(&s, 1, &[inc(&k, 0, State::Counter(1))]);
             let expected = snapshot(&s);
-            let txn = s.backend.db.begin_write().unwrap();
-            txn.delete_table(SERIES_SEEN).unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_FORMAT_VERSION, 2)
-                .unwrap();
-            txn.commit().unwrap();
+            make_format(&s, 2, |txn| {
+                txn.delete_table(SERIES_SEEN).unwrap();
+            });
             expected
         };
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(snapshot(&s), expected);
-        {
-            let txn = s.backend.db.begin_read().unwrap();
-            let meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), 4);
-        }
+        assert_eq!(format_of(&s), 4);
         assert_eq!(s.expire_series(before_upgrade).unwrap(), 0);
         assert_eq!(s.series_count(), 1);
         assert_eq!(s.expire_series(i64::MAX).unwrap(), 1);
@@ -2459,15 +2463,11 @@ mod durable {
             let expected = snapshot(&s);
             // Make it what a format 1 store left: minutes only (every one
             // of them folded, as no format before 4 had open minutes).
-            let txn = s.backend.db.begin_write().unwrap();
-            txn.delete_table(BUCKETS_HOUR).unwrap();
-            txn.delete_table(BUCKETS_DAY).unwrap();
-            txn.delete_table(SERIES_OPEN).unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_FORMAT_VERSION, 1)
-                .unwrap();
-            txn.commit().unwrap();
+            make_format(&s, 1, |txn| {
+                txn.delete_table(BUCKETS_HOUR).unwrap();
+                txn.delete_table(BUCKETS_DAY).unwrap();
+                txn.delete_table(SERIES_OPEN).unwrap();
+            });
             expected
         };
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
