@@ -104,7 +104,12 @@ fn marker_key(seq: u64) -> String {
 
 /// The sequence number in a marker's key, if it is one.
 fn marker_seq(key: &str) -> Option<u64> {
-    key.strip_prefix(MERGED_PREFIX)?.parse().ok()
+    numbered(key, MERGED_PREFIX)
+}
+
+/// The number after `prefix` in `key`, if it is `prefix` and a number.
+fn numbered(key: &str, prefix: &str) -> Option<u64> {
+    key.strip_prefix(prefix)?.parse().ok()
 }
 
 /// The marker write of record `seq`, for the commit that merges it.
@@ -178,10 +183,7 @@ pub(crate) fn recover(store: &dyn Store, dir: &Path) -> Result<Recovered, StoreE
     let in_store = store
         .cursors(LOG_PREFIX)?
         .into_iter()
-        .filter(|(key, _)| {
-            key.strip_prefix(LOG_PREFIX)
-                .is_some_and(|n| n.parse::<u64>().is_ok())
-        })
+        .filter(|(key, _)| numbered(key, LOG_PREFIX).is_some())
         .map(|(key, bytes)| Pending::InStore { key, bytes });
     let logged = unmerged
         .into_iter()

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, TableDefinition};
 
-use super::open::open_error;
+use super::open::{open_error, rename_aside};
 use super::table::{ReadTxn, WriteTxn};
 use crate::StoreError;
 
@@ -75,22 +75,10 @@ impl RequestLogFile {
     /// deleted); returns the new path. For a store started afresh: the
     /// records belong to the store they were merged into, or were to be.
     pub fn move_aside(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
-        let path = dir.join(Self::FILE_NAME);
-        if !path.exists() {
+        if !dir.join(Self::FILE_NAME).exists() {
             return Ok(None);
         }
-        let aside = dir.join(format!(
-            "{}.reset-{}",
-            Self::FILE_NAME,
-            crate::wall_clock_ms()
-        ));
-        std::fs::rename(&path, &aside).map_err(|e| {
-            StoreError::io(
-                format_args!("moving {} to {}", path.display(), aside.display()),
-                e,
-            )
-        })?;
-        Ok(Some(aside))
+        rename_aside(dir, Self::FILE_NAME, "reset").map(Some)
     }
 
     /// In one durable transaction: deletes the records numbered `delete`

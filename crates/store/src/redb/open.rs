@@ -93,16 +93,22 @@ impl BackedStore<Redb> {
     /// next [`RedbStore::open`](crate::RedbStore::open) starts a new store; returns the new path.
     /// The file is renamed, never deleted.
     pub fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
-        let path = dir.join(Self::FILE_NAME);
-        let aside = dir.join(format!("{}.corrupt-{}", Self::FILE_NAME, wall_clock_ms()));
-        std::fs::rename(&path, &aside).map_err(|e| {
-            StoreError::io(
-                format_args!("moving {} to {}", path.display(), aside.display()),
-                e,
-            )
-        })?;
-        Ok(aside)
+        rename_aside(dir, Self::FILE_NAME, "corrupt")
     }
+}
+
+/// Renames the file `name` in `dir` to `<name>.<why>-<unix ms>` beside it
+/// (never deleted); returns the new path.
+pub(super) fn rename_aside(dir: &Path, name: &str, why: &str) -> Result<PathBuf, StoreError> {
+    let path = dir.join(name);
+    let aside = dir.join(format!("{name}.{why}-{}", wall_clock_ms()));
+    std::fs::rename(&path, &aside).map_err(|e| {
+        StoreError::io(
+            format_args!("moving {} to {}", path.display(), aside.display()),
+            e,
+        )
+    })?;
+    Ok(aside)
 }
 
 /// Why redb refused to open `path`, sorted into what `--reset-store` cures
