@@ -278,10 +278,12 @@ pub(crate) fn classify(
         };
         let minute = minute_start(inc.bucket_ms);
         let current = open.get(&id).copied().or_else(|| index.open_minute(id));
-        let present = created.contains(&(id, minute)) || (known.is_some() && exists(id, minute));
+        // Whether the minute has a bucket is asked only off the open minute
+        // (the common case skips the lookups).
+        let present = || created.contains(&(id, minute)) || (known.is_some() && exists(id, minute));
         let action = if current == Some(minute) {
             Action::Open(id)
-        } else if present || current.is_some_and(|o| minute < o) {
+        } else if current.is_some_and(|o| minute < o) || present() {
             needs.extend(&keys_of(id, minute)[1..]);
             Action::Late(id)
         } else {
