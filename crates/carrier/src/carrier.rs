@@ -366,6 +366,18 @@ impl<T> Carrier<T> {
         (mix64(key_hash) % partitions) as usize
     }
 
+    /// Whether every partition has room for `items` more with half its
+    /// capacity still free after them: a producer that checks it, then
+    /// produces at most `items` to each partition, does not wait for space
+    /// unless other producers fill half the capacity in between.
+    pub fn has_room(&self, items: usize) -> bool {
+        let half = self.shared.capacity / 2;
+        self.shared
+            .lanes
+            .iter()
+            .all(|lane| lane.tx.len().saturating_add(items) <= half)
+    }
+
     /// Queues `item` on the partition chosen by [`partition_for`](Carrier::partition_for).
     pub fn produce(&self, key_hash: u64, item: T) -> Produced<T> {
         self.produce_to(self.partition_for(key_hash), item)

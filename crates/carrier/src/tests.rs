@@ -712,3 +712,30 @@ fn strategy_round_trips_through_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn room_is_counted_against_half_of_every_partition() {
+    // Capacity 8: room for `items` while the fullest partition holds at
+    // most 4 - items.
+    let mut h = start(config(2, 8, Strategy::Blocking, 1), true, Duration::ZERO);
+    assert!(h.carrier.has_room(4));
+    assert!(!h.carrier.has_room(5));
+    // Each consumer takes one item and is held at the gate with it.
+    assert_eq!(h.carrier.produce_to(0, item(0, 0, 0)), Produced::Sent);
+    assert_eq!(h.carrier.produce_to(1, item(0, 1, 1)), Produced::Sent);
+    h.wait_entered(2);
+    for seq in 2..4 {
+        assert_eq!(h.carrier.produce_to(1, item(0, seq, 1)), Produced::Sent);
+    }
+    // Partition 1 holds 2 queued items; partition 0 none.
+    assert!(h.carrier.has_room(2));
+    assert!(!h.carrier.has_room(3));
+    assert_eq!(h.carrier.produce_to(1, item(0, 4, 1)), Produced::Sent);
+    assert!(h.carrier.has_room(1));
+    assert!(!h.carrier.has_room(2));
+    h.open_gate();
+    wait_until("both partitions drained", || h.carrier.has_room(4));
+    h.carrier.close();
+    h.join();
+    assert_eq!(h.consumed().len(), 5);
+}

@@ -46,6 +46,15 @@ use crate::core::stats::Stats;
 #[error("node is shutting down")]
 pub struct Stopping;
 
+/// One request's parts, as [`Pipeline::submit_events`] takes them.
+pub struct Submission {
+    pub samples: Vec<SampleItem>,
+    pub increments: Vec<Increment>,
+    pub ticket: Option<Ticket>,
+    pub origin: Option<Arc<str>>,
+    pub newest_event: Option<i64>,
+}
+
 /// Static settings of the pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineSettings {
@@ -278,6 +287,50 @@ impl Pipeline {
         origin: Option<Arc<str>>,
         newest_event: Option<i64>,
     ) -> Result<(), Stopping> {
+        let _gate = self.gate.read();
+        self.submit_gated(Submission {
+            samples,
+            increments,
+            ticket,
+            origin,
+            newest_event,
+        })
+    }
+
+    /// [`Pipeline::submit_events`] on the caller's thread, for a caller that
+    /// must not block (an async task), when it cannot wait: the flush gate
+    /// is free and every shard queue has room for the request's parts with
+    /// half its capacity to spare. Otherwise the submission comes back, to
+    /// be made from a blocking thread ([`Pipeline::submit_later`]).
+    pub fn try_submit_events(
+        &self,
+        submission: Submission,
+    ) -> Result<Result<(), Stopping>, Box<Submission>> {
+        let Some(_gate) = self.gate.try_read() else {
+            return Err(Box::new(submission));
+        };
+        // A request adds at most two messages to a shard (samples, increments).
+        if !self.ingest.has_room(2) {
+            return Err(Box::new(submission));
+        }
+        Ok(self.submit_gated(submission))
+    }
+
+    /// [`Pipeline::submit_events`] of a [`Submission`]. Blocks.
+    pub fn submit_later(&self, submission: Submission) -> Result<(), Stopping> {
+        let _gate = self.gate.read();
+        self.submit_gated(submission)
+    }
+
+    /// [`Pipeline::submit_events`]; the caller holds the flush gate's read side.
+    fn submit_gated(&self, submission: Submission) -> Result<(), Stopping> {
+        let Submission {
+            samples,
+            increments,
+            ticket,
+            origin,
+            newest_event,
+        } = submission;
         let (late, late_minutes) = late_buckets(
             samples
                 .iter()
@@ -291,7 +344,6 @@ impl Pipeline {
             }
             _ => None,
         };
-        let _gate = self.gate.read();
         if let Some(ts) = newest_event {
             self.event_clock.accepted(ts);
         }

@@ -58,20 +58,34 @@ impl Consumer<ShardMsg> for Shard {
             match msg {
                 ShardMsg::Samples(samples) => {
                     fault::check("shard", samples.iter().map(|s| s.series.metric()));
-                    for s in samples {
+                    // Inputs hand over a series' samples together: the state
+                    // is looked up once for each run of samples of one series
+                    // (one `Arc`: the batch holds every key it points at) and
+                    // one minute.
+                    let mut samples = samples.into_iter().peekable();
+                    while let Some(s) = samples.next() {
                         let params = StateParams {
                             apdex_threshold: s.apdex_threshold,
                             ..self.params
                         };
+                        let (series, bucket_ms) = (Arc::as_ptr(&s.series), s.bucket_ms);
                         let state = self
                             .delta
                             .entry((s.series, s.bucket_ms))
                             .or_insert_with(|| State::empty(s.kind, &params));
-                        if let Err(e) = state.record(s.value, s.ts_ms, &self.source) {
-                            // Inputs validate each sample, but only the state knows
-                            // whether adding it overflows: that sample alone is refused.
-                            Stats::add(&self.stats.merge_errors_total, 1);
-                            tracing::warn!(shard = self.index, kind = %s.kind, bucket_ms = s.bucket_ms, error = %e, "sample not recorded");
+                        let mut next = Some((s.value, s.ts_ms));
+                        while let Some((value, ts_ms)) = next {
+                            if let Err(e) = state.record(value, ts_ms, &self.source) {
+                                // Inputs validate each sample, but only the state knows
+                                // whether adding it overflows: that sample alone is refused.
+                                Stats::add(&self.stats.merge_errors_total, 1);
+                                tracing::warn!(shard = self.index, kind = %s.kind, bucket_ms, error = %e, "sample not recorded");
+                            }
+                            next = samples
+                                .next_if(|n| {
+                                    Arc::as_ptr(&n.series) == series && n.bucket_ms == bucket_ms
+                                })
+                                .map(|n| (n.value, n.ts_ms));
                         }
                     }
                 }

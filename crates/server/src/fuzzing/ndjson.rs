@@ -1,4 +1,5 @@
-//! The NDJSON ingest body: parsed, then validated all or nothing.
+//! The NDJSON ingest body: parsed, then validated all or nothing; every
+//! line the scanner reads, it reads as serde_json does.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,7 +14,7 @@ use crate::core::pipeline::{Pipeline, PipelineSettings, PipelineThreads};
 use crate::core::registry::Registry;
 use crate::core::shard::SampleItem;
 use crate::inputs::samples::{
-    IngestError, IngestSettings, Ingestor, RawPoint, RawSeries, parse_ndjson,
+    IngestError, IngestSettings, Ingestor, RawPoint, RawSeries, parse_ndjson, scan_agrees,
 };
 
 /// Parses `body` as an HTTP ingest request and validates what parses, checking:
@@ -22,6 +23,10 @@ use crate::inputs::samples::{
 /// registers no metric) and every sample it admits is recordable into a valid state
 /// of its bucket.
 pub fn ndjson(body: &[u8]) {
+    let text = std::str::from_utf8(body).unwrap_or("");
+    for line in text.lines() {
+        assert!(scan_agrees(line), "the scanner reads {line:?} otherwise");
+    }
     let lines = std::str::from_utf8(body).map_or(0, |text| text.lines().count());
     let parsed = match parse_ndjson(body) {
         Ok(parsed) => parsed,

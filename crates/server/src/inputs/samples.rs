@@ -27,7 +27,7 @@ use crate::context::{Context, now_ms};
 use crate::core::cardinality::{Cardinality, CardinalityError};
 use crate::core::commit::Ticket;
 use crate::core::limits::{Limits, MessageLimits, ReportBudget};
-use crate::core::pipeline::Pipeline;
+use crate::core::pipeline::{Pipeline, Submission};
 use crate::core::registry::{Conflict, Registry};
 use crate::core::self_metrics::SELF_PREFIX;
 use crate::core::shard::SampleItem;
@@ -37,6 +37,7 @@ use crate::status::{Class, Classify};
 mod ndjson;
 
 pub use ndjson::parse_ndjson;
+pub(crate) use ndjson::scan_agrees;
 
 /// Samples of one series as an input read them, before validation. NDJSON
 /// gives one per distinct series of the body, its points in the order of
@@ -738,12 +739,21 @@ impl Ingestor {
             (true, None) => None,
             (false, done) => Some(Ticket::Cursors { cursors, done }),
         };
-        request_id::spawn_blocking(move || {
-            pipeline.submit_events(samples, increments, ticket, origin, newest)
-        })
-        .await
-        .map_err(|_| IngestError::Stopping)?
-        .map_err(|_| IngestError::Stopping)?;
+        // On this thread when that cannot wait, else from a blocking one.
+        let submission = Submission {
+            samples,
+            increments,
+            ticket,
+            origin,
+            newest_event: newest,
+        };
+        let submitted = match pipeline.try_submit_events(submission) {
+            Ok(submitted) => submitted,
+            Err(later) => request_id::spawn_blocking(move || pipeline.submit_later(*later))
+                .await
+                .map_err(|_| IngestError::Stopping)?,
+        };
+        submitted.map_err(|_| IngestError::Stopping)?;
         self.count_accepted(n);
         let pending = rx.map(|done| PendingCommit {
             done,
@@ -899,8 +909,12 @@ mod tests {
     /// An ingestor over an idle pipeline (validation only reads its context),
     /// taking event times up to ten minutes late and five ahead.
     fn ingestor() -> (Ingestor, crate::core::pipeline::PipelineThreads) {
-        use crate::core::pipeline::PipelineSettings;
-        let settings = PipelineSettings::standalone();
+        ingestor_with(crate::core::pipeline::PipelineSettings::standalone())
+    }
+
+    fn ingestor_with(
+        settings: crate::core::pipeline::PipelineSettings,
+    ) -> (Ingestor, crate::core::pipeline::PipelineThreads) {
         let store = Arc::new(strata_store::MemoryStore::new(
             strata_store::StoreOptions::default(),
         ));
@@ -928,6 +942,70 @@ mod tests {
             stats.future_samples_total.load(Relaxed),
             stats.late_samples_total.load(Relaxed),
         ]
+    }
+
+    /// A request is submitted on the async thread when the shard queues
+    /// have room to spare, else from a blocking thread (queues of two
+    /// messages never have): either way it is merged whole, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_merged_alike_whichever_thread_submits_them() {
+        use crate::core::pipeline::PipelineSettings;
+        let now = now_ms();
+        let body: String = (0..40)
+            .map(|i| {
+                format!(
+                    r#"{{"metric":"lat","kind":"histogram","labels":{{"svc":"{}"}},"ts_ms":{now},"value":{i}}}"#,
+                    i % 3
+                ) + "\n"
+            })
+            .collect();
+        let mut merged = Vec::new();
+        for capacity in [1024, 2] {
+            let (ingestor, threads) = ingestor_with(PipelineSettings {
+                shards: 2,
+                carrier_capacity: capacity,
+                flush_interval: std::time::Duration::from_millis(20),
+                ..PipelineSettings::standalone()
+            });
+            for _ in 0..3 {
+                let items = validated(&ingestor, &body).unwrap();
+                let (n, pending) = ingestor
+                    .enqueue_admitted(
+                        Admitted {
+                            samples: items,
+                            ..Admitted::default()
+                        },
+                        Vec::new(),
+                        true,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(n, 40);
+                pending.expect("waits for its commit").wait().await.unwrap();
+            }
+            let store = ingestor.ctx.store.clone();
+            let mut states: Vec<(String, u64, String)> = store
+                .series_of("lat")
+                .iter()
+                .map(|key| {
+                    let read = store.read(key, 0, i64::MAX).unwrap();
+                    let count = read
+                        .iter()
+                        .map(|(_, state)| match state {
+                            State::Histogram(h) => h.count(),
+                            other => panic!("{other:?}"),
+                        })
+                        .sum();
+                    (key.to_string(), count, format!("{read:?}"))
+                })
+                .collect();
+            states.sort();
+            merged.push(states);
+            threads.stop();
+        }
+        let counts: Vec<u64> = merged[0].iter().map(|(_, n, _)| *n).collect();
+        assert_eq!(counts, [42, 39, 39], "3 requests of 14, 13 and 13 lines");
+        assert_eq!(merged[0], merged[1]);
     }
 
     #[test]

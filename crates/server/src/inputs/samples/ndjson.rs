@@ -10,6 +10,10 @@
 //! one label set make two [`RawSeries`] of the same key, which validation
 //! interns to one series.
 //!
+//! Most lines are read by a scanner made for the line as clients write it
+//! ([`scan`]); one it leaves (escapes, other field types, unusual numbers)
+//! is read by serde_json into a [`FastLine`], which gives the same [`Line`].
+//!
 //! A line the borrowed reading refuses is read again the plain way
 //! ([`PlainLine`]: owned strings, a label map, a `serde_json::Value`), and its
 //! error is the one reported: refusals keep their wording, columns included.
@@ -27,6 +31,12 @@ use serde_json::value::RawValue;
 use strata_model::{Kind, SampleValue};
 
 use super::{IngestError, RawPoint, RawSeries, invalid};
+
+mod scan;
+
+use scan::Tail;
+
+pub(crate) use scan::agrees as scan_agrees;
 
 /// One NDJSON line read the plain way, for the wording of its error.
 #[derive(Deserialize)]
@@ -61,6 +71,41 @@ struct FastLine<'a> {
     threshold: Option<f64>,
 }
 
+/// The fields of one line as the grouping needs them, whoever read it.
+#[derive(Debug, PartialEq)]
+struct Line<'a> {
+    metric: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    /// The raw text of the `labels` value, if the line has one.
+    labels: Option<&'a str>,
+    ts_ms: Option<i64>,
+    value: Option<Written>,
+    threshold: Option<f64>,
+}
+
+impl<'a> From<FastLine<'a>> for Line<'a> {
+    fn from(line: FastLine<'a>) -> Self {
+        Line {
+            metric: line.metric,
+            kind: line.kind,
+            labels: line.labels.map(RawValue::get),
+            ts_ms: line.ts_ms,
+            value: line.value,
+            threshold: line.threshold,
+        }
+    }
+}
+
+/// A line read by the scanner (with the field it ends with, if [`Tail`]
+/// names it), else by serde_json; `None` if neither borrowed reading takes it.
+fn read_line(raw: &str) -> Option<(Line<'_>, Option<Tail>)> {
+    scan::scan(raw).or_else(|| {
+        serde_json::from_str::<FastLine>(raw)
+            .ok()
+            .map(|line| (Line::from(line), None))
+    })
+}
+
 fn raw_labels<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<&'a RawValue>, D::Error> {
@@ -70,6 +115,7 @@ fn raw_labels<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 /// A sample's value as written, for the types a value may have: what
 /// `serde_json::Value` holds for it, without building one. Anything else
 /// (a string, `null` inside the value, an array) is not read here.
+#[derive(Debug, PartialEq)]
 enum Written {
     Flag(bool),
     Number(serde_json::Number),
@@ -134,11 +180,11 @@ fn unique_labels<'de, D: serde::Deserializer<'de>>(
 
 /// The labels of a [`FastLine`], sorted by name, or `None` if [`PlainLine`]
 /// would refuse them (the line is then read the plain way for its error).
-fn parse_labels(raw: Option<&RawValue>) -> Option<Vec<(String, String)>> {
+fn parse_labels(raw: Option<&str>) -> Option<Vec<(String, String)>> {
     let Some(raw) = raw else {
         return Some(Vec::new());
     };
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut de = serde_json::Deserializer::from_str(raw);
     let labels = unique_labels(&mut de).ok()?;
     de.end().ok()?;
     Some(labels.into_iter().collect())
@@ -154,12 +200,12 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
     let mut groups = Groups::default();
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        if raw.trim().is_empty() {
+        if groups.repeat(raw, line_no)? || raw.trim().is_empty() {
             continue;
         }
-        let grouped = match serde_json::from_str::<FastLine>(raw) {
-            Ok(line) => groups.add(line, line_no)?,
-            Err(_) => false,
+        let grouped = match read_line(raw) {
+            Some((line, tail)) => groups.add(line, line_no, tail.map(|t| (raw, t)))?,
+            None => false,
         };
         if !grouped {
             groups.series.push(plain_line(raw, line_no)?);
@@ -175,7 +221,7 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<RawSeries>, IngestError> {
 }
 
 /// What makes two lines samples of one [`RawSeries`]: their fields as written.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct GroupKey<'a> {
     metric: Cow<'a, str>,
     kind: Cow<'a, str>,
@@ -192,52 +238,125 @@ struct Groups<'a> {
     index: HashMap<GroupKey<'a>, usize, RandomState>,
     /// One per distinct series, in the order of their first line.
     series: Vec<RawSeries>,
+    /// The key of the previous line and its place: clients often write the
+    /// lines of a series together, and comparing is cheaper than hashing.
+    last: Option<(GroupKey<'a>, usize)>,
+    /// The previous line up to the value of its last field, when that is
+    /// `value` or `ts_ms`: a line that begins with the same bytes is a
+    /// sample of the same series, and only that field of it is read.
+    repeat: Option<Repeat<'a>>,
+}
+
+/// What [`Groups::repeat`] takes from the line it repeats.
+struct Repeat<'a> {
+    head: &'a str,
+    /// The field that follows the head, and the line's other one.
+    last: Last,
+    series: usize,
+}
+
+enum Last {
+    Value { ts_ms: Option<i64> },
+    TsMs { value: SampleValue },
 }
 
 impl<'a> Groups<'a> {
+    /// Adds the sample of a line that repeats the previous one up to the
+    /// value of its last field; `Ok(false)`: the line is to be read whole.
+    fn repeat(&mut self, raw: &'a str, line_no: usize) -> Result<bool, IngestError> {
+        let Some(repeat) = &self.repeat else {
+            return Ok(false);
+        };
+        let Some(tail) = raw.strip_prefix(repeat.head) else {
+            return Ok(false);
+        };
+        let series = &mut self.series[repeat.series];
+        let point = match repeat.last {
+            Last::Value { ts_ms } => match scan::value_tail(tail) {
+                Some(value) => RawPoint {
+                    line: line_no,
+                    ts_ms,
+                    value: sample_value(value, series.kind, line_no)?,
+                },
+                None => return Ok(false),
+            },
+            Last::TsMs { value } => match scan::ts_tail(tail) {
+                Some(ts_ms) => RawPoint {
+                    line: line_no,
+                    ts_ms,
+                    value,
+                },
+                None => return Ok(false),
+            },
+        };
+        series.points.push(point);
+        Ok(true)
+    }
+
     /// Adds the sample of a line to its series, building the series if the
     /// body names it for the first time. `Ok(false)`: the line's labels are
     /// refused, and the line is to be read the plain way for the error.
-    fn add(&mut self, line: FastLine<'a>, line_no: usize) -> Result<bool, IngestError> {
+    /// `tail`: the line and which field it ends with, for [`Groups::repeat`].
+    fn add(
+        &mut self,
+        line: Line<'a>,
+        line_no: usize,
+        tail: Option<(&'a str, Tail)>,
+    ) -> Result<bool, IngestError> {
         let key = GroupKey {
             metric: line.metric,
             kind: line.kind,
-            labels: line.labels.map_or("", RawValue::get),
+            labels: line.labels.unwrap_or(""),
             threshold: line.threshold.map(f64::to_bits),
         };
-        if let Some(&i) = self.index.get(&key) {
-            let series = &mut self.series[i];
-            series.points.push(RawPoint {
-                line: line_no,
-                ts_ms: line.ts_ms,
-                value: sample_value(line.value, series.kind, line_no)?,
-            });
-            return Ok(true);
-        }
-        // In the order of the plain reading: labels, kind, value.
-        let Some(labels) = parse_labels(line.labels) else {
-            return Ok(false);
+        let found = match &self.last {
+            Some((last, i)) if *last == key => Some(*i),
+            _ => self.index.get(&key).copied(),
         };
-        let kind = parse_kind(&key.kind, line_no)?;
-        let value = sample_value(line.value, kind, line_no)?;
-        self.index.insert(
-            GroupKey {
-                metric: key.metric.clone(),
-                ..key
-            },
-            self.series.len(),
-        );
-        self.series.push(RawSeries {
-            metric: key.metric.into_owned(),
-            kind,
-            labels,
-            threshold: line.threshold,
-            points: vec![RawPoint {
+        let (i, point) = if let Some(i) = found {
+            let point = RawPoint {
                 line: line_no,
                 ts_ms: line.ts_ms,
-                value,
-            }],
-            states: Vec::new(),
+                value: sample_value(line.value, self.series[i].kind, line_no)?,
+            };
+            self.series[i].points.push(point);
+            self.last = Some((key, i));
+            (i, point)
+        } else {
+            // In the order of the plain reading: labels, kind, value.
+            let Some(labels) = parse_labels(line.labels) else {
+                return Ok(false);
+            };
+            let kind = parse_kind(&key.kind, line_no)?;
+            let point = RawPoint {
+                line: line_no,
+                ts_ms: line.ts_ms,
+                value: sample_value(line.value, kind, line_no)?,
+            };
+            let i = self.series.len();
+            self.series.push(RawSeries {
+                metric: key.metric.clone().into_owned(),
+                kind,
+                labels,
+                threshold: line.threshold,
+                points: vec![point],
+                states: Vec::new(),
+            });
+            self.index.insert(key.clone(), i);
+            self.last = Some((key, i));
+            (i, point)
+        };
+        self.repeat = tail.map(|(raw, tail)| match tail {
+            Tail::Value(at) => Repeat {
+                head: &raw[..at],
+                last: Last::Value { ts_ms: point.ts_ms },
+                series: i,
+            },
+            Tail::TsMs(at) => Repeat {
+                head: &raw[..at],
+                last: Last::TsMs { value: point.value },
+                series: i,
+            },
         });
         Ok(true)
     }
@@ -483,6 +602,67 @@ mod tests {
         );
         let bad = r#"{"metric":"c","kind":"counter","labels":{"a":"1"},"value":true,"x":1}"#;
         assert!(error(&format!("{good}\n{bad}")).starts_with("line 2: unknown field `x`"));
+    }
+
+    /// A body read line after line as a repeat of the previous line's head
+    /// (up to its value or its time) reads as the same body with every line
+    /// read whole (each line there
+    /// begins with one more or one fewer space than the one before it, so
+    /// no head repeats), errors on the same line.
+    #[test]
+    fn lines_repeating_a_head_read_as_lines_read_whole() {
+        use proptest::prelude::*;
+        let heads = [
+            r#"{"metric":"lat","kind":"histogram","labels":{"s":"a"},"ts_ms":5,"value":"#,
+            r#"{"metric":"lat","kind":"histogram","labels":{"s":"a"},"ts_ms":6,"value":"#,
+            r#"{"metric":"lat","kind":"histogram","labels":{"s":"b"},"value": "#,
+            r#"{"metric":"req","kind":"counter","labels":{"s":"a"},"value":"#,
+            r#"{"metric":"req","kind":"counter","value":"#,
+            r#"{"metric":"up","kind":"percent","value":"#,
+            r#"{"metric":"ap","kind":"apdex","threshold":-0,"value":"#,
+            r#"{"metric":"req","kind":"counter","labels":{"s":"a"},"value":3,"ts_ms":"#,
+            r#"{"metric":"req","kind":"counter","ts_ms":"#,
+            r#"{"metric":"lat","kind":"histogram","value":2,"ts_ms": "#,
+        ];
+        let tails = [
+            "1}",
+            "2.5}",
+            "-0}",
+            "null}",
+            "true}",
+            " 7 } ",
+            "3}x",
+            "4,\"ts_ms\":1}",
+            "\"5\"}",
+            "9007199254740993}",
+            "1e400}",
+            "-3}",
+            "18446744073709551616}",
+            "}",
+            "1",
+        ];
+        let line = (0..heads.len(), 0..tails.len());
+        proptest!(ProptestConfig::with_cases(2000), |(lines in prop::collection::vec(line, 1..12))| {
+            let body: String = lines.iter().map(|&(h, t)| format!("{}{}\n", heads[h], tails[t])).collect();
+            let whole: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, &(h, t))| format!("{}{}{}\n", " ".repeat(i % 2), heads[h], tails[t]))
+                .collect();
+            let shape = |r: Result<Vec<RawSeries>, IngestError>| match r {
+                Ok(series) => Ok(series
+                    .into_iter()
+                    .map(|s| (s.metric, s.kind, s.labels, s.threshold.map(f64::to_bits), s.points))
+                    .collect::<Vec<_>>()),
+                Err(IngestError::Invalid { line, .. }) => Err(line),
+                Err(other) => panic!("{other:?}"),
+            };
+            prop_assert_eq!(
+                shape(parse_ndjson(body.as_bytes())),
+                shape(parse_ndjson(whole.as_bytes())),
+                "{}", body
+            );
+        });
     }
 
     #[test]
