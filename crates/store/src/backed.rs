@@ -465,12 +465,15 @@ impl<B: Backend> Store for BackedStore<B> {
         let Some(ack) = self.spool.lock().plan_ack(upto_seq) else {
             return Ok(());
         };
+        // Lost at a crash, the batches are sent again and acknowledged
+        // again without being merged again: no sync of its own.
         self.backend.write(Transaction {
             spool: Some(SpoolWrite {
                 append: None,
                 delete_through: Some(ack.through),
                 counters: ack.counters,
             }),
+            lazy: true,
             ..Transaction::default()
         })?;
         self.spool.lock().apply_ack(&ack);

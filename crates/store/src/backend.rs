@@ -150,6 +150,12 @@ pub struct Transaction<'a> {
     pub alarm_history: &'a [AlarmRecord],
     /// Notifications to queue in the outbox, in order.
     pub notifications: &'a [Notification],
+    /// Whether a crash may lose this transaction until the next one without
+    /// `lazy` is durable (which makes every one before it durable too): for
+    /// writes a repeat repairs, such as deleting spool batches the upstream
+    /// acknowledged (sent again after a crash, they are acknowledged again,
+    /// not merged again). A durable backend then skips the sync.
+    pub lazy: bool,
 }
 
 /// What [`Backend::delete_before`] deletes.

@@ -1972,6 +1972,54 @@ mod durable {
         assert_eq!(s.expire_series(250).unwrap(), 1, "only b is idle");
     }
 
+    /// A spool ack is committed without a sync of its own: a process that
+    /// dies right after it loses it (the batch is sent again, and the
+    /// upstream acknowledges it without merging it again), and the next
+    /// commit makes it durable. The test runs itself again as the process
+    /// that dies (`STRATA_STORE_CRASH_DIR` names its store).
+    #[test]
+    fn spool_acks_are_made_durable_by_the_next_commit() {
+        const DIR: &str = "STRATA_STORE_CRASH_DIR";
+        const STEP: &str = "STRATA_STORE_CRASH_STEP";
+        let a = key("requests_total", &[("service", "a")]);
+        if let (Ok(dir), Ok(step)) = (std::env::var(DIR), std::env::var(STEP)) {
+            let s = RedbStore::open(std::path::Path::new(&dir), StoreOptions::default()).unwrap();
+            if step == "ack" {
+                spool(&s, &[inc(&a, M, State::Counter(1))], 120_000);
+                spool(&s, &[inc(&a, 2 * M, State::Counter(1))], 180_000);
+                s.spool_ack(1).unwrap();
+            } else {
+                s.spool_ack(2).unwrap();
+                spool(&s, &[inc(&a, 3 * M, State::Counter(1))], 240_000);
+            }
+            // Dies as a SIGKILL would leave it: no destructor runs.
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let died = |step: &str| {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "suite::durable::spool_acks_are_made_durable_by_the_next_commit",
+                ])
+                .env(DIR, dir.path())
+                .env(STEP, step)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "the {step} child was to die");
+            let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+            let seqs: Vec<u64> = s.spool_read(0, 10).unwrap().iter().map(|b| b.seq).collect();
+            seqs
+        };
+        assert_eq!(died("ack"), [1, 2], "the ack was lost with the process");
+        assert_eq!(
+            died("ack then commit"),
+            [3],
+            "the commit after the ack kept it"
+        );
+    }
+
     #[test]
     fn outbox_and_history_ids_continue_after_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,15 @@ impl WriteTxn {
         Ok(WriteTxn { txn, op })
     }
 
+    /// Commits without a sync: durable once a later transaction without
+    /// this commits ([`Transaction::lazy`](crate::backend::Transaction)).
+    pub(crate) fn lazy(&mut self) -> Result<(), StoreError> {
+        let op = self.op;
+        self.txn
+            .set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::db(format_args!("{op}: set durability"), e))
+    }
+
     /// Opens `def`, creating it if it does not exist.
     pub(crate) fn table<K: Key + 'static, V: Value + 'static>(
         &self,

@@ -20,7 +20,10 @@ use crate::{Event, EventCutoffs, EventKind, OutboxEntry, Resolution, SeriesId, S
 /// Applies `t` in one transaction; returns the outbox ids assigned to its
 /// notifications. Only the tables `t` changes are opened.
 pub(super) fn write(db: &Database, t: &Transaction<'_>) -> Result<Vec<u64>, StoreError> {
-    let txn = WriteTxn::begin(db, operation(t))?;
+    let mut txn = WriteTxn::begin(db, operation(t))?;
+    if t.lazy {
+        txn.lazy()?;
+    }
     if !t.quarantine.is_empty() || t.buckets.iter().any(|b| !b.is_empty()) {
         write_buckets(&txn, t.quarantine, &t.buckets)?;
     }
