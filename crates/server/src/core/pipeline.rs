@@ -287,8 +287,7 @@ impl Pipeline {
         origin: Option<Arc<str>>,
         newest_event: Option<i64>,
     ) -> Result<(), Stopping> {
-        let _gate = self.gate.read();
-        self.submit_gated(Submission {
+        self.submit_blocking(Submission {
             samples,
             increments,
             ticket,
@@ -301,7 +300,7 @@ impl Pipeline {
     /// must not block (an async task), when it cannot wait: the flush gate
     /// is free and every shard queue has room for the request's parts with
     /// half its capacity to spare. Otherwise the submission comes back, to
-    /// be made from a blocking thread ([`Pipeline::submit_later`]).
+    /// be made from a blocking thread ([`Pipeline::submit_blocking`]).
     pub fn try_submit_events(
         &self,
         submission: Submission,
@@ -317,7 +316,7 @@ impl Pipeline {
     }
 
     /// [`Pipeline::submit_events`] of a [`Submission`]. Blocks.
-    pub fn submit_later(&self, submission: Submission) -> Result<(), Stopping> {
+    pub fn submit_blocking(&self, submission: Submission) -> Result<(), Stopping> {
         let _gate = self.gate.read();
         self.submit_gated(submission)
     }

@@ -23,11 +23,11 @@ use crate::inputs::samples::{
 /// registers no metric) and every sample it admits is recordable into a valid state
 /// of its bucket.
 pub fn ndjson(body: &[u8]) {
-    let text = std::str::from_utf8(body).unwrap_or("");
-    for line in text.lines() {
+    let text = std::str::from_utf8(body).ok();
+    for line in text.iter().flat_map(|text| text.lines()) {
         assert!(scan_agrees(line), "the scanner reads {line:?} otherwise");
     }
-    let lines = std::str::from_utf8(body).map_or(0, |text| text.lines().count());
+    let lines = text.map_or(0, |text| text.lines().count());
     let parsed = match parse_ndjson(body) {
         Ok(parsed) => parsed,
         Err(IngestError::Invalid { message, line }) => {

@@ -13,7 +13,7 @@
 //! [`IngestError`] is what every ingest protocol answers with; its HTTP
 //! status and gRPC code come from [`crate::status`].
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use foldhash::fast::RandomState;
 use std::sync::Arc;
@@ -210,7 +210,7 @@ impl TimeWindow {
 /// What [`Ingestor::validate_all`] has admitted so far of a request.
 struct Checked {
     /// One key per distinct series, shared by its samples and states.
-    interned: HashMap<SeriesKey, Arc<SeriesKey>, RandomState>,
+    interned: HashSet<Arc<SeriesKey>, RandomState>,
     /// What the series ask the registry for, registered once all are valid.
     wanted: Vec<Wanted>,
     admitted: Admitted,
@@ -370,7 +370,7 @@ impl Ingestor {
         let window = TimeWindow::new(now_ms(), &self.settings);
         let samples = input.iter().map(|s| s.points.len()).sum();
         let mut checked = Checked {
-            interned: HashMap::default(),
+            interned: HashSet::default(),
             wanted: Vec::with_capacity(input.len()),
             admitted: Admitted {
                 samples: Vec::with_capacity(samples),
@@ -391,7 +391,11 @@ impl Ingestor {
         } = checked;
         let budget = self
             .cardinality
-            .admit(&self.ctx.node_id, interned.keys(), window.now)
+            .admit(
+                &self.ctx.node_id,
+                interned.iter().map(|key| &**key),
+                window.now,
+            )
             .map_err(|e| {
                 self.cardinality_refused(&e);
                 IngestError::Limited(e.to_string())
@@ -419,8 +423,8 @@ impl Ingestor {
         let series = match checked.interned.get(&key) {
             Some(a) => a.clone(),
             None => {
-                let a = Arc::new(key.clone());
-                checked.interned.insert(key, a.clone());
+                let a = Arc::new(key);
+                checked.interned.insert(a.clone());
                 a
             }
         };
@@ -749,7 +753,7 @@ impl Ingestor {
         };
         let submitted = match pipeline.try_submit_events(submission) {
             Ok(submitted) => submitted,
-            Err(later) => request_id::spawn_blocking(move || pipeline.submit_later(*later))
+            Err(later) => request_id::spawn_blocking(move || pipeline.submit_blocking(*later))
                 .await
                 .map_err(|_| IngestError::Stopping)?,
         };

@@ -346,17 +346,16 @@ impl<'a> Groups<'a> {
             self.last = Some((key, i));
             (i, point)
         };
-        self.repeat = tail.map(|(raw, tail)| match tail {
-            Tail::Value(at) => Repeat {
+        self.repeat = tail.map(|(raw, tail)| {
+            let (at, last) = match tail {
+                Tail::Value(at) => (at, Last::Value { ts_ms: point.ts_ms }),
+                Tail::TsMs(at) => (at, Last::TsMs { value: point.value }),
+            };
+            Repeat {
                 head: &raw[..at],
-                last: Last::Value { ts_ms: point.ts_ms },
+                last,
                 series: i,
-            },
-            Tail::TsMs(at) => Repeat {
-                head: &raw[..at],
-                last: Last::TsMs { value: point.value },
-                series: i,
-            },
+            }
         });
         Ok(true)
     }
@@ -606,9 +605,8 @@ mod tests {
 
     /// A body read line after line as a repeat of the previous line's head
     /// (up to its value or its time) reads as the same body with every line
-    /// read whole (each line there
-    /// begins with one more or one fewer space than the one before it, so
-    /// no head repeats), errors on the same line.
+    /// read whole (each line there begins with one more or one fewer space
+    /// than the one before it, so no head repeats), errors on the same line.
     #[test]
     fn lines_repeating_a_head_read_as_lines_read_whole() {
         use proptest::prelude::*;
