@@ -46,6 +46,7 @@ use crate::api::request_id;
 use crate::context::now_ms;
 use crate::core::commit::Ticket;
 use crate::core::limits::MessageLimits;
+use crate::core::pipeline::Submission;
 use crate::core::sources::{Claim, SourceLive, epoch_fingerprint};
 use crate::core::stats::Stats;
 use crate::inputs::delivery::{Incoming, MAX_SEQ, Verdict, verdict};
@@ -496,15 +497,19 @@ impl Session {
         let increments = self.increments_of(&batch, over_limit).await?;
         let n = increments.len() as u64;
         live.set_received(seq);
-        let pipeline = self.ingestor.pipeline.clone();
         // The flush that commits this batch names it `source/seq`.
         let origin = Some(Arc::from(format!("{}/{seq}", live.id)));
-        request_id::spawn_blocking(move || {
-            pipeline.submit_from(Vec::new(), increments, Some(ticket), origin)
-        })
-        .await
-        .map_err(|_| ReceiverError::ShuttingDown)?
-        .map_err(|_| ReceiverError::ShuttingDown)?;
+        let submission = Submission {
+            samples: Vec::new(),
+            increments,
+            ticket: Some(ticket),
+            origin,
+            // Increments forwarded from below move no watermark of this node.
+            newest_event: None,
+        };
+        super::submit(&self.ingestor.pipeline, submission)
+            .await
+            .map_err(|_| ReceiverError::ShuttingDown)?;
         let stats = &self.ingestor.ctx.stats;
         live.batches.fetch_add(1, Ordering::Relaxed);
         live.increments.fetch_add(n, Ordering::Relaxed);

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::core::limits::MessageLimits;
+use crate::core::pipeline::{Pipeline, Stopping, Submission};
 use crate::inputs::samples::Ingestor;
 use crate::net::ListenerSettings;
 use crate::net::tls::ServerTls;
@@ -136,5 +137,23 @@ fn settings(name: &'static str, config: &Config, tls: Option<Arc<ServerTls>>) ->
         max_connections: config.grpc.max_connections,
         handshake_timeout: Duration::from_millis(config.grpc.handshake_timeout_ms),
         tls,
+    }
+}
+
+/// Hands one request or batch to the pipeline: on the caller's task when
+/// that cannot wait ([`Pipeline::try_submit_events`]), else from a blocking
+/// thread. `Err` when the node is stopping.
+pub(crate) async fn submit(
+    pipeline: &Arc<Pipeline>,
+    submission: Submission,
+) -> Result<(), Stopping> {
+    match pipeline.try_submit_events(submission) {
+        Ok(submitted) => submitted,
+        Err(later) => {
+            let pipeline = Arc::clone(pipeline);
+            crate::api::request_id::spawn_blocking(move || pipeline.submit_blocking(*later))
+                .await
+                .map_err(|_| Stopping)?
+        }
     }
 }

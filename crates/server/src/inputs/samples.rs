@@ -751,13 +751,9 @@ impl Ingestor {
             origin,
             newest_event: newest,
         };
-        let submitted = match pipeline.try_submit_events(submission) {
-            Ok(submitted) => submitted,
-            Err(later) => request_id::spawn_blocking(move || pipeline.submit_blocking(*later))
-                .await
-                .map_err(|_| IngestError::Stopping)?,
-        };
-        submitted.map_err(|_| IngestError::Stopping)?;
+        super::submit(&pipeline, submission)
+            .await
+            .map_err(|_| IngestError::Stopping)?;
         self.count_accepted(n);
         let pending = rx.map(|done| PendingCommit {
             done,
