@@ -155,8 +155,8 @@ impl State {
                     threshold,
                 })
             }
-            Kind::Histogram => State::Histogram(Hist::from_v2_bytes(r.rest())?),
-            Kind::ExpHistogram => State::ExpHistogram(ExpHist::from_payload(r.rest())?),
+            Kind::Histogram => State::Histogram(Box::new(Hist::from_v2_bytes(r.rest())?)),
+            Kind::ExpHistogram => State::ExpHistogram(Box::new(ExpHist::from_payload(r.rest())?)),
         };
         if !r.bytes.is_empty() {
             return Err(decode_err(format!(

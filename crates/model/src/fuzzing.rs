@@ -94,7 +94,7 @@ fn check_hist(hist: &Hist, input: &[u8]) {
     }
     // A decoded histogram keeps recording like one built here (within its window:
     // growing a 5-digit window to the top costs megabytes, and is tested elsewhere).
-    let mut more = State::Histogram(hist.clone());
+    let mut more = State::Histogram(Box::new(hist.clone()));
     if hist.count() < i64::MAX as u64 {
         let value = if hist.is_empty() { 1.0 } else { hist.min() };
         let recorded = more.record(SampleValue::Number(value.min(Hist::MAX_VALUE)), 0, "");

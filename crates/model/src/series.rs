@@ -9,13 +9,19 @@ use crate::error::ModelError;
 ///
 /// Normalisation follows Prometheus: labels with an empty value are dropped, the rest are
 /// sorted by name, and a label name may appear only once.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Held compactly, because every tier keeps one per series it knows: the metric name and
+/// each label's name and value back to back in one string, and where each part ends in a
+/// second allocation (two allocations and 32 bytes, where a `String` and a vector of
+/// string pairs took two allocations per label more and 48 bytes).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SeriesKey {
-    /// Matches `[a-zA-Z_:][a-zA-Z0-9_:]*`; compared first so keys sort by metric.
-    metric: String,
-    /// Sorted by name, names unique and valid, values non-empty: the canonical form that
-    /// makes derived equality mean "same series".
-    labels: Vec<(String, String)>,
+    /// The metric name (which matches `[a-zA-Z_:][a-zA-Z0-9_:]*`), then each label's name
+    /// and value, sorted by name, names unique and valid, values non-empty: the canonical
+    /// form that makes derived equality mean "same series".
+    text: Box<str>,
+    /// Where each part of `text` ends: the metric name, then each label's name and value.
+    ends: Box<[u32]>,
 }
 
 impl SeriesKey {
@@ -32,17 +38,33 @@ impl SeriesKey {
     /// assert!(SeriesKey::new("1bad", []).is_err());
     /// ```
     pub fn new(
-        metric: impl Into<String>,
+        metric: impl AsRef<str>,
         labels: impl IntoIterator<Item = (String, String)>,
     ) -> Result<SeriesKey, ModelError> {
-        let metric = metric.into();
-        if !is_valid_metric_name(&metric) {
+        Self::build(metric.as_ref(), labels)
+    }
+
+    /// [`SeriesKey::new`] of borrowed label names and values (nothing is
+    /// copied but into the key).
+    pub fn from_strs<'a>(
+        metric: &str,
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<SeriesKey, ModelError> {
+        Self::build(metric, labels)
+    }
+
+    fn build<N: AsRef<str>, V: AsRef<str>>(
+        metric: &str,
+        labels: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<SeriesKey, ModelError> {
+        if !is_valid_metric_name(metric) {
             return Err(ModelError::InvalidName(format!(
                 "metric name {metric:?} must match [a-zA-Z_:][a-zA-Z0-9_:]*"
             )));
         }
-        let mut labels: Vec<(String, String)> = labels.into_iter().collect();
+        let mut labels: Vec<(N, V)> = labels.into_iter().collect();
         for (name, _) in &labels {
+            let name = name.as_ref();
             if !is_valid_label_name(name) {
                 return Err(ModelError::InvalidName(format!(
                     "label name {name:?} of metric {metric:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
@@ -51,33 +73,102 @@ impl SeriesKey {
         }
         // Stable sort, so the duplicate check below sees every repeated name (including
         // one whose value is empty) next to its twin.
-        labels.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(pair) = labels.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        labels.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        if let Some(pair) = labels
+            .windows(2)
+            .find(|pair| pair[0].0.as_ref() == pair[1].0.as_ref())
+        {
             return Err(ModelError::InvalidName(format!(
                 "label name {:?} appears more than once in metric {metric:?}",
-                pair[0].0
+                pair[0].0.as_ref()
             )));
         }
-        labels.retain(|(_, value)| !value.is_empty());
-        Ok(SeriesKey { metric, labels })
+        let labels = labels
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_ref()))
+            .filter(|(_, value)| !value.is_empty());
+        Self::pack(metric, labels)
+    }
+
+    /// The key of validated, sorted parts.
+    fn pack<'a>(
+        metric: &str,
+        labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Result<SeriesKey, ModelError> {
+        let (mut len, mut count) = (metric.len(), 0);
+        for (name, value) in labels.clone() {
+            len += name.len() + value.len();
+            count += 1;
+        }
+        let Ok(_) = u32::try_from(len) else {
+            return Err(ModelError::InvalidName(format!(
+                "series of metric {metric:?} is {len} bytes long, more than 4 GiB"
+            )));
+        };
+        let mut text = String::with_capacity(len);
+        let mut ends = Vec::with_capacity(1 + 2 * count);
+        // Each end is at most `len`, which fits.
+        let mut push = |part: &str| {
+            text.push_str(part);
+            ends.push(text.len() as u32);
+        };
+        push(metric);
+        for (name, value) in labels {
+            push(name);
+            push(value);
+        }
+        Ok(SeriesKey {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
+    /// Part `i` of the text: 0 the metric name, then each label's name and value.
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
     }
 
     /// The metric name.
     pub fn metric(&self) -> &str {
-        &self.metric
+        self.part(0)
     }
 
-    /// The labels, sorted by name, without empty values.
-    pub fn labels(&self) -> &[(String, String)] {
-        &self.labels
+    /// The labels as (name, value), sorted by name, without empty values.
+    pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone + '_ {
+        (0..self.label_count()).map(|i| self.label_at(i))
+    }
+
+    /// The labels as owned (name, value) pairs, sorted by name.
+    pub fn label_pairs(&self) -> Vec<(String, String)> {
+        self.labels()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    /// How many labels the series has.
+    pub fn label_count(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// Label `i` (in name order) as (name, value).
+    fn label_at(&self, i: usize) -> (&str, &str) {
+        (self.part(1 + 2 * i), self.part(2 + 2 * i))
     }
 
     /// The value of one label, if the series has it.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| self.labels[i].1.as_str())
+        let (mut low, mut high) = (0, self.label_count());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let (n, value) = self.label_at(mid);
+            match n.cmp(name) {
+                std::cmp::Ordering::Equal => return Some(value),
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+            }
+        }
+        None
     }
 
     /// A 64-bit hash that is the same in every process and every run (FNV-1a over the
@@ -85,14 +176,37 @@ impl SeriesKey {
     /// occurs in UTF-8). Used to pick shards and carrier partitions.
     pub fn hash64(&self) -> u64 {
         let mut h = Fnv1a::new();
-        h.write(self.metric.as_bytes());
-        for (name, value) in &self.labels {
+        h.write(self.metric().as_bytes());
+        for i in 1..self.ends.len() {
             h.write(&[0xff]);
-            h.write(name.as_bytes());
-            h.write(&[0xff]);
-            h.write(value.as_bytes());
+            h.write(self.part(i).as_bytes());
         }
         h.finish()
+    }
+}
+
+/// By metric name, then by labels in name order (each by name, then value): keys sort by
+/// metric.
+impl Ord for SeriesKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.metric()
+            .cmp(other.metric())
+            .then_with(|| self.labels().cmp(other.labels()))
+    }
+}
+
+impl PartialOrd for SeriesKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeriesKey")
+            .field("metric", &self.metric())
+            .field("labels", &self.labels().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -100,12 +214,12 @@ impl fmt::Display for SeriesKey {
     /// `metric{a="x",b="y"}`, or just `metric` without labels; label values are escaped as
     /// in the Prometheus text format (`\\`, `\"`, `\n`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.metric)?;
-        if self.labels.is_empty() {
+        f.write_str(self.metric())?;
+        if self.label_count() == 0 {
             return Ok(());
         }
         f.write_str("{")?;
-        for (i, (name, value)) in self.labels.iter().enumerate() {
+        for (i, (name, value)) in self.labels().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
@@ -169,6 +283,8 @@ impl Fnv1a {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -181,7 +297,7 @@ mod tests {
     #[test]
     fn labels_are_sorted_and_empty_values_dropped() {
         let key = SeriesKey::new("m", labels(&[("b", "2"), ("a", "1"), ("c", "")])).unwrap();
-        assert_eq!(key.labels(), &labels(&[("a", "1"), ("b", "2")])[..]);
+        assert!(key.labels().eq([("a", "1"), ("b", "2")]));
         assert_eq!(key.label("a"), Some("1"));
         assert_eq!(key.label("c"), None);
         assert_eq!(key.label("z"), None);
@@ -247,6 +363,47 @@ mod tests {
         let m = SeriesKey::new("ma", []).unwrap();
         let m_a = SeriesKey::new("m", labels(&[("a", "x")])).unwrap();
         assert_ne!(m.hash64(), m_a.hash64());
+    }
+
+    /// A metric name and labels, each part short and from a small alphabet, so that
+    /// keys often share metrics, label names and prefixes.
+    fn parts() -> impl Strategy<Value = (String, Vec<(String, String)>)> {
+        let label = ("[ab_]{1,2}", "[ab\"é]{0,3}");
+        ("[ab:]{1,2}", prop::collection::vec(label, 0..4))
+    }
+
+    /// What a key stands for: its metric and its labels as the normalisation leaves them.
+    fn normalised(metric: &str, labels: &[(String, String)]) -> (String, Vec<(String, String)>) {
+        let mut labels = labels.to_vec();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        labels.retain(|(_, v)| !v.is_empty());
+        (metric.to_owned(), labels)
+    }
+
+    proptest! {
+        /// The packed key reads back its parts, and compares as the pair of its metric
+        /// and label list would: equal exactly when they are, in the same order.
+        #[test]
+        fn packed_keys_read_and_compare_as_their_parts(a in parts(), b in parts()) {
+            let (Ok(ka), Ok(kb)) = (SeriesKey::new(a.0.clone(), a.1.clone()),
+                SeriesKey::new(b.0.clone(), b.1.clone())) else {
+                // Duplicate label names: refused, as tested above.
+                return Ok(());
+            };
+            let (na, nb) = (normalised(&a.0, &a.1), normalised(&b.0, &b.1));
+            prop_assert_eq!(ka.metric(), na.0.as_str());
+            prop_assert_eq!(ka.label_pairs(), na.1.clone());
+            prop_assert_eq!(ka.label_count(), na.1.len());
+            for (name, value) in &na.1 {
+                prop_assert_eq!(ka.label(name), Some(value.as_str()));
+            }
+            prop_assert_eq!(ka.label("zz"), None);
+            prop_assert_eq!(ka == kb, na == nb);
+            prop_assert_eq!(ka.cmp(&kb), na.cmp(&nb));
+            if ka == kb {
+                prop_assert_eq!(ka.hash64(), kb.hash64());
+            }
+        }
     }
 
     #[test]

@@ -369,6 +369,11 @@ impl Apdex {
 }
 
 /// The mergeable state of one series in one bucket; what crosses the wire between tiers.
+///
+/// The two histogram kinds are boxed: a state is held in every aggregator map
+/// entry, flush and commit plan, and most series are counters or other
+/// scalars, which then take 40 bytes instead of the 128 of an exponential
+/// histogram's header (a histogram's buckets are on the heap either way).
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
     /// Total of integer samples.
@@ -393,9 +398,9 @@ pub enum State {
     /// Apdex counts and their threshold.
     Apdex(Apdex),
     /// Full HDR histogram.
-    Histogram(Hist),
+    Histogram(Box<Hist>),
     /// Base-2 exponential histogram (OpenTelemetry / Prometheus native layout).
-    ExpHistogram(ExpHist),
+    ExpHistogram(Box<ExpHist>),
 }
 
 impl State {
@@ -419,9 +424,9 @@ impl State {
             Kind::Apdex => State::Apdex(Apdex::new(params.apdex_threshold)),
             Kind::Histogram => {
                 let sigfig = params.histogram_sigfig.clamp(1, 5);
-                State::Histogram(
+                State::Histogram(Box::new(
                     Hist::new(sigfig).expect("1..=5 significant digits always make a histogram"),
-                )
+                ))
             }
             Kind::ExpHistogram => {
                 let scale = params
@@ -430,10 +435,10 @@ impl State {
                 let max_buckets = params
                     .exp_histogram_max_buckets
                     .clamp(exp_hist::MIN_MAX_BUCKETS, exp_hist::MAX_MAX_BUCKETS);
-                State::ExpHistogram(
+                State::ExpHistogram(Box::new(
                     ExpHist::new(scale, max_buckets)
                         .expect("a clamped scale and bound always make a histogram"),
-                )
+                ))
             }
         }
     }

@@ -224,7 +224,7 @@ proptest! {
     #[test]
     fn encodings_roundtrip_canonically(la in layout(), xs in values()) {
         let h = state(la, &xs);
-        let s = State::ExpHistogram(h.clone());
+        let s = State::ExpHistogram(Box::new(h.clone()));
         let bytes = s.to_bytes();
         prop_assert_eq!(bytes[1], kind_tag(Kind::ExpHistogram));
         prop_assert!(bytes.len() <= 2 + ExpHist::MAX_PAYLOAD_LEN);
@@ -242,7 +242,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
-        let mut bytes = State::ExpHistogram(state(la, &xs)).to_bytes();
+        let mut bytes = State::ExpHistogram(Box::new(state(la, &xs))).to_bytes();
         for (at, value) in flips {
             let i = at.index(bytes.len());
             bytes[i] = value;
@@ -341,7 +341,7 @@ fn measured_quantile_error_of_latencies() {
 #[test]
 fn forged_states_are_refused_whole() {
     let good = record_all(3, 160, &[1.0, 2.0, -3.0, 0.0]);
-    let bytes = State::ExpHistogram(good.clone()).to_bytes();
+    let bytes = State::ExpHistogram(Box::new(good.clone())).to_bytes();
     let forge = |at: usize, expected: u8, value: u8| {
         let mut forged = bytes.clone();
         assert_eq!(forged[at], expected, "layout of {bytes:?}");

@@ -184,8 +184,8 @@ impl TryFrom<&v1::State> for State {
                 total: a.total,
                 threshold: a.threshold,
             }),
-            W::Histogram(bytes) => State::Histogram(Hist::from_v2_bytes(bytes)?),
-            W::ExpHistogram(bytes) => State::ExpHistogram(ExpHist::from_payload(bytes)?),
+            W::Histogram(bytes) => State::Histogram(Box::new(Hist::from_v2_bytes(bytes)?)),
+            W::ExpHistogram(bytes) => State::ExpHistogram(Box::new(ExpHist::from_payload(bytes)?)),
         };
         state.validate()?;
         Ok(state)
@@ -194,19 +194,18 @@ impl TryFrom<&v1::State> for State {
 
 fn labels_to_wire(key: &SeriesKey) -> Vec<v1::Label> {
     key.labels()
-        .iter()
         .map(|(name, value)| v1::Label {
-            name: name.clone(),
-            value: value.clone(),
+            name: name.to_owned(),
+            value: value.to_owned(),
         })
         .collect()
 }
 
 /// Builds a series key from wire fields, validating names.
 pub fn series_from_wire(metric: &str, labels: &[v1::Label]) -> Result<SeriesKey, ConvertError> {
-    SeriesKey::new(
+    SeriesKey::from_strs(
         metric,
-        labels.iter().map(|l| (l.name.clone(), l.value.clone())),
+        labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
     )
     .map_err(|source| ConvertError::Series {
         series: metric.to_string(),
@@ -262,7 +261,6 @@ fn ref_len(series_ref: u32) -> usize {
 fn named_entry_len(series: &SeriesKey, series_ref: u32) -> usize {
     let labels: usize = series
         .labels()
-        .iter()
         .map(|(name, value)| field_len(field_len(name.len()) + field_len(value.len())))
         .sum();
     field_len(series.metric().len()) + labels + ref_len(series_ref)

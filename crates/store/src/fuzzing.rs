@@ -83,7 +83,7 @@ fn check_increment(inc: &Increment) {
     if let Err(e) = inc.state.validate() {
         panic!("spooled increment of {} is invalid: {e}", inc.series);
     }
-    let labels = inc.series.labels().iter().cloned();
+    let labels = inc.series.label_pairs();
     match SeriesKey::new(inc.series.metric(), labels) {
         Ok(key) => assert_eq!(&key, &*inc.series, "series key is not normalised"),
         Err(e) => panic!("spooled series {} is invalid: {e}", inc.series),

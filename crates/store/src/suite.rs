@@ -63,7 +63,7 @@ fn hist(sigfig: u8, values: &[f64]) -> State {
     for &v in values {
         h.record(v).unwrap();
     }
-    State::Histogram(h)
+    State::Histogram(Box::new(h))
 }
 
 fn progress(id: &str, seq: u64, watermark_ms: i64) -> SourceProgress {

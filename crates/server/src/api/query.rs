@@ -425,7 +425,7 @@ pub fn merged_groups_limited(
     let mut points_held = 0usize;
     for series in selected {
         let key: Vec<(String, String)> = match group_by {
-            None => series.labels().to_vec(),
+            None => series.label_pairs(),
             Some(names) => names
                 .iter()
                 .filter_map(|n| series.label(n).map(|v| (n.clone(), v.to_string())))

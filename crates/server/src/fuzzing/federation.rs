@@ -79,7 +79,7 @@ fn check_increment(inc: &Increment) {
         "bucket {b} of {} is not a minute of the accepted range",
         inc.series
     );
-    let labels = inc.series.labels().to_vec();
+    let labels = inc.series.label_pairs();
     match SeriesKey::new(inc.series.metric(), labels) {
         Ok(key) => assert_eq!(&key, &*inc.series, "series key is not normalised"),
         Err(e) => panic!("decoded series {} is invalid: {e}", inc.series),

@@ -171,7 +171,7 @@ fn check_admitted(items: Vec<SampleItem>, samples: usize, registry: &Registry) {
     for item in items {
         assert_eq!(item.bucket_ms, minute_start(item.ts_ms));
         assert!(in_range(item.ts_ms), "admitted ts_ms {}", item.ts_ms);
-        let key = SeriesKey::new(item.series.metric(), item.series.labels().to_vec());
+        let key = SeriesKey::new(item.series.metric(), item.series.label_pairs());
         assert_eq!(key.as_ref().ok(), Some(&*item.series), "{key:?}");
         let meta = registry.get(item.series.metric());
         assert_eq!(meta.map(|m| m.kind), Some(item.kind), "not registered");

@@ -363,8 +363,9 @@ pub fn state_of(increase: Increase, bounds: &[f64], params: &StateParams) -> Res
         }
         Increase::Explicit { counts, sum } => {
             let sum = sum.is_finite().then_some(sum);
-            explicit(bounds, &counts, sum, None, None, params).map(State::ExpHistogram)
+            explicit(bounds, &counts, sum, None, None, params)
+                .map(|h| State::ExpHistogram(Box::new(h)))
         }
-        Increase::Exp(h) => Ok(State::ExpHistogram(h)),
+        Increase::Exp(h) => Ok(State::ExpHistogram(Box::new(h))),
     }
 }

@@ -418,7 +418,7 @@ impl Ingestor {
         let Some(line) = first_line(&s) else {
             return Ok(());
         };
-        let key = self.series_key(s.metric, s.labels, s.kind, line)?;
+        let key = self.series_key(&s.metric, &s.labels, s.kind, line)?;
         let apdex_threshold = self.apdex_threshold(&key, s.kind, s.threshold, line)?;
         let series = match checked.interned.get(&key) {
             Some(a) => a.clone(),
@@ -472,7 +472,7 @@ impl Ingestor {
     fn series_refusal(&self, s: &RawSeries, window: &TimeWindow) -> Option<Refusal> {
         let line = first_line(s)?;
         let series = self
-            .series_key(s.metric.clone(), s.labels.clone(), s.kind, line)
+            .series_key(&s.metric, &s.labels, s.kind, line)
             .and_then(|key| self.apdex_threshold(&key, s.kind, s.threshold, line));
         if let Err(r) = series {
             return Some(r);
@@ -507,8 +507,8 @@ impl Ingestor {
     /// and one increment of it fits a message of the federation link.
     fn series_key(
         &self,
-        metric: String,
-        labels: Vec<(String, String)>,
+        metric: &str,
+        labels: &[(String, String)],
         kind: Kind,
         line: usize,
     ) -> Result<SeriesKey, Refusal> {
@@ -520,14 +520,12 @@ impl Ingestor {
                 ),
             ));
         }
-        let sizes = self.limits.check_series(
-            &metric,
-            labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        );
-        if let Err(e) = sizes {
+        let labels = labels.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        if let Err(e) = self.limits.check_series(metric, labels.clone()) {
             return Err(Refusal::new(line, e).counted(Counted::Limit));
         }
-        let key = SeriesKey::new(metric, labels).map_err(|e| Refusal::new(line, e.to_string()))?;
+        let key =
+            SeriesKey::from_strs(metric, labels).map_err(|e| Refusal::new(line, e.to_string()))?;
         self.settings
             .message_limits
             .check(&key, kind)

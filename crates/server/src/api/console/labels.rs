@@ -71,11 +71,11 @@ fn label_values(series: &[Arc<SeriesKey>]) -> (BTreeMap<String, BTreeSet<String>
     let mut truncated = BTreeSet::new();
     for key in series {
         for (name, value) in key.labels() {
-            let values = labels.entry(name.clone()).or_default();
+            let values = labels.entry(name.to_owned()).or_default();
             if values.len() < MAX_VALUES {
-                values.insert(value.clone());
+                values.insert(value.to_owned());
             } else if !values.contains(value) {
-                truncated.insert(name.clone());
+                truncated.insert(name.to_owned());
             }
         }
     }
@@ -88,7 +88,7 @@ mod tests {
 
     fn key(labels: &[(&str, &str)]) -> Arc<SeriesKey> {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Arc::new(SeriesKey::new("m".to_string(), labels).unwrap_or_else(|e| panic!("{e}")))
+        Arc::new(SeriesKey::new("m", labels).unwrap_or_else(|e| panic!("{e}")))
     }
 
     #[test]

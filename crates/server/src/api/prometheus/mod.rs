@@ -361,7 +361,7 @@ fn matched_series(
         let mut all = BTreeSet::new();
         for m in store.metrics() {
             for key in store.series_of(&m.name) {
-                let mut labels: Labels = key.labels().iter().cloned().collect();
+                let mut labels: Labels = key.label_pairs().into_iter().collect();
                 labels.insert(value::NAME.into(), m.name.clone());
                 all.insert(labels);
             }

@@ -188,7 +188,7 @@ pub fn select(
             {
                 continue;
             }
-            let mut labels: Labels = key.labels().iter().cloned().collect();
+            let mut labels: Labels = key.label_pairs().into_iter().collect();
             labels.insert(NAME.into(), resolved.name.clone());
             out.push(Selected {
                 labels,

@@ -436,7 +436,7 @@ fn histogram(
             (
                 Kind::ExpHistogram,
                 ts_ms,
-                Value::State(State::ExpHistogram(h)),
+                Value::State(State::ExpHistogram(Box::new(h))),
             )
         }),
     )
@@ -467,7 +467,7 @@ fn exponential(
             },
         }
     } else {
-        Value::State(State::ExpHistogram(h))
+        Value::State(State::ExpHistogram(Box::new(h)))
     };
     Some(Ok((Kind::ExpHistogram, ts_ms, value)))
 }
