@@ -26,7 +26,7 @@
 //! `source`, `epoch` and `seq`, and a flush's commit line names the batches
 //! it holds as `source/seq`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -755,12 +755,12 @@ impl Session {
             _ => None,
         };
         let kind = inc.state.kind();
-        if threshold.is_none() && checks.checked.contains(&(metric.to_string(), kind)) {
+        if threshold.is_none() && checks.checked.get(metric) == Some(&kind) {
             return None;
         }
         match self.ingestor.registry.admit([(metric, kind, threshold)]) {
             Ok(()) => {
-                checks.checked.insert((metric.to_string(), kind));
+                checks.checked.insert(metric.to_owned(), kind);
                 None
             }
             Err(conflict) => {
@@ -797,8 +797,10 @@ struct BatchChecks {
     /// Metrics the registry refused in this batch, with why: their other
     /// increments are refused alike.
     refused_metrics: HashMap<String, String>,
-    /// (metric, kind) the registry admitted in this batch.
-    checked: HashSet<(String, Kind)>,
+    /// Metrics the registry admitted in this batch, with the kind (the
+    /// registry fixes one per metric): looked up by name for every
+    /// increment, with no copy of the name.
+    checked: foldhash::HashMap<String, Kind>,
     /// The series of the last increment kept: the next one of the same
     /// series needs no size check.
     fits: Option<Arc<strata_model::SeriesKey>>,
