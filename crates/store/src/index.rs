@@ -38,18 +38,47 @@ pub(crate) struct SeriesIndex {
     metrics: BTreeMap<String, MetricEntry>,
     /// The id the next new series gets; ids are never reused.
     next_id: SeriesId,
-    /// Per series, the `now_ms` of the last commit that merged into it: the
-    /// clock series expiry compares against.
-    last_seen: foldhash::HashMap<SeriesId, i64>,
-    /// Per series with one, its open minute: the newest minute bucket, not
-    /// yet folded into its hour and day (`plan.rs`).
-    open: foldhash::HashMap<SeriesId, i64>,
+    /// Per series, what planning asks about it for every increment, in one
+    /// place: one lookup where a map for each (and the metric's kind by
+    /// name) was a tenth of the global tier's commit.
+    series: foldhash::HashMap<SeriesId, SeriesEntry>,
 }
 
 #[derive(Debug)]
 struct MetricEntry {
     kind: Kind,
     series: Vec<Arc<SeriesKey>>,
+}
+
+/// What the index keeps per series beside its key.
+#[derive(Clone, Copy, Debug)]
+struct SeriesEntry {
+    /// Its metric's kind.
+    kind: Kind,
+    /// The `now_ms` of the last commit that merged into it: the clock series
+    /// expiry compares against. [`NONE`] before the first.
+    last_seen: i64,
+    /// Its open minute: the newest minute bucket, not yet folded into its
+    /// hour and day (`plan.rs`). [`NONE`] when every minute is folded.
+    open: i64,
+}
+
+/// No time: `i64::MIN` is no minute's start (it is not a multiple of a
+/// minute) and before any commit.
+const NONE: i64 = i64::MIN;
+
+/// `NONE` as `None`.
+fn time(ms: i64) -> Option<i64> {
+    (ms != NONE).then_some(ms)
+}
+
+/// What planning learns of a known series in one lookup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Known {
+    /// Its metric's kind.
+    pub(crate) kind: Kind,
+    /// Its open minute, if it has one.
+    pub(crate) open: Option<i64>,
 }
 
 impl SeriesIndex {
@@ -88,9 +117,7 @@ impl SeriesIndex {
                 unstamped += 1;
             }
             index.set_seen(s.id, s.last_update_ms.unwrap_or(now_ms));
-            if let Some(minute_ms) = s.open_minute_ms {
-                index.open.insert(s.id, minute_ms);
-            }
+            index.set_open(s.id, s.open_minute_ms);
         }
         if unstamped > 0 {
             tracing::warn!(
@@ -142,6 +169,14 @@ impl SeriesIndex {
         if self.ids.insert(Arc::clone(&key), id).is_none() {
             self.by_address.insert(address(&key), id);
             metric.series.push(key);
+            self.series.insert(
+                id,
+                SeriesEntry {
+                    kind: metric.kind,
+                    last_seen: NONE,
+                    open: NONE,
+                },
+            );
         }
         self.next_id = self.next_id.max(id.saturating_add(1));
         true
@@ -159,17 +194,29 @@ impl SeriesIndex {
             self.set_seen(id, seen_ms);
         }
         for &(id, open) in &plan.open {
-            match open {
-                Some(minute_ms) => self.open.insert(id, minute_ms),
-                None => self.open.remove(&id),
-            };
+            self.set_open(id, open);
         }
+    }
+
+    /// Records the open minute of a known series.
+    fn set_open(&mut self, id: SeriesId, open: Option<i64>) {
+        if let Some(entry) = self.series.get_mut(&id) {
+            entry.open = open.unwrap_or(NONE);
+        }
+    }
+
+    /// The kind and open minute of `id`, if it is known.
+    pub(crate) fn known(&self, id: SeriesId) -> Option<Known> {
+        self.series.get(&id).map(|e| Known {
+            kind: e.kind,
+            open: time(e.open),
+        })
     }
 
     /// The open minute of `id`: its newest minute, not yet folded into its
     /// hour and day.
     pub(crate) fn open_minute(&self, id: SeriesId) -> Option<i64> {
-        self.open.get(&id).copied()
+        self.series.get(&id).and_then(|e| time(e.open))
     }
 
     /// Every series whose open minute starts before `before_ms`, with it,
@@ -200,15 +247,17 @@ impl SeriesIndex {
         self.next_id = self.next_id.max(next_id);
     }
 
-    /// When `id` was last updated, if it is known.
+    /// When `id` was last updated, if it is known and was.
     pub(crate) fn last_seen(&self, id: SeriesId) -> Option<i64> {
-        self.last_seen.get(&id).copied()
+        self.series.get(&id).and_then(|e| time(e.last_seen))
     }
 
-    /// Records when `id` was last updated (never moves it back).
+    /// Records when the known series `id` was last updated (never moves it
+    /// back).
     pub(crate) fn set_seen(&mut self, id: SeriesId, seen_ms: i64) {
-        let at = self.last_seen.entry(id).or_insert(seen_ms);
-        *at = (*at).max(seen_ms);
+        if let Some(entry) = self.series.get_mut(&id) {
+            entry.last_seen = entry.last_seen.max(seen_ms);
+        }
     }
 
     /// Which series expiry removes: every series last updated before
@@ -243,8 +292,7 @@ impl SeriesIndex {
             if let Some((held, _)) = self.ids.remove_entry(key) {
                 self.by_address.remove(&address(&held));
             }
-            self.last_seen.remove(id);
-            self.open.remove(id);
+            self.series.remove(id);
         }
         let ids = &self.ids;
         for metric in self.metrics.values_mut() {

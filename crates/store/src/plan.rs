@@ -270,17 +270,26 @@ pub(crate) fn classify(
 
     for ((inc, known), &at) in increments.iter().zip(&lookup.ids).zip(&lookup.at) {
         let kind = inc.state.kind();
-        let metric = inc.series.metric();
-        match index
-            .kind_of(metric)
-            .or_else(|| new_kinds.get(metric).copied())
-        {
+        // A known series' kind and open minute come in one lookup; only a
+        // new series' metric is looked up by name.
+        let known_series = known.and_then(|id| index.known(id));
+        let recorded = match known_series {
+            Some(k) => Some(k.kind),
+            None => {
+                let metric = inc.series.metric();
+                index
+                    .kind_of(metric)
+                    .or_else(|| new_kinds.get(metric).copied())
+            }
+        };
+        match recorded {
             Some(recorded) if recorded != kind => {
                 actions.push(Action::KindMismatch(recorded));
                 continue;
             }
             Some(_) => {}
             None => {
+                let metric = inc.series.metric();
                 new_kinds.insert(metric, kind);
                 new_metrics.push((metric.to_owned(), kind));
             }
@@ -301,7 +310,10 @@ pub(crate) fn classify(
             &mut fresh
         };
         let minute = minute_start(inc.bucket_ms);
-        let current = open.get(&id).copied().or_else(|| index.open_minute(id));
+        let current = open
+            .get(&id)
+            .copied()
+            .or_else(|| known_series.and_then(|k| k.open));
         // Whether the minute has a bucket is asked only off the open minute
         // (the common case skips the lookups).
         let present = || created.contains(&(id, minute)) || (known.is_some() && exists(id, minute));
