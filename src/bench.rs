@@ -14,6 +14,10 @@
 //! memory per series of each kind; every pass runs the same code
 //! ([`run_pass`]), parameterised by its [`Mix`].
 //!
+//! With `--global-only` the bench plays the edges itself and streams
+//! increments straight to the global ([`sources`]), to measure the global
+//! tier alone.
+//!
 //! CPU is read from `/proc/<pid>/stat` of the strata processes (the load
 //! generator is reported separately); RSS from `/proc/<pid>/status`.
 
@@ -28,6 +32,8 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use strata_model::Hist;
 use strata_proto::v1::{self, ingest_client::IngestClient};
+
+mod sources;
 
 /// Options of one run.
 pub struct BenchOptions {
@@ -45,6 +51,10 @@ pub struct BenchOptions {
     /// After the main run, a histograms-only and a counters-only pass, each
     /// on a fresh topology, for the global's memory per series of each kind.
     pub memory_passes: bool,
+    /// No edge processes: the bench plays `edges` sources itself and streams
+    /// batches of increments to the global, up to `concurrency` in flight
+    /// per source ([`sources`]).
+    pub global_only: bool,
 }
 
 /// Which of the load's series are histograms and which are counters.
@@ -628,6 +638,9 @@ fn start_topology(dir: &Path, opts: &BenchOptions) -> anyhow::Result<(Proc, Vec<
     }
     let global = spawn(&write_config(dir, "global", &global_toml)?)?;
     let mut edges = Vec::new();
+    if opts.global_only {
+        return Ok((global, edges));
+    }
     for i in 0..opts.edges {
         let toml = format!(
             "{}[upstream]\nendpoint = \"http://{}\"\ntoken = \"t{i}\"\n",
@@ -661,6 +674,16 @@ async fn drive_load(
 ) -> anyhow::Result<Driven> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    for source in (0..opts.edges).filter(|_| opts.global_only) {
+        tasks.push(tokio::spawn(sources::play(sources::Source {
+            source,
+            grpc: global.grpc.clone(),
+            opts: opts.clone(),
+            mix,
+            stop: stop.clone(),
+            acked: acked.clone(),
+        })));
+    }
     for (edge, e) in edges.iter().enumerate() {
         for worker in 0..opts.concurrency {
             tasks.push(tokio::spawn(load(Loader {
@@ -674,11 +697,14 @@ async fn drive_load(
             })));
         }
     }
-    let probe = tokio::spawn(freshness_probe(
-        edges[0].http.clone(),
-        global.http.clone(),
-        stop.clone(),
-    ));
+    // Freshness is an edge's sample seen at the global: none without edges.
+    let probe = edges.first().map(|edge| {
+        tokio::spawn(freshness_probe(
+            edge.http.clone(),
+            global.http.clone(),
+            stop.clone(),
+        ))
+    });
     let started = Instant::now();
     let mut last = 0u64;
     while started.elapsed() < opts.duration {
@@ -699,7 +725,10 @@ async fn drive_load(
     let secs = started.elapsed().as_secs_f64();
     Ok(Driven {
         secs,
-        freshness: probe.await?,
+        freshness: match probe {
+            Some(probe) => probe.await?,
+            None => Vec::new(),
+        },
         acks,
     })
 }
@@ -845,6 +874,7 @@ impl Pass {
             "edges": opts.edges,
             "series": opts.series,
             "durable": opts.durable,
+            "global_only": opts.global_only,
             "otlp": opts.otlp,
             "duration_s": secs,
             "samples": samples,
@@ -933,12 +963,19 @@ async fn run_pass(dir: &Path, opts: &Arc<BenchOptions>, mix: Mix) -> anyhow::Res
 async fn run_in(dir: &Path, opts: BenchOptions) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
     println!(
-        "bench: {} edge(s) → global, {} series per edge ({}), {} s, {}, {}{}",
+        "bench: {} {} → global, {} series per edge ({}), {} s, {}, {}{}",
         opts.edges,
+        if opts.global_only {
+            "source(s) played by the bench"
+        } else {
+            "edge(s)"
+        },
         opts.series,
         Mix::Mixed.describe(),
         opts.duration.as_secs(),
-        if opts.otlp {
+        if opts.global_only {
+            "flushes of one increment per series streamed to the global"
+        } else if opts.otlp {
             "OTLP exports (100 observations per data point)"
         } else {
             "native pushes"

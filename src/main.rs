@@ -145,6 +145,12 @@ enum Command {
         /// global's RSS per series of each kind above its idle RSS.
         #[arg(long)]
         memory_passes: bool,
+        /// The global alone: no edge processes; the bench plays `--edges`
+        /// sources and streams them flushes of one increment per series (10
+        /// samples each) over the federation protocol, `--concurrency`
+        /// batches in flight per source, as fast as the global acknowledges.
+        #[arg(long, conflicts_with = "otlp")]
+        global_only: bool,
     },
     /// Validate a config file and name every problem.
     CheckConfig {
@@ -293,6 +299,7 @@ fn main() -> ExitCode {
             concurrency,
             otlp,
             memory_passes,
+            global_only,
         } => {
             // The output is the figures: logs only for warnings.
             init_tracing("warn", log_format);
@@ -305,6 +312,7 @@ fn main() -> ExitCode {
                 concurrency: concurrency.max(1),
                 otlp,
                 memory_passes,
+                global_only,
             };
             let result = runtime().and_then(|rt| rt.block_on(bench::run(opts)));
             exit(result)

@@ -169,18 +169,18 @@ fn query_uses_an_https_address_as_given() {
     assert!(stderr.contains(&addr), "{stderr}");
 }
 
-#[test]
-fn demo_runs_and_exits() {
+/// Runs `strata <args>` to its end (at most `limit`); its status, stdout and stderr.
+fn run_to_end(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(strata_bin())
-        .args(["demo", "--duration-s", "8"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning strata demo");
-    // Drain both pipes on threads so the demo never blocks on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+        .expect("spawning strata");
+    // Drain both pipes on threads so the child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
     let out = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
@@ -191,20 +191,26 @@ fn demo_runs_and_exits() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().expect("waiting for strata") {
             break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("strata demo --duration-s 8 still running after 60 s");
+            panic!("strata {args:?} still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
+    let read = |h: std::thread::JoinHandle<String>| h.join().expect("reading a pipe");
+    (status, read(out), read(err))
+}
+
+#[test]
+fn demo_runs_and_exits() {
+    let (status, stdout, stderr) =
+        run_to_end(&["demo", "--duration-s", "8"], Duration::from_secs(60));
     assert!(
         status.success(),
         "demo exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
@@ -213,6 +219,40 @@ fn demo_runs_and_exits() {
         stdout.contains("global (merged HDR)"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+}
+
+/// `strata bench --global-only` plays its sources over the federation
+/// protocol against a real global, durable, and finds the global's totals
+/// equal to what it acknowledged: 2 sources × 300 series × 10 samples per
+/// acknowledged batch.
+#[test]
+fn bench_global_only_streams_exact_batches_to_a_global() {
+    let args = [
+        "bench",
+        "--global-only",
+        "--edges",
+        "2",
+        "--series",
+        "300",
+        "--duration",
+        "3",
+    ];
+    let (status, stdout, stderr) = run_to_end(&args, Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "bench exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let figures: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"));
+    assert_eq!(figures["exact"], json!(true), "{figures}");
+    assert_eq!(figures["global_only"], json!(true), "{figures}");
+    // Whole batches only: each acknowledged batch is 300 increments of 10 samples.
+    let samples = figures["samples"].as_u64().unwrap();
+    assert!(samples > 0 && samples.is_multiple_of(3_000), "{figures}");
+    let increments = figures["increments_per_s_global"].as_f64().unwrap();
+    assert!(increments > 0.0, "{figures}");
+    assert!(figures["freshness_p50_ms"].is_null(), "{figures}");
 }
 
 /// The node's log lines, each parsed as one JSON object.
