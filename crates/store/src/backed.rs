@@ -196,7 +196,7 @@ impl<B: Backend> BackedStore<B> {
             quarantine: &quarantine,
             new_metrics: &plan.new_metrics,
             new_series: &plan.new_series,
-            last_updates: &plan.seen,
+            last_updates: &plan.seen_durable,
             open_minutes: &plan.open,
             buckets,
             events,

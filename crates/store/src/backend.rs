@@ -124,7 +124,9 @@ pub struct Transaction<'a> {
     pub new_metrics: &'a [(String, Kind)],
     /// Series seen for the first time, with the ids assigned to them.
     pub new_series: &'a [(SeriesId, Arc<SeriesKey>)],
-    /// Series' new last-update times (replacing the stored ones).
+    /// Series' new durable last-update stamps (replacing the stored ones):
+    /// rounded up to a minute and written when that moves
+    /// ([`crate::plan::durable_stamp`]).
     pub last_updates: &'a [(SeriesId, i64)],
     /// Series' open minutes: `Some` replaces the stored one, `None` deletes
     /// it (every minute of the series folded). A backend whose

@@ -116,7 +116,10 @@ impl SeriesIndex {
             if s.last_update_ms.is_none() {
                 unstamped += 1;
             }
-            index.set_seen(s.id, s.last_update_ms.unwrap_or(now_ms));
+            // A stamp an older version wrote exactly counts as its minute's
+            // end, as the stamps written now do (`plan::durable_stamp`).
+            let seen = s.last_update_ms.map_or(now_ms, crate::plan::durable_stamp);
+            index.set_seen(s.id, seen);
             index.set_open(s.id, s.open_minute_ms);
         }
         if unstamped > 0 {

@@ -83,7 +83,11 @@
 //!
 //! # Series expiry
 //! Every commit stamps each series an increment merged into with the
-//! commit's `now_ms`, persisted with the series. [`Store::expire_series`]
+//! commit's `now_ms`. The stamp persisted with the series is rounded up to
+//! a whole minute and written when that moves (once a minute for a series
+//! updated all along): a reopened store knows each series' last update to
+//! within a minute, never earlier than it was, so after a restart a series
+//! expires up to a minute late and never early. [`Store::expire_series`]
 //! removes, in one transaction, every series last stamped before a given
 //! time: its key, its buckets at every resolution, and its metric once the
 //! metric has no series left (its kind is then no longer fixed).

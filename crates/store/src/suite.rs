@@ -1947,19 +1947,23 @@ mod durable {
         let c = key("requests_total", &[("service", "c")]);
         {
             let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
-            merge_at(&s, 100, &[inc(&a, 0, State::Counter(1))]);
-            merge_at(&s, 200, &[inc(&b, 0, State::Counter(1))]);
-            merge_at(&s, 50, &[inc(&c, 0, State::Counter(1))]);
+            merge_at(&s, 100_000, &[inc(&a, 0, State::Counter(1))]);
+            merge_at(&s, 200_000, &[inc(&b, 0, State::Counter(1))]);
+            merge_at(&s, 50_000, &[inc(&c, 0, State::Counter(1))]);
             assert_eq!(series_ids(&s), vec![1, 2, 3]);
-            // The newest series expires: its id must stay retired.
-            assert_eq!(s.expire_series(60).unwrap(), 1);
+            // In memory the stamps are exact. The newest series expires:
+            // its id must stay retired.
+            assert_eq!(s.expire_series(60_000).unwrap(), 1);
         }
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(s.series_count(), 2);
         assert!(read_all(&s, &c, Resolution::Minute).is_empty());
-        assert_eq!(s.expire_series(150).unwrap(), 1, "a's stamp survived");
+        // a's stamp (100 s) survived rounded up to its minute's end: never
+        // earlier than the update, at most a minute later.
+        assert_eq!(s.expire_series(120_000).unwrap(), 0, "never early");
+        assert_eq!(s.expire_series(121_000).unwrap(), 1, "a's stamp survived");
         assert_eq!(s.series_of("requests_total"), vec![Arc::clone(&b)]);
-        merge_at(&s, 300, &[inc(&c, 0, State::Counter(5))]);
+        merge_at(&s, 300_000, &[inc(&c, 0, State::Counter(5))]);
         assert_eq!(series_ids(&s), vec![2, 4]);
         drop(s);
         let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
@@ -1967,9 +1971,61 @@ mod durable {
             read_all(&s, &c, Resolution::Hour),
             vec![(0, State::Counter(5))]
         );
-        merge_at(&s, 300, &[inc(&a, 0, State::Counter(1))]);
+        merge_at(&s, 300_000, &[inc(&a, 0, State::Counter(1))]);
         assert_eq!(series_ids(&s), vec![2, 4, 5]);
-        assert_eq!(s.expire_series(250).unwrap(), 1, "only b is idle");
+        // b: 200 s, stored as 240 s.
+        assert_eq!(s.expire_series(250_000).unwrap(), 1, "only b is idle");
+    }
+
+    /// The stamps in the series-seen table: by series id.
+    fn durable_stamps(s: &RedbStore) -> Vec<(u64, i64)> {
+        let txn = s.backend.db.begin_read().unwrap();
+        let table = txn.open_table(SERIES_SEEN).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (id, at) = entry.unwrap();
+                (id.value(), at.value())
+            })
+            .collect()
+    }
+
+    /// A series' durable stamp is its last update rounded up to a minute,
+    /// moved only forward, whatever the order of the commits' clocks.
+    #[test]
+    fn durable_stamps_round_up_to_the_minute_and_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = key("requests_total", &[("service", "a")]);
+        let b = key("requests_total", &[("service", "b")]);
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        // (commit time, series updated, durable stamps of a and b after it; 0: none)
+        type Step<'a> = (i64, &'a [&'a Arc<SeriesKey>], [i64; 2]);
+        let steps: [Step; 6] = [
+            (61_000, &[&a], [120_000, 0]),
+            (119_999, &[&a, &b], [120_000, 120_000]),
+            (120_000, &[&a], [120_000, 120_000]),
+            (120_001, &[&b], [120_000, 180_000]),
+            // An earlier clock moves nothing back.
+            (30_000, &[&a, &b], [120_000, 180_000]),
+            (-5, &[&b], [120_000, 180_000]),
+        ];
+        for (now_ms, series, want) in steps {
+            let incs: Vec<_> = series
+                .iter()
+                .map(|k| inc(k, 0, State::Counter(1)))
+                .collect();
+            merge_at(&s, now_ms, &incs);
+            let got: Vec<i64> = durable_stamps(&s).into_iter().map(|(_, at)| at).collect();
+            let want: Vec<i64> = want.into_iter().filter(|&at| at != 0).collect();
+            assert_eq!(got, want, "after a commit at {now_ms}");
+        }
+        drop(s);
+        // Reopened, the exact stamps are gone and the rounded ones decide.
+        let s = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.expire_series(120_000).unwrap(), 0);
+        assert_eq!(s.expire_series(120_001).unwrap(), 1);
+        assert_eq!(s.series_of("requests_total"), vec![Arc::clone(&b)]);
     }
 
     /// A spool ack is committed without a sync of its own: a process that
