@@ -124,8 +124,8 @@ fn batch_message(batch: v1::Batch) -> v1::SourceMessage {
 
 /// Streams batches to the global until stopped, then waits for the
 /// acknowledgement of every batch in flight; returns the acknowledgement
-/// latency (ms) of every batch: the global's merge into its aggregator
-/// best-effort, its durable commit otherwise.
+/// latency (ms) of every batch. The global acknowledges a batch once the
+/// commit that holds it is done (its memory store's, best-effort).
 pub(super) async fn play(s: Source) -> anyhow::Result<Hist> {
     let epoch = strata_server::now_ms() as u64;
     let mut client = FederationClient::connect(format!("http://{}", s.grpc))
