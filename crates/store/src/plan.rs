@@ -224,8 +224,12 @@ enum Action {
     /// series is new in this commit).
     Open { id: SeriesId, at: u32 },
     /// Into a new minute, which becomes its series' open minute once the
-    /// previous open minute (if any) is folded.
-    Opens { id: SeriesId, fold: Option<i64> },
+    /// previous open minute (if any) is folded; `at` as for `Open`.
+    Opens {
+        id: SeriesId,
+        fold: Option<i64>,
+        at: u32,
+    },
     /// Into a folded minute: its minute, hour and day, or none of them.
     Late(SeriesId),
 }
@@ -347,7 +351,11 @@ pub(crate) fn classify(
                 needs.extend(keys_of(id, p));
             }
             open.insert(id, minute);
-            Action::Opens { id, fold: current }
+            Action::Opens {
+                id,
+                fold: current,
+                at,
+            }
         };
         if known.is_none() {
             fresh.push(key(Resolution::Minute, id, minute));
@@ -362,7 +370,8 @@ pub(crate) fn classify(
 
     to_load.sort_unstable();
     to_load.dedup();
-    to_load.retain(|k| lookup.keys.binary_search(k).is_err());
+    // The looked-up keys are minutes: an hour or a day is not among them.
+    to_load.retain(|k| k.resolution != Resolution::Minute || lookup.keys.binary_search(k).is_err());
     fresh.sort_unstable();
     fresh.dedup();
     let mut opened: Vec<_> = open.into_iter().collect();
@@ -426,10 +435,13 @@ impl Loaded {
     /// Where `key` is, if it was loaded.
     fn find(&self, key: &BucketKey) -> Option<usize> {
         let (named, rest) = self.keys.split_at(self.looked_up);
-        match named.binary_search(key) {
-            Ok(i) => Some(i),
-            Err(_) => rest.binary_search(key).ok().map(|i| self.looked_up + i),
+        // The named run holds minutes only: an hour or a day is not searched there.
+        if key.resolution == Resolution::Minute
+            && let Ok(i) = named.binary_search(key)
+        {
+            return Some(i);
         }
+        rest.binary_search(key).ok().map(|i| self.looked_up + i)
     }
 
     /// Positions of `keys`, every one of which must have been loaded
@@ -628,14 +640,20 @@ pub(crate) fn plan_commit(
                 let keys = keys_of(id, minute_start(inc.bucket_ms));
                 loaded.merge(keys, &inc.series, &inc.state, q).map(|()| id)
             }
-            Action::Opens { id, fold } => {
+            Action::Opens { id, fold, at } => {
                 if let Some(p) = fold {
                     loaded.fold(id, &inc.series, p, &mut plan);
                 }
                 let q = &mut plan.quarantined;
-                loaded
-                    .merge(minute(id), &inc.series, &inc.state, q)
-                    .map(|()| id)
+                if at == NOT_LOOKED_UP {
+                    loaded.merge(minute(id), &inc.series, &inc.state, q)
+                } else {
+                    let at = at as usize;
+                    debug_assert_eq!(loaded.keys[at], minute(id)[0]);
+                    loaded.readable(at, &inc.series, q);
+                    loaded.merge_at([at], &inc.state)
+                }
+                .map(|()| id)
             }
         };
         match merged {
