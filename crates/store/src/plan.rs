@@ -477,6 +477,26 @@ impl Loaded {
         }
     }
 
+    /// Merges `incoming` into the minute `key`: at `at` when [`lookup`]
+    /// named it there, else found by bisection ([`NOT_LOOKED_UP`]: a series
+    /// new in this commit).
+    fn merge_minute(
+        &mut self,
+        at: u32,
+        key: [BucketKey; 1],
+        series: &SeriesKey,
+        incoming: &State,
+        quarantined: &mut Vec<Quarantined>,
+    ) -> Result<(), ModelError> {
+        if at == NOT_LOOKED_UP {
+            return self.merge(key, series, incoming, quarantined);
+        }
+        let at = at as usize;
+        debug_assert_eq!(self.keys[at], key[0]);
+        self.readable(at, series, quarantined);
+        self.merge_at([at], incoming)
+    }
+
     /// Merges `incoming` into the buckets `keys` ([`Loaded::merge_at`]).
     fn merge<const N: usize>(
         &mut self,
@@ -627,14 +647,8 @@ pub(crate) fn plan_commit(
                 expected,
                 found: inc.state.kind(),
             }),
-            Action::Open { id, at } if at != NOT_LOOKED_UP => {
-                let at = at as usize;
-                debug_assert_eq!(loaded.keys[at], minute(id)[0]);
-                loaded.readable(at, &inc.series, q);
-                loaded.merge_at([at], &inc.state).map(|()| id)
-            }
-            Action::Open { id, .. } => loaded
-                .merge(minute(id), &inc.series, &inc.state, q)
+            Action::Open { id, at } => loaded
+                .merge_minute(at, minute(id), &inc.series, &inc.state, q)
                 .map(|()| id),
             Action::Late(id) => {
                 let keys = keys_of(id, minute_start(inc.bucket_ms));
@@ -645,15 +659,9 @@ pub(crate) fn plan_commit(
                     loaded.fold(id, &inc.series, p, &mut plan);
                 }
                 let q = &mut plan.quarantined;
-                if at == NOT_LOOKED_UP {
-                    loaded.merge(minute(id), &inc.series, &inc.state, q)
-                } else {
-                    let at = at as usize;
-                    debug_assert_eq!(loaded.keys[at], minute(id)[0]);
-                    loaded.readable(at, &inc.series, q);
-                    loaded.merge_at([at], &inc.state)
-                }
-                .map(|()| id)
+                loaded
+                    .merge_minute(at, minute(id), &inc.series, &inc.state, q)
+                    .map(|()| id)
             }
         };
         match merged {
