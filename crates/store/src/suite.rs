@@ -1928,15 +1928,28 @@ mod durable {
         vec![stored("otlp/a", &[1, 2]), stored("prom/b", &[3])]
     }
 
-    /// Ids in the series table, ascending.
-    fn series_ids(s: &RedbStore) -> Vec<u64> {
+    /// The rows of a table keyed by series id, ascending, each value read by `value`.
+    fn rows<V: redb::Value + 'static, T>(
+        s: &RedbStore,
+        table: redb::TableDefinition<u64, V>,
+        value: impl Fn(redb::AccessGuard<'_, V>) -> T,
+    ) -> Vec<(u64, T)> {
         let txn = s.backend.db.begin_read().unwrap();
-        let table = txn.open_table(crate::redb::schema::SERIES).unwrap();
+        let table = txn.open_table(table).unwrap();
         table
             .iter()
             .unwrap()
-            .map(|entry| entry.unwrap().0.value())
+            .map(|entry| {
+                let (id, v) = entry.unwrap();
+                (id.value(), value(v))
+            })
             .collect()
+    }
+
+    /// Ids in the series table, ascending.
+    fn series_ids(s: &RedbStore) -> Vec<u64> {
+        let rows = rows(s, crate::redb::schema::SERIES, |_| ());
+        rows.into_iter().map(|(id, ())| id).collect()
     }
 
     #[test]
@@ -1979,16 +1992,7 @@ mod durable {
 
     /// The stamps in the series-seen table: by series id.
     fn durable_stamps(s: &RedbStore) -> Vec<(u64, i64)> {
-        let txn = s.backend.db.begin_read().unwrap();
-        let table = txn.open_table(SERIES_SEEN).unwrap();
-        table
-            .iter()
-            .unwrap()
-            .map(|entry| {
-                let (id, at) = entry.unwrap();
-                (id.value(), at.value())
-            })
-            .collect()
+        rows(s, SERIES_SEEN, |at| at.value())
     }
 
     /// A series' durable stamp is its last update rounded up to a minute,
