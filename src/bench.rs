@@ -674,15 +674,17 @@ async fn drive_load(
 ) -> anyhow::Result<Driven> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for source in (0..opts.edges).filter(|_| opts.global_only) {
-        tasks.push(tokio::spawn(sources::play(sources::Source {
-            source,
-            grpc: global.grpc.clone(),
-            opts: opts.clone(),
-            mix,
-            stop: stop.clone(),
-            acked: acked.clone(),
-        })));
+    if opts.global_only {
+        for source in 0..opts.edges {
+            tasks.push(tokio::spawn(sources::play(sources::Source {
+                source,
+                grpc: global.grpc.clone(),
+                opts: opts.clone(),
+                mix,
+                stop: stop.clone(),
+                acked: acked.clone(),
+            })));
+        }
     }
     for (edge, e) in edges.iter().enumerate() {
         for worker in 0..opts.concurrency {
