@@ -55,6 +55,10 @@ pub struct BenchOptions {
     /// batches of increments to the global, up to `concurrency` in flight
     /// per source ([`sources`]).
     pub global_only: bool,
+    /// With `global_only`: each source sends at most one flush per this
+    /// interval, as an edge flushing on it does (the global's steady state),
+    /// instead of as fast as the global acknowledges.
+    pub flush_every: Option<Duration>,
 }
 
 /// Which of the load's series are histograms and which are counters.
@@ -877,6 +881,7 @@ impl Pass {
             "series": opts.series,
             "durable": opts.durable,
             "global_only": opts.global_only,
+            "flush_every_ms": opts.flush_every.map(|d| d.as_millis() as u64),
             "otlp": opts.otlp,
             "duration_s": secs,
             "samples": samples,

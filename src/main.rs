@@ -151,6 +151,11 @@ enum Command {
         /// batches in flight per source, as fast as the global acknowledges.
         #[arg(long, conflicts_with = "otlp")]
         global_only: bool,
+        /// With `--global-only`: each source sends one flush per this many
+        /// milliseconds at most, as edges flushing on that interval do (the
+        /// global's steady state), instead of as fast as it acknowledges.
+        #[arg(long, requires = "global_only", value_parser = clap::value_parser!(u64).range(1..))]
+        flush_every_ms: Option<u64>,
     },
     /// Validate a config file and name every problem.
     CheckConfig {
@@ -300,6 +305,7 @@ fn main() -> ExitCode {
             otlp,
             memory_passes,
             global_only,
+            flush_every_ms,
         } => {
             // The output is the figures: logs only for warnings.
             init_tracing("warn", log_format);
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
                 otlp,
                 memory_passes,
                 global_only,
+                flush_every: flush_every_ms.map(Duration::from_millis),
             };
             let result = runtime().and_then(|rt| rt.block_on(bench::run(opts)));
             exit(result)

@@ -221,13 +221,25 @@ fn demo_runs_and_exits() {
     );
 }
 
-/// `strata bench --global-only` plays its sources over the federation
-/// protocol against a real global, durable, and finds the global's totals
-/// equal to what it acknowledged: 2 sources × 300 series × 10 samples per
-/// acknowledged batch.
-#[test]
-fn bench_global_only_streams_exact_batches_to_a_global() {
-    let args = [
+/// Runs `strata bench` with `args` to its end and returns the figures of its
+/// last line, after checking that it succeeded and found the totals exact.
+fn bench_figures(args: &[&str]) -> serde_json::Value {
+    let (status, stdout, stderr) = run_to_end(args, Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "bench exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let figures: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"));
+    assert_eq!(figures["exact"], json!(true), "{figures}");
+    figures
+}
+
+/// `strata bench --global-only` with 2 sources of 300 series for 3 s, and
+/// `extra` arguments: its figures.
+fn global_only_bench(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "bench",
         "--global-only",
         "--edges",
@@ -237,22 +249,43 @@ fn bench_global_only_streams_exact_batches_to_a_global() {
         "--duration",
         "3",
     ];
-    let (status, stdout, stderr) = run_to_end(&args, Duration::from_secs(120));
-    assert!(
-        status.success(),
-        "bench exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    let figures: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"));
-    assert_eq!(figures["exact"], json!(true), "{figures}");
+    args.extend_from_slice(extra);
+    bench_figures(&args)
+}
+
+/// `strata bench --global-only` plays its sources over the federation
+/// protocol against a real global, durable, and finds the global's totals
+/// equal to what it acknowledged: 2 sources × 300 series × 10 samples per
+/// acknowledged batch.
+#[test]
+fn bench_global_only_streams_exact_batches_to_a_global() {
+    let figures = global_only_bench(&[]);
     assert_eq!(figures["global_only"], json!(true), "{figures}");
+    assert!(figures["flush_every_ms"].is_null(), "{figures}");
     // Whole batches only: each acknowledged batch is 300 increments of 10 samples.
     let samples = figures["samples"].as_u64().unwrap();
     assert!(samples > 0 && samples.is_multiple_of(3_000), "{figures}");
     let increments = figures["increments_per_s_global"].as_f64().unwrap();
     assert!(increments > 0.0, "{figures}");
     assert!(figures["freshness_p50_ms"].is_null(), "{figures}");
+}
+
+/// With `--flush-every-ms` each played source sends one flush per interval,
+/// as an edge does, however many it may have in flight: over 3 s at 1 s, 2
+/// to 5 flushes of 300 increments of 10 samples per source (the first at
+/// once), where 8 in flight unpaced are acknowledged by every commit of the
+/// global, several times as many.
+#[test]
+fn bench_global_only_paces_flushes_at_the_interval() {
+    let figures = global_only_bench(&["--concurrency", "8", "--flush-every-ms", "1000"]);
+    assert_eq!(figures["flush_every_ms"], json!(1000), "{figures}");
+    let samples = figures["samples"].as_u64().unwrap();
+    let flushes = samples / 3_000;
+    assert_eq!(flushes * 3_000, samples, "{figures}");
+    assert!(
+        (2 * 2..=2 * 5).contains(&flushes),
+        "{flushes} flushes: {figures}"
+    );
 }
 
 /// The node's log lines, each parsed as one JSON object.

@@ -6,10 +6,12 @@
 //! one increment per series (a histogram of [`SAMPLES_PER_INCREMENT`]
 //! latencies, or a counter of as many), series interned on the stream — with
 //! up to `--concurrency` batches unacknowledged, as fast as the global
-//! acknowledges them. The batches are encoded once (again only when the
-//! minute turns, which rewrites their buckets' minute), so the load costs the
-//! machine's two cores little besides the global's own work: the figures are
-//! what the global merges, not what edges can feed it.
+//! acknowledges them, or with `--flush-every-ms` one flush per interval at
+//! most, as edges flushing on that interval send them. The batches are
+//! encoded once (again only when the minute turns, which rewrites their
+//! buckets' minute), so the load costs the machine's two cores little besides
+//! the global's own work: the figures are what the global merges, not what
+//! edges can feed it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -169,12 +171,20 @@ pub(super) async fn play(s: Source) -> anyhow::Result<Hist> {
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next = 1u64;
     let mut pending = Some(first.batches);
+    // When the next flush may be sent (`--flush-every-ms`; at once without).
+    let mut due = Instant::now();
     loop {
         let stopping = s.stop.load(Ordering::Relaxed);
         if stopping && in_flight.is_empty() {
             return Ok(acks);
         }
-        if !stopping && in_flight.len() < s.opts.concurrency {
+        let room = !stopping && in_flight.len() < s.opts.concurrency;
+        if room && Instant::now() >= due {
+            if let Some(every) = s.opts.flush_every {
+                // On the interval's grid, as an edge's flush timer; a source
+                // that fell behind sends at once rather than in a burst.
+                due = (due + every).max(Instant::now());
+            }
             let parts = match pending.take() {
                 Some(parts) => parts,
                 None => {
@@ -189,10 +199,18 @@ pub(super) async fn play(s: Source) -> anyhow::Result<Hist> {
             next += 1;
             continue;
         }
-        let answer = tokio::time::timeout(ACK_LIMIT, inbound.message()).await;
-        let answer = answer.with_context(|| {
-            format!("source {}: no acknowledgement for {ACK_LIMIT:?}", s.source)
-        })?;
+        // An acknowledgement, or the next flush falling due (dropping
+        // `message()` then loses nothing: the stream keeps what it read).
+        let wait = if room {
+            due
+        } else {
+            Instant::now() + ACK_LIMIT
+        };
+        let answer = match tokio::time::timeout_at(wait.into(), inbound.message()).await {
+            Ok(answer) => answer,
+            Err(_) if room => continue,
+            Err(_) => bail!("source {}: no acknowledgement for {ACK_LIMIT:?}", s.source),
+        };
         match answer? {
             Some(v1::UpstreamMessage {
                 msg: Some(upstream_message::Msg::Ack(a)),
